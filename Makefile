@@ -1,0 +1,85 @@
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DELETE_ON_ERROR:
+MAKEFLAGS += --no-builtin-rules
+
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROTOS := $(shell find protos -name '*.proto' | sort)
+
+.PHONY: help install run test lint fmt gen gen-check bench bench-smoke drill up down postgres-bin clean
+
+# Show the targets.
+help:
+	@grep -B1 -E '^[a-z-]+:' Makefile | grep -E '^#' | sed 's/^# //'
+
+# Create the virtualenv and install the pinned dependencies (re-runs when they change).
+install: $(STAMP)
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c requirements.lock -e '.[dev]'
+	@touch $@
+
+# Start the whole local stack (router, quota, metering, local adapter; hosted adapters whose keys are set).
+run: install
+	$(PY) -m imagegate.devstack
+
+# Run every test (unit, contract, integration, PostgreSQL); installs PostgreSQL binaries if missing.
+test: install postgres-bin
+	$(PY) -m pytest -q
+
+# Lint: ruff, mypy on our code, buf lint and buf format.
+lint: install
+	$(VENV)/bin/ruff check libs services tests bench
+	$(VENV)/bin/ruff format --check libs services tests bench
+	$(VENV)/bin/mypy libs/imagegate services
+	$(VENV)/bin/buf lint
+	$(VENV)/bin/buf format -d --exit-code
+
+# Format the code in place.
+fmt: install
+	$(VENV)/bin/ruff format libs services tests bench
+	$(VENV)/bin/ruff check --fix libs services tests bench
+	$(VENV)/bin/buf format -w
+
+# Regenerate the committed Python code from protos/.
+gen: install
+	PATH="$(VENV)/bin:$$PATH" $(PY) -m grpc_tools.protoc -Iprotos \
+	  --python_out=libs --grpc_python_out=libs --mypy_out=quiet:libs --mypy_grpc_out=quiet:libs $(PROTOS)
+	@for d in $$(find libs/imagegate -path '*/v1' -type d); do touch $$d/__init__.py $$(dirname $$d)/__init__.py; done
+
+# Fail when the committed generated code differs from what protos/ generate.
+gen-check: gen
+	@git diff --exit-code --stat -- libs/imagegate || (echo "generated code is stale: run 'make gen' and commit" && exit 1)
+	@test -z "$$(git status --porcelain -- libs/imagegate | grep '^??')" || (echo "untracked generated files: run 'make gen' and commit" && exit 1)
+
+# Benchmark the gateway (writes bench/results/<date>.json, .md and .png).
+bench: install postgres-bin
+	$(PY) -m bench
+
+# Failover drill: stack against provider emulators, primary fails, prints trace ids and attempts.
+drill: install
+	$(PY) -m imagegate.devstack.drill
+
+# Full stack with PostgreSQL, OTel Collector and Jaeger (needs a Docker engine).
+up:
+	docker compose -f deploy/compose.yaml up -d --build
+
+# Stop the compose stack.
+down:
+	docker compose -f deploy/compose.yaml down
+
+# Install Debian's PostgreSQL server binaries when initdb is missing (tests start a throwaway cluster).
+postgres-bin:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  echo "installing PostgreSQL server binaries (apt)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; \
+	fi
+
+# Remove the virtualenv and local data.
+clean:
+	rm -rf $(VENV) .imagegate .pytest_cache .mypy_cache .ruff_cache

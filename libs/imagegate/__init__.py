@@ -1,0 +1,1 @@
+"""imagegate: shared libraries and generated API code for the image-generation gateway."""

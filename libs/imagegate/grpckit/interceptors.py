@@ -1,0 +1,91 @@
+"""Server interceptor that turns domain errors into rich statuses and hides unexpected ones."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from opentelemetry import trace
+
+from imagegate.grpckit import reasons
+from imagegate.grpckit.errors import ImagegateError
+
+log = logging.getLogger(__name__)
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Maps ImagegateError to `abort_with_status`; anything else becomes INTERNAL, no traceback."""
+
+    def __init__(self, domain: str) -> None:
+        self._domain = domain
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(handler.unary_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(handler.unary_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _wrap_unary(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await behavior(request, context)
+            except ImagegateError as err:
+                await self._abort(context, err, method)
+            except Exception as err:  # noqa: BLE001 - the boundary: nothing unexpected leaks
+                await self._abort(context, self._internal(err, method), method)
+
+        return wrapper
+
+    def _wrap_stream(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            try:
+                async for item in behavior(request, context):
+                    yield item
+            except ImagegateError as err:
+                await self._abort(context, err, method)
+            except Exception as err:  # noqa: BLE001
+                await self._abort(context, self._internal(err, method), method)
+
+        return wrapper
+
+    def _internal(self, err: Exception, method: str) -> ImagegateError:
+        if isinstance(err, grpc.aio.AbortError | grpc.aio.UsageError):
+            raise err
+        trace_id = trace.get_current_span().get_span_context().trace_id
+        trace_hex = f"{trace_id:032x}" if trace_id else ""
+        log.exception("unexpected error in %s (trace_id=%s)", method, trace_hex)
+        return ImagegateError(
+            grpc.StatusCode.INTERNAL,
+            reasons.INTERNAL,
+            f"internal error; quote trace id {trace_hex or 'n/a'} to support",
+            domain=self._domain,
+            metadata={reasons.META_TRACE_ID: trace_hex},
+        )
+
+    async def _abort(
+        self, context: grpc.aio.ServicerContext, err: ImagegateError, method: str
+    ) -> None:
+        err.with_domain(self._domain)
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attribute("imagegate.error.reason", err.reason)
+        await context.abort_with_status(err.to_grpc_status())

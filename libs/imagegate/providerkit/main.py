@@ -1,0 +1,66 @@
+"""Runs one adapter as its own gRPC process: server, health, telemetry, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from grpc_health.v1 import health_pb2
+
+from imagegate.config import CommonSettings
+from imagegate.grpckit.server import RunningServer, serve_until_signal, start_server
+from imagegate.provider.v1 import provider_pb2, provider_pb2_grpc
+from imagegate.providerkit.adapter import Adapter
+from imagegate.providerkit.servicer import ProviderServicer
+from imagegate.telemetry import Telemetry, setup_telemetry
+from imagegate.telemetry.logs import configure_logging
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = provider_pb2.DESCRIPTOR.services_by_name["ProviderService"].full_name
+
+
+async def start_adapter_server(
+    adapter: Adapter, *, address: str, telemetry: Telemetry
+) -> tuple[RunningServer, ProviderServicer]:
+    """Starts a ProviderService server for `adapter` on `address` (port 0 picks one)."""
+    servicer = ProviderServicer(adapter)
+    running = await start_server(
+        address=address,
+        registrars=[lambda s: provider_pb2_grpc.add_ProviderServiceServicer_to_server(servicer, s)],
+        service_names=[SERVICE_NAME],
+        domain=f"imagegate.provider.{adapter.name}",
+        interceptors=telemetry.server_interceptors(),
+    )
+    # A named health service per provider, so an upstream outage never fails process liveness.
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if adapter.enabled
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    await running.health.set(f"provider.{adapter.name}", status)
+    return running, servicer
+
+
+def run_adapter(
+    build: Callable[[Telemetry], Adapter], *, address: str, common: CommonSettings, name: str
+) -> None:
+    """Blocking entry point used by each adapter's `__main__`."""
+    configure_logging(f"adapter-{name}", level=common.log_level, fmt=common.log_format)
+
+    async def main() -> None:
+        telemetry = setup_telemetry(f"adapter-{name}")
+        adapter = build(telemetry)
+        running, _ = await start_adapter_server(adapter, address=address, telemetry=telemetry)
+        log.info(
+            "adapter listening",
+            extra={"provider": name, "address": running.address, "enabled": adapter.enabled},
+        )
+        try:
+            await serve_until_signal(running, grace=common.shutdown_grace_seconds)
+        finally:
+            await adapter.aclose()
+            telemetry.shutdown()
+
+    asyncio.run(main())

@@ -1,0 +1,1 @@
+"""Deployable imagegate processes, one package per service."""

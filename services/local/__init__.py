@@ -1,0 +1,1 @@
+"""The local backend: renders real images offline, deterministically, at no cost."""
