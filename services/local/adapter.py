@@ -16,6 +16,7 @@ from imagegate.providerkit.types import (
     ProgressSink,
     SizeRule,
 )
+
 from services.local.config import LocalSettings
 from services.local.render import derive_seed, render
 
@@ -62,14 +63,23 @@ class LocalAdapter(Adapter):
         self, request: GenerationRequest, deadline: Deadline, progress: ProgressSink | None
     ) -> GenerationResult:
         if progress is not None:
-            await progress(Progress(state="rendering", fraction=0.0, provider_job_id=request.request_id))
+            await progress(
+                Progress(state="rendering", fraction=0.0, provider_job_id=request.request_id)
+            )
         if self._settings.latency_ms > 0:
             await asyncio.sleep(self._settings.latency_ms / 1000)
         images = []
         detail = max(4, min(64, (request.steps or 24)))
         for index in range(request.num_images):
             seed = derive_seed(request.prompt, request.negative_prompt, request.seed, index)
-            args = (request.prompt, request.width, request.height, seed, request.output_format, detail)
+            args = (
+                request.prompt,
+                request.width,
+                request.height,
+                seed,
+                request.output_format,
+                detail,
+            )
             if request.width * request.height > _INLINE_PIXELS:
                 data = await asyncio.to_thread(render, *args)
             else:
@@ -84,5 +94,7 @@ class LocalAdapter(Adapter):
                 )
             )
             if progress is not None:
-                await progress(Progress(state="rendering", fraction=(index + 1) / request.num_images))
+                await progress(
+                    Progress(state="rendering", fraction=(index + 1) / request.num_images)
+                )
         return GenerationResult(images=images, provider_job_id=f"local-{request.request_id}")

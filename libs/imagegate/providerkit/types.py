@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 
-class OutputFormat(str, Enum):
+class OutputFormat(StrEnum):
     """Image encodings a caller may ask for."""
 
     PNG = "png"
@@ -20,7 +20,7 @@ class OutputFormat(str, Enum):
         return f"image/{self.value}"
 
 
-class PriceUnit(str, Enum):
+class PriceUnit(StrEnum):
     """How a provider bills a model (mirrors imagegate.common.v1.PriceUnit)."""
 
     MEGAPIXEL = "megapixel"

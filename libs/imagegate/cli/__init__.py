@@ -1,0 +1,1 @@
+"""The `imagegate` command: a client of the public gRPC API like any other."""

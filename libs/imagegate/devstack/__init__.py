@@ -1,0 +1,1 @@
+"""Local development stack: a small supervisor that runs every service as its own process."""

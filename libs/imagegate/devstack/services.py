@@ -1,0 +1,85 @@
+"""Which processes make up the local stack, their addresses and their environment."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One process of the stack."""
+
+    name: str
+    """Short name used as the log prefix, e.g. "router"."""
+    module: str
+    """Python module run with `python -m`."""
+    addr_var: str
+    """Variable holding its listen address."""
+    default_port: int
+    """Port used when the variable is not set."""
+    health_service: str
+    """gRPC health service name that reports SERVING once it is ready ("" = whole server)."""
+    key_var: str = ""
+    """For hosted adapters: the key variable that enables it."""
+
+
+CORE = (
+    ServiceSpec("quota", "services.quota", "IMAGEGATE_QUOTA_ADDR", 50052, ""),
+    ServiceSpec("metering", "services.metering", "IMAGEGATE_METERING_ADDR", 50053, ""),
+    ServiceSpec("local", "services.local", "IMAGEGATE_LOCAL_ADDR", 50060, ""),
+)
+ADAPTERS = (
+    ServiceSpec("fal", "services.fal", "IMAGEGATE_FAL_ADDR", 50061, "", "FAL_KEY"),
+    ServiceSpec("huggingface", "services.huggingface", "IMAGEGATE_HF_ADDR", 50062, "", "HF_TOKEN"),
+    ServiceSpec(
+        "replicate",
+        "services.replicate",
+        "IMAGEGATE_REPLICATE_ADDR",
+        50063,
+        "",
+        "REPLICATE_API_TOKEN",
+    ),
+    ServiceSpec("bfl", "services.bfl", "IMAGEGATE_BFL_ADDR", 50064, "", "BFL_API_KEY"),
+    ServiceSpec("openai", "services.openai", "IMAGEGATE_OPENAI_ADDR", 50065, "", "OPENAI_API_KEY"),
+    ServiceSpec(
+        "together", "services.together", "IMAGEGATE_TOGETHER_ADDR", 50066, "", "TOGETHER_API_KEY"
+    ),
+)
+ROUTER = ServiceSpec("router", "services.router", "IMAGEGATE_ROUTER_ADDR", 50051, "")
+
+
+def free_port() -> int:
+    """A port the kernel says is free now (tests use it to run stacks side by side)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def plan_stack(
+    env: Mapping[str, str], *, auto_ports: bool = False
+) -> tuple[list[ServiceSpec], dict[str, str]]:
+    """The processes to start (core, enabled adapters, router last) and their shared environment.
+
+    Hosted adapters are started only when their key variable is set; the local adapter always is.
+    """
+    out = dict(env)
+    enabled = [a for a in ADAPTERS if env.get(a.key_var)]
+    specs = [*CORE, *enabled, ROUTER]
+    for spec in specs:
+        if auto_ports:
+            out[spec.addr_var] = f"127.0.0.1:{free_port()}"
+        else:
+            out.setdefault(spec.addr_var, f"127.0.0.1:{spec.default_port}")
+    out.setdefault(
+        "IMAGEGATE_ROUTER_ADAPTERS",
+        ",".join(f"{s.name}={out[s.addr_var]}" for s in specs if s in (CORE[2], *enabled)),
+    )
+    return specs, out
+
+
+def default_env() -> dict[str, str]:
+    """This process's environment."""
+    return dict(os.environ)
