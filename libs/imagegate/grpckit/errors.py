@@ -193,4 +193,4 @@ def from_parsed(parsed: ParsedStatus, *, domain: str | None = None) -> Imagegate
 
 
 CODE_BY_NUMBER = {c.value[0]: c for c in grpc.StatusCode}
-assert code_pb2.INVALID_ARGUMENT == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+assert grpc.StatusCode.INVALID_ARGUMENT.value[0] == code_pb2.INVALID_ARGUMENT

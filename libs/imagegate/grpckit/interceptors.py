@@ -50,7 +50,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 return await behavior(request, context)
             except ImagegateError as err:
                 await self._abort(context, err, method)
-            except Exception as err:  # noqa: BLE001 - the boundary: nothing unexpected leaks
+            except Exception as err:
                 await self._abort(context, self._internal(err, method), method)
 
         return wrapper
@@ -62,7 +62,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                     yield item
             except ImagegateError as err:
                 await self._abort(context, err, method)
-            except Exception as err:  # noqa: BLE001
+            except Exception as err:
                 await self._abort(context, self._internal(err, method), method)
 
         return wrapper
