@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from imagegate.config import CommonSettings
 from imagegate.providerkit.main import run_adapter
-
 from services.local.adapter import LocalAdapter
 from services.local.config import LocalSettings
 

@@ -16,7 +16,6 @@ from imagegate.providerkit.types import (
     ProgressSink,
     SizeRule,
 )
-
 from services.local.config import LocalSettings
 from services.local.render import derive_seed, render
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import random
 
+from PIL import Image, ImageDraw
+
 from imagegate.providerkit.images import encode
 from imagegate.providerkit.types import OutputFormat
-from PIL import Image, ImageDraw
 
 
 def derive_seed(prompt: str, negative_prompt: str, seed: int | None, index: int) -> int:
