@@ -509,7 +509,7 @@ def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command: Command = args.func
     try:
-        return asyncio.run(command(args, Connection.from_env()))
+        return asyncio.run(_run_command(command, args))
     except grpc.aio.AioRpcError as err:
         return _print_error(parse_rpc_error(err))
     except ImagegateError as err:
@@ -540,3 +540,7 @@ def _print_error(parsed: Any) -> int:
 def main() -> None:
     """Console-script entry point."""
     sys.exit(run())
+
+
+async def _run_command(command: Command, args: argparse.Namespace) -> int:
+    return await command(args, Connection.from_env())
