@@ -9,8 +9,39 @@ import time
 
 from opentelemetry import trace
 
+from imagegate.telemetry.redact import redact, scrub
+
 # Attributes of LogRecord that are not user-supplied `extra` fields.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+# `extra` keys that hold secrets or payloads by name, whatever their value looks like.
+_DROPPED_KEYS = frozenset(
+    {"api_key", "provider_key", "authorization", "token", "password", "secret"}
+)
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites a record in place so no handler can emit a credential or image bytes.
+
+    Installed on every handler by `configure_logging`; attach it to any extra handler too.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            message = str(record.msg)
+        record.msg = redact(message)
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        for key, value in list(vars(record).items()):
+            if key in _STANDARD or key.startswith("_"):
+                continue
+            if key.lower() in _DROPPED_KEYS:
+                setattr(record, key, "[REDACTED]")
+            else:
+                setattr(record, key, scrub(value))
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -28,26 +59,29 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "service": self._service,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": redact(record.getMessage()),
         }
         if ctx.is_valid:
             out["trace_id"] = f"{ctx.trace_id:032x}"
             out["span_id"] = f"{ctx.span_id:016x}"
         for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                out[key] = value if isinstance(value, int | float | bool | str) else str(value)
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, ensure_ascii=False)
+            if key in _STANDARD or key.startswith("_") or key in out:
+                continue
+            out[key] = "[REDACTED]" if key.lower() in _DROPPED_KEYS else scrub(value)
+        if record.exc_info or record.exc_text:
+            text = record.exc_text or self.formatException(record.exc_info)  # type: ignore[arg-type]
+            out["exc"] = redact(text)
+        return json.dumps(out, ensure_ascii=False, default=str)
 
 
 def configure_logging(service: str, *, level: str = "INFO", fmt: str = "json") -> None:
-    """Routes the root logger to stderr in the chosen format."""
+    """Routes the root logger to stderr in the chosen format, with redaction on the handler."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter(service))
     else:
         handler.setFormatter(logging.Formatter(f"%(asctime)s {service} %(levelname)s %(message)s"))
+    handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -2,17 +2,120 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
+import uuid
 from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from opentelemetry import metrics, trace
-from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from opentelemetry.instrumentation.grpc import filters as grpc_filters
 from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from imagegate.telemetry.interceptors import ServerTelemetryInterceptor
+from imagegate.telemetry.redact import redact
+
+if TYPE_CHECKING:
+    import httpx
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+log = logging.getLogger(__name__)
+
+# Default Prometheus scrape addresses; the gRPC port table in TEAM-NOTES shifted to 94xx.
+DEFAULT_METRICS_ADDRS: dict[str, str] = {
+    "router": "127.0.0.1:9464",
+    "quota": "127.0.0.1:9465",
+    "metering": "127.0.0.1:9466",
+    "local": "127.0.0.1:9470",
+    "fal": "127.0.0.1:9471",
+    "hf": "127.0.0.1:9472",
+    "replicate": "127.0.0.1:9473",
+    "bfl": "127.0.0.1:9474",
+    "openai": "127.0.0.1:9475",
+    "together": "127.0.0.1:9476",
+}
+# Adapter names whose environment prefix differs from the provider name.
+_ENV_ALIASES = {"huggingface": "hf"}
+
+
+class TelemetrySettings(BaseSettings):
+    """IMAGEGATE_TELEMETRY_* variables (exporters themselves use the standard OTEL_* ones)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="IMAGEGATE_TELEMETRY_", extra="ignore", frozen=True
+    )
+
+    record_prompts: bool = Field(
+        default=False,
+        description="Put the (truncated, redacted) prompt on the Router's request span.",
+    )
+    prompt_max_chars: int = Field(
+        default=200, ge=0, description="Prompt characters kept when recorded."
+    )
+
+
+def env_key(service_name: str) -> str:
+    """The IMAGEGATE_<KEY>_ part for a service: "router" -> ROUTER, "adapter-huggingface" -> HF."""
+    name = service_name.removeprefix("adapter-")
+    return _ENV_ALIASES.get(name, name).upper().replace("-", "_")
+
+
+def metrics_address(service_name: str, environ: dict[str, str] | None = None) -> str:
+    """IMAGEGATE_<KEY>_METRICS_ADDR, else the default for the service; "" disables the endpoint."""
+    env = os.environ if environ is None else environ
+    key = env_key(service_name)
+    value = env.get(f"IMAGEGATE_{key}_METRICS_ADDR")
+    if value is not None:
+        return value.strip()
+    return DEFAULT_METRICS_ADDRS.get(key.lower(), "")
+
+
+def _enabled(exporter_var: str, *endpoint_vars: str) -> bool:
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    if os.environ.get(exporter_var, "otlp").strip().lower() in ("none", ""):
+        return False
+    return any(os.environ.get(v, "").strip() for v in endpoint_vars)
+
+
+def _check_protocol() -> None:
+    protocol = os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc").strip().lower()
+    if protocol not in ("grpc", ""):
+        log.warning(
+            "OTEL_EXPORTER_OTLP_PROTOCOL=%s is not installed; exporting OTLP/gRPC instead",
+            protocol,
+        )
+
+
+@dataclass
+class MetricsEndpoint:
+    """A running Prometheus scrape endpoint."""
+
+    host: str
+    """Bound host."""
+    port: int
+    """Bound port (the real one when asked for port 0)."""
+    server: Any
+    """The prometheus_client WSGI server."""
+    thread: threading.Thread
+    """Its serving thread."""
+
+    def close(self) -> None:
+        """Stops serving."""
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
 
 
 @dataclass
@@ -20,32 +123,53 @@ class Telemetry:
     """A service's telemetry: providers owned by this process, never the global ones."""
 
     service_name: str
-    """OTel `service.name`."""
+    """Short name ("router", "quota", "adapter-fal"); `service.name` is imagegate-<this>."""
     tracer_provider: TracerProvider
     """Where this service's spans go."""
     meter_provider: MeterProvider
     """Where this service's metrics go."""
     processors: list[SpanProcessor] = field(default_factory=list)
     """Span processors added at setup (exporters)."""
+    settings: TelemetrySettings = field(default_factory=lambda: TelemetrySettings())
+    """Prompt recording switches; the Router reads them."""
+    metrics_endpoint: MetricsEndpoint | None = None
+    """The Prometheus scrape endpoint, when one was asked for."""
+    metric_readers: list[MetricReader] = field(default_factory=list)
+    """Metric readers attached at setup."""
+    _closed: bool = False
 
-    @property
+    @cached_property
     def tracer(self) -> trace.Tracer:
         """Tracer for business spans."""
         return self.tracer_provider.get_tracer("imagegate." + self.service_name)
 
-    @property
+    @cached_property
     def meter(self) -> metrics.Meter:
         """Meter for business metrics."""
         return self.meter_provider.get_meter("imagegate." + self.service_name)
 
+    @cached_property
+    def _server_interceptor(self) -> ServerTelemetryInterceptor:
+        return ServerTelemetryInterceptor(
+            self.tracer_provider.get_tracer("imagegate.grpc"),
+            self.meter_provider.get_meter("imagegate.grpc"),
+        )
+
+    @property
+    def record_prompts(self) -> bool:
+        """Whether prompts may be recorded on spans (IMAGEGATE_TELEMETRY_RECORD_PROMPTS)."""
+        return self.settings.record_prompts
+
+    def prompt_attributes(self, prompt: str) -> dict[str, str | int]:
+        """Span attributes for a prompt: its length always, the text only when enabled."""
+        attrs: dict[str, str | int] = {"imagegate.prompt.length": len(prompt)}
+        if self.settings.record_prompts:
+            attrs["imagegate.prompt"] = redact(prompt[: self.settings.prompt_max_chars])
+        return attrs
+
     def server_interceptors(self) -> list[grpc.aio.ServerInterceptor]:
         """Server span per RPC, continuing the caller's W3C trace; health checks untraced."""
-        return [
-            aio_server_interceptor(
-                tracer_provider=self.tracer_provider,
-                filter_=grpc_filters.negate(grpc_filters.health_check()),
-            )
-        ]
+        return [self._server_interceptor]
 
     def client_interceptors(self) -> list[grpc.aio.ClientInterceptor]:
         """Client span per outgoing RPC, injecting the current context (not the incoming one)."""
@@ -56,35 +180,124 @@ class Telemetry:
             )
         )
 
+    def instrument_httpx(self, client: httpx.AsyncClient | httpx.Client) -> None:
+        """Client spans (children of the current span) and http.client.* metrics for `client`."""
+        from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+        HTTPXClientInstrumentor.instrument_client(
+            client, tracer_provider=self.tracer_provider, meter_provider=self.meter_provider
+        )
+
+    def instrument_sqlalchemy(self, engine: AsyncEngine | Engine) -> None:
+        """Spans per statement (SQL text, never bound parameters) for one engine."""
+        from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
+        from opentelemetry.semconv.metrics import MetricInstruments
+        from sqlalchemy.ext.asyncio import AsyncEngine
+
+        sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+        meter = self.meter_provider.get_meter("imagegate.sqlalchemy")
+        # SQLAlchemyInstrumentor patches create_engine globally and only once per process;
+        # EngineTracer binds one engine to this service's providers.
+        EngineTracer(
+            self.tracer_provider.get_tracer("imagegate.sqlalchemy"),
+            sync_engine,
+            meter.create_up_down_counter(
+                MetricInstruments.DB_CLIENT_CONNECTIONS_USAGE,
+                unit="connections",
+                description="Connections currently in the state named by `state`.",
+            ),
+        )
+
     def shutdown(self) -> None:
-        """Flushes and stops exporters."""
+        """Flushes and stops exporters and the scrape endpoint; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.close()
         self.tracer_provider.shutdown()
         self.meter_provider.shutdown()
 
 
-def setup_telemetry(
-    service_name: str, *, span_exporters: list[SpanExporter] | None = None
-) -> Telemetry:
-    """Telemetry for one service.
+def current_trace_id() -> str:
+    """The current span's trace id as 32 hex characters, or "" outside a span."""
+    ctx = trace.get_current_span().get_span_context()
+    return f"{ctx.trace_id:032x}" if ctx.is_valid else ""
 
-    Spans are exported over OTLP only when OTEL_EXPORTER_OTLP_ENDPOINT (or the traces-specific
-    variable) is set; `span_exporters` adds more (tests pass an InMemorySpanExporter).
-    Sampling follows OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (the SDK reads them).
+
+def _start_metrics_endpoint(address: str, registry: Any) -> MetricsEndpoint:
+    from prometheus_client import start_http_server
+
+    host, _, port = address.rpartition(":")
+    server, thread = start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)
+    return MetricsEndpoint(host or "127.0.0.1", server.server_port, server, thread)
+
+
+def setup_telemetry(
+    service_name: str,
+    *,
+    span_exporters: list[SpanExporter] | None = None,
+    metric_readers: list[MetricReader] | None = None,
+    metrics_addr: str | None = None,
+    settings: TelemetrySettings | None = None,
+) -> Telemetry:
+    """Telemetry for one service, with its own providers (several services may share a process).
+
+    Spans and metrics are exported over OTLP/gRPC only when OTEL_EXPORTER_OTLP_ENDPOINT (or the
+    signal-specific variable) is set and OTEL_{TRACES,METRICS}_EXPORTER is not "none";
+    `span_exporters` / `metric_readers` add more (tests pass in-memory ones).
+    `metrics_addr` ("host:port", port 0 picks one) serves Prometheus text on /metrics; mains
+    pass `metrics_address(name)`, libraries and tests leave it None (no listener).
+    Sampling follows OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG, read by the SDK; the
+    default is parentbased_always_on, so a caller's sampled flag is honoured.
     """
-    resource = Resource.create({"service.name": f"imagegate-{service_name}"})
+    # Stable HTTP semconv (http.client.request.duration, url.full); process-wide, read once.
+    os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
+    resource = Resource.create(
+        {
+            "service.name": f"imagegate-{service_name}",
+            "service.namespace": "imagegate",
+            "service.instance.id": str(uuid.uuid4()),
+        }
+    )
     tracer_provider = TracerProvider(resource=resource)
     processors: list[SpanProcessor] = []
-    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    if _enabled(
+        "OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
     ):
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
+        _check_protocol()
         processors.append(BatchSpanProcessor(OTLPSpanExporter()))
-    for exporter in span_exporters or []:
-        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-
-        processors.append(SimpleSpanProcessor(exporter))
+    processors.extend(SimpleSpanProcessor(exporter) for exporter in span_exporters or [])
     for processor in processors:
         tracer_provider.add_span_processor(processor)
-    meter_provider = MeterProvider(resource=resource)
-    return Telemetry(service_name, tracer_provider, meter_provider, processors)
+
+    readers: list[MetricReader] = list(metric_readers or [])
+    endpoint: MetricsEndpoint | None = None
+    if metrics_addr:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from prometheus_client import CollectorRegistry
+
+        # A registry per service: the default one is process-global.
+        registry = CollectorRegistry(auto_describe=True)
+        readers.append(PrometheusMetricReader(registry=registry))
+        endpoint = _start_metrics_endpoint(metrics_addr, registry)
+    if _enabled(
+        "OTEL_METRICS_EXPORTER",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    ):
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+    return Telemetry(
+        service_name,
+        tracer_provider,
+        meter_provider,
+        processors,
+        settings=settings or TelemetrySettings(),
+        metrics_endpoint=endpoint,
+        metric_readers=readers,
+    )
