@@ -1,0 +1,1 @@
+"""Together AI adapter: synchronous images/generations with base64 output."""

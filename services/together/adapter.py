@@ -1,0 +1,72 @@
+"""The Together Adapter: one synchronous POST /v1/images/generations per generation."""
+
+from __future__ import annotations
+
+from imagegate.grpckit.deadline import Deadline
+from imagegate.providerkit.adapter import Adapter
+from imagegate.providerkit.http import build_client
+from imagegate.providerkit.types import (
+    GenerationRequest,
+    GenerationResult,
+    ModelSpec,
+    ProgressSink,
+)
+from imagegate.telemetry import Telemetry
+from services.together import client as together
+from services.together import wire
+from services.together.config import TogetherSettings
+
+GENERATIONS_PATH = "/v1/images/generations"
+
+
+class TogetherAdapter(Adapter):
+    """FLUX.1 schnell/dev and SDXL on Together, base64 results, inference time reported."""
+
+    name = "together"
+
+    def __init__(self, settings: TogetherSettings, *, telemetry: Telemetry | None = None) -> None:
+        self._settings = settings
+        # Accept a base URL given with the conventional /v1 suffix as well.
+        self._base_url = settings.effective_base_url.removesuffix("/v1")
+        self._client = build_client(
+            base_url=self._base_url,
+            headers={"authorization": f"Bearer {settings.key_value()}"},
+            max_connections=settings.max_concurrency,
+            telemetry=telemetry,
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self._settings.enabled
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    @property
+    def max_concurrency(self) -> int:
+        return self._settings.max_concurrency
+
+    @property
+    def default_timeout(self) -> float:
+        return self._settings.timeout_seconds
+
+    def models(self) -> list[ModelSpec]:
+        return list(wire.MODEL_SPECS)
+
+    async def generate(
+        self, request: GenerationRequest, deadline: Deadline, progress: ProgressSink | None
+    ) -> GenerationResult:
+        return await together.generate(
+            self._client,
+            GENERATIONS_PATH,
+            request,
+            request.model,
+            deadline=deadline,
+            result_hosts=self._settings.result_hosts,
+            loopback_ok=self._settings.is_loopback_override,
+            max_bytes=self._settings.max_image_bytes,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
