@@ -19,6 +19,18 @@ _DROPPED_KEYS = frozenset(
 )
 
 
+def _scrub_args(record: logging.LogRecord) -> None:
+    if isinstance(record.args, tuple):
+        record.args = tuple(
+            scrub(a) if isinstance(a, bytes | bytearray | memoryview) else a for a in record.args
+        )
+    elif isinstance(record.args, dict):
+        record.args = {
+            k: scrub(v) if isinstance(v, bytes | bytearray | memoryview) else v
+            for k, v in record.args.items()
+        }
+
+
 class RedactingFilter(logging.Filter):
     """Rewrites a record in place so no handler can emit a credential or image bytes.
 
@@ -26,6 +38,7 @@ class RedactingFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        _scrub_args(record)
         try:
             message = record.getMessage()
         except (TypeError, ValueError):
@@ -59,7 +72,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "service": self._service,
             "logger": record.name,
-            "msg": redact(record.getMessage()),
+            "msg": _message(record),
         }
         if ctx.is_valid:
             out["trace_id"] = f"{ctx.trace_id:032x}"
@@ -72,6 +85,11 @@ class JsonFormatter(logging.Formatter):
             text = record.exc_text or self.formatException(record.exc_info)  # type: ignore[arg-type]
             out["exc"] = redact(text)
         return json.dumps(out, ensure_ascii=False, default=str)
+
+
+def _message(record: logging.LogRecord) -> str:
+    _scrub_args(record)
+    return redact(record.getMessage())
 
 
 def configure_logging(service: str, *, level: str = "INFO", fmt: str = "json") -> None:

@@ -192,9 +192,9 @@ class Telemetry:
         """Spans per statement (SQL text, never bound parameters) for one engine."""
         from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
         from opentelemetry.semconv.metrics import MetricInstruments
-        from sqlalchemy.ext.asyncio import AsyncEngine
 
-        sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+        # AsyncEngine wraps a sync one; importing its class would need greenlet.
+        sync_engine = getattr(engine, "sync_engine", engine)
         meter = self.meter_provider.get_meter("imagegate.sqlalchemy")
         # SQLAlchemyInstrumentor patches create_engine globally and only once per process;
         # EngineTracer binds one engine to this service's providers.
