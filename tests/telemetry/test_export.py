@@ -85,9 +85,11 @@ async def test_otlp_endpoint_receives_spans_and_metrics_of_each_service(monkeypa
     router = setup_telemetry("router")
     quota = setup_telemetry("quota")
     assert isinstance(router.processors[0], BatchSpanProcessor)
-    with router.tracer.start_as_current_span("imagegate.request"):
-        with quota.tracer.start_as_current_span("quota.reserve"):
-            pass
+    with (
+        router.tracer.start_as_current_span("imagegate.request"),
+        quota.tracer.start_as_current_span("quota.reserve"),
+    ):
+        pass
     router.meter.create_counter("imagegate.router.requests").add(1, {"imagegate.outcome": "ok"})
     # shutdown() flushes synchronously; run it off the loop that serves the collector.
     await asyncio.to_thread(router.shutdown)
