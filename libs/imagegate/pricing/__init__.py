@@ -1,0 +1,122 @@
+"""Pure pricing: one function turns a catalog price and a usage into integer micro-USD.
+
+Rounding rule (the only one): the cost of one attempt is computed exactly in decimal micro-USD
+from the provider's billing unit, then rounded half up to a whole micro-USD once, at the end.
+Unit-specific rules applied before that single rounding:
+
+- PRICE_UNIT_MEGAPIXEL: each image is billed as ceil(its megapixels) whole megapixels (fal's rule).
+- PRICE_UNIT_IMAGE: images x unit price.
+- PRICE_UNIT_COMPUTE_SECOND: the provider's reported seconds x unit price; when the provider
+  reports none, images x assumed_seconds_per_image.
+- PRICE_UNIT_TOKEN: output tokens x unit price + input tokens x input_token_price_micros; when the
+  provider reports no output tokens, megapixels x assumed_tokens_per_megapixel output tokens.
+- PRICE_UNIT_FREE: zero.
+
+`quote_micros` builds the usage a request would have and calls the same function, so a quote and
+the recorded cost of the same generation never disagree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from decimal import ROUND_HALF_UP, Decimal
+
+from imagegate.common.v1 import catalog_pb2, image_pb2
+from imagegate.metering.v1 import metering_pb2
+
+__all__ = ["PriceBook", "billable_megapixels", "quote_micros", "usage_micros"]
+
+# Float megapixels such as 1.0000000000000002 must not round up to a whole extra megapixel.
+_MP_EPSILON = 1e-9
+
+
+def _dec(value: float | int) -> Decimal:
+    # repr() of a float is its shortest round-trip text, so 0.0027 stays exactly 0.0027.
+    return Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+
+
+def _round_half_up(amount: Decimal) -> int:
+    return int(amount.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def billable_megapixels(usage: image_pb2.Usage) -> int:
+    """Whole megapixels a per-megapixel provider bills: ceil per image, times images."""
+    if usage.megapixels <= 0:
+        return 0
+    if usage.images <= 0:
+        return max(0, math.ceil(usage.megapixels - _MP_EPSILON))
+    per_image = usage.megapixels / usage.images
+    return usage.images * max(1, math.ceil(per_image - _MP_EPSILON))
+
+
+def _exact_micros(price: metering_pb2.Price, usage: image_pb2.Usage) -> Decimal:
+    unit = price.unit
+    unit_price = _dec(price.unit_price_micros)
+    if unit == catalog_pb2.PRICE_UNIT_FREE:
+        return Decimal(0)
+    if unit == catalog_pb2.PRICE_UNIT_MEGAPIXEL:
+        return unit_price * billable_megapixels(usage)
+    if unit == catalog_pb2.PRICE_UNIT_IMAGE:
+        return unit_price * max(0, usage.images)
+    if unit == catalog_pb2.PRICE_UNIT_COMPUTE_SECOND:
+        seconds = (
+            _dec(usage.provider_seconds)
+            if usage.provider_seconds > 0
+            else _dec(price.assumed_seconds_per_image) * max(0, usage.images)
+        )
+        return unit_price * seconds
+    if unit == catalog_pb2.PRICE_UNIT_TOKEN:
+        output_tokens = (
+            Decimal(usage.output_tokens)
+            if usage.output_tokens > 0
+            else _dec(price.assumed_tokens_per_megapixel) * _dec(max(0.0, usage.megapixels))
+        )
+        return unit_price * output_tokens + _dec(price.input_token_price_micros) * Decimal(
+            max(0, usage.input_tokens)
+        )
+    raise ValueError(f"price {price.id!r} has no billing unit")
+
+
+def usage_micros(price: metering_pb2.Price, usage: image_pb2.Usage) -> int:
+    """Cost of one attempt in micro-USD from the usage the adapter measured (rounded once)."""
+    return _round_half_up(_exact_micros(price, usage))
+
+
+def quote_micros(
+    price: metering_pb2.Price,
+    *,
+    width: int,
+    height: int,
+    num_images: int,
+    steps: int | None = None,
+) -> int:
+    """Expected cost in micro-USD of `num_images` images of width x height, before running.
+
+    `steps` is accepted for prices that depend on it; no catalog entry does today, so it does not
+    change the result (compute-second prices use assumed_seconds_per_image).
+    """
+    if width <= 0 or height <= 0 or num_images <= 0:
+        raise ValueError("width, height and num_images must be positive")
+    del steps
+    usage = image_pb2.Usage(images=num_images, megapixels=num_images * width * height / 1_000_000)
+    return usage_micros(price, usage)
+
+
+class PriceBook:
+    """The catalog indexed by (provider, provider model), for pricing without a round trip."""
+
+    def __init__(self, prices: Iterable[metering_pb2.Price]) -> None:
+        self._by_key: dict[tuple[str, str], metering_pb2.Price] = {}
+        for price in prices:
+            self._by_key[(price.provider, price.provider_model)] = price
+
+    def find(self, provider: str, provider_model: str) -> metering_pb2.Price | None:
+        """The price of a provider's model, or None when the catalog has none."""
+        return self._by_key.get((provider, provider_model))
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._by_key.values())

@@ -1,0 +1,1 @@
+"""Metering service: the price catalog and the idempotent usage ledger."""

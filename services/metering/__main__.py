@@ -1,0 +1,62 @@
+"""Entry point: `python -m services.metering`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from imagegate.config import CommonSettings
+from imagegate.grpckit.server import serve_until_signal
+from imagegate.telemetry import setup_telemetry
+from imagegate.telemetry.logs import configure_logging
+from services.metering.catalog import load_catalog
+from services.metering.config import MeteringSettings
+from services.metering.server import start_metering_server
+from services.metering.store import MeteringStore
+
+log = logging.getLogger(__name__)
+
+
+async def serve(settings: MeteringSettings, common: CommonSettings) -> None:
+    """Opens the database (migrating it), serves until SIGTERM, then drains."""
+    telemetry = setup_telemetry("metering")
+    catalog = load_catalog(settings.prices_path)
+    store = await asyncio.to_thread(
+        MeteringStore.open,
+        settings.resolved_database_url(),
+        catalog=catalog,
+        schema=settings.database_schema,
+        threads=settings.db_threads,
+    )
+    if settings.trace_sql:
+        from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+        SQLAlchemyInstrumentor().instrument(
+            engine=store.engine, tracer_provider=telemetry.tracer_provider
+        )
+    server = await start_metering_server(store, address=settings.addr, telemetry=telemetry)
+    log.info(
+        "metering listening",
+        extra={
+            "address": server.address,
+            "database": store.engine.dialect.name,
+            "catalog_version": catalog.version,
+        },
+    )
+    try:
+        await serve_until_signal(server.running, grace=common.shutdown_grace_seconds)
+    finally:
+        await store.close()
+        telemetry.shutdown()
+
+
+def main() -> None:
+    """Builds settings once and runs the Metering service until SIGTERM."""
+    common = CommonSettings()
+    settings = MeteringSettings()
+    configure_logging("metering", level=common.log_level, fmt=common.log_format)
+    asyncio.run(serve(settings, common))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""The price catalog loaded from prices.yaml (versioned data with a source and date per price)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from imagegate.common.v1 import catalog_pb2
+from imagegate.metering.v1 import metering_pb2
+from imagegate.pricing import PriceBook
+
+_UNITS = {
+    "megapixel": catalog_pb2.PRICE_UNIT_MEGAPIXEL,
+    "image": catalog_pb2.PRICE_UNIT_IMAGE,
+    "compute_second": catalog_pb2.PRICE_UNIT_COMPUTE_SECOND,
+    "token": catalog_pb2.PRICE_UNIT_TOKEN,
+    "free": catalog_pb2.PRICE_UNIT_FREE,
+}
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """A loaded catalog: its version, its entries and an index."""
+
+    version: str
+    """Catalog version, e.g. "2026-11-24.1"."""
+    prices: list[metering_pb2.Price]
+    """Every entry, in file order."""
+    book: PriceBook
+    """Lookup by (provider, provider model)."""
+
+
+def load_catalog(path: Path | None = None) -> Catalog:
+    """Reads and validates the catalog from `path` or the packaged prices.yaml."""
+    if path is None:
+        text = resources.files("services.metering").joinpath("prices.yaml").read_text()
+    else:
+        text = path.read_text()
+    data: dict[str, Any] = yaml.safe_load(text)
+    prices: list[metering_pb2.Price] = []
+    seen: set[tuple[str, str]] = set()
+    for entry in data["prices"]:
+        unit = _UNITS.get(str(entry["unit"]))
+        if unit is None:
+            raise ValueError(f"unknown unit {entry['unit']!r} in {entry}")
+        price = metering_pb2.Price(
+            provider=str(entry["provider"]),
+            provider_model=str(entry["provider_model"]),
+            unit=unit,
+            unit_price_micros=float(entry["unit_price_micros"]),
+            input_token_price_micros=float(entry.get("input_token_price_micros", 0)),
+            assumed_seconds_per_image=float(entry.get("assumed_seconds_per_image", 0)),
+            assumed_tokens_per_megapixel=float(entry.get("assumed_tokens_per_megapixel", 0)),
+            source=str(entry["source"]),
+            as_of=str(entry["as_of"]),
+        )
+        price.id = f"{price.provider}/{price.provider_model}@{price.as_of}"
+        key = (price.provider, price.provider_model)
+        if key in seen:
+            raise ValueError(f"two prices for {key}")
+        if price.unit_price_micros < 0 or not price.source:
+            raise ValueError(f"price {price.id}: negative or unsourced")
+        if unit == catalog_pb2.PRICE_UNIT_COMPUTE_SECOND and price.assumed_seconds_per_image <= 0:
+            raise ValueError(f"price {price.id}: needs assumed_seconds_per_image")
+        if unit == catalog_pb2.PRICE_UNIT_TOKEN and price.assumed_tokens_per_megapixel <= 0:
+            raise ValueError(f"price {price.id}: needs assumed_tokens_per_megapixel")
+        seen.add(key)
+        prices.append(price)
+    return Catalog(version=str(data["version"]), prices=prices, book=PriceBook(prices))

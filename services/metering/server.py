@@ -1,0 +1,49 @@
+"""Builds and starts the Metering gRPC server (used by main and tests)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from imagegate.grpckit.server import RunningServer, start_server
+from imagegate.metering.v1 import metering_pb2, metering_pb2_grpc
+from imagegate.telemetry import Telemetry
+from services.metering.servicer import MeteringServicer
+from services.metering.store import DOMAIN, MeteringStore
+
+SERVICE_NAME = metering_pb2.DESCRIPTOR.services_by_name["MeteringService"].full_name
+
+
+@dataclass
+class MeteringServer:
+    """A running Metering server and its store."""
+
+    running: RunningServer
+    """The gRPC server."""
+    store: MeteringStore
+    """The store behind it."""
+
+    @property
+    def address(self) -> str:
+        """host:port to dial."""
+        return self.running.address
+
+    async def stop(self, grace: float = 1.0, *, close_store: bool = True) -> None:
+        """Drains the server, then closes the store (unless another server reuses it)."""
+        await self.running.stop(grace)
+        if close_store:
+            await self.store.close()
+
+
+async def start_metering_server(
+    store: MeteringStore, *, address: str, telemetry: Telemetry
+) -> MeteringServer:
+    """Starts MeteringService on `address` (port 0 picks a free port)."""
+    servicer = MeteringServicer(store)
+    running = await start_server(
+        address=address,
+        registrars=[lambda s: metering_pb2_grpc.add_MeteringServiceServicer_to_server(servicer, s)],
+        service_names=[SERVICE_NAME],
+        domain=DOMAIN,
+        interceptors=telemetry.server_interceptors(),
+    )
+    return MeteringServer(running=running, store=store)

@@ -1,0 +1,338 @@
+"""MeteringStore: the usage ledger, one short transaction per operation in a worker thread.
+
+Benchmarks and tests can drive it without gRPC:
+
+    store = MeteringStore.open(url, catalog=load_catalog())
+    record, created = await store.record_usage(request)   # a RecordUsageRequest
+    summary = await store.usage_summary("t_1", "2026-11")
+    await store.close()
+
+Idempotency lives in the unique (tenant_id, request_id) constraint: the record is inserted with
+ON CONFLICT DO NOTHING, so duplicates (also concurrent ones) never create a second row; a
+duplicate whose content hash differs is refused with IDEMPOTENCY_KEY_REUSED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextvars
+import hashlib
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC
+from typing import Any, TypeVar, cast
+
+import grpc
+from sqlalchemy import Connection, Engine, Table, and_, case, func, insert, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from imagegate.grpckit import reasons
+from imagegate.grpckit.errors import FieldViolation, ImagegateError, invalid_argument
+from imagegate.metering.v1 import metering_pb2
+from imagegate.pricing import usage_micros
+from services.metering.catalog import Catalog
+from services.metering.db import make_engine, migrate
+from services.metering.models import BilledAttemptRow, UsageRecordRow
+from services.metering.periods import Clock, period_of, to_us, utc_now
+
+DOMAIN = "imagegate.metering"
+_T = TypeVar("_T")
+_records: Table = cast(Table, UsageRecordRow.__table__)
+_attempts: Table = cast(Table, BilledAttemptRow.__table__)
+
+
+def _pixels(megapixels: float) -> int:
+    return round(megapixels * 1_000_000)
+
+
+def content_hash(request: metering_pb2.RecordUsageRequest) -> str:
+    """SHA-256 of the request as the caller sent it, ignoring fields Metering fills in."""
+    canonical = metering_pb2.RecordUsageRequest()
+    canonical.CopyFrom(request)
+    for attempt in canonical.attempts:
+        attempt.ClearField("cost_micros")
+        attempt.ClearField("price_id")
+    return hashlib.sha256(canonical.SerializeToString(deterministic=True)).hexdigest()
+
+
+class MeteringStore:
+    """The ledger over one SQLAlchemy engine (SQLite or PostgreSQL), priced from a catalog."""
+
+    def __init__(
+        self, engine: Engine, catalog: Catalog, *, clock: Clock = utc_now, threads: int = 8
+    ) -> None:
+        self.engine = engine
+        self.catalog = catalog
+        self.clock = clock
+        # SQLite has one writer at a time: one thread avoids lock waits inside this process.
+        workers = 1 if engine.dialect.name == "sqlite" else threads
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="metering-db")
+
+    @classmethod
+    def open(
+        cls,
+        url: str,
+        *,
+        catalog: Catalog,
+        schema: str = "metering",
+        clock: Clock = utc_now,
+        threads: int = 8,
+    ) -> MeteringStore:
+        """Creates the engine, applies the migrations and returns a ready store."""
+        engine = make_engine(url, schema=schema, pool_size=threads)
+        migrate(
+            engine,
+            script_location="services.metering:migrations",
+            schema=schema,
+            version_table="metering_alembic_version",
+        )
+        return cls(engine, catalog, clock=clock, threads=threads)
+
+    async def close(self) -> None:
+        """Stops the worker threads and disposes of the connection pool."""
+        self._executor.shutdown(wait=True)
+        self.engine.dispose()
+
+    async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        ctx = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, lambda: ctx.run(fn, *args)
+        )
+
+    def price(self, provider: str, provider_model: str) -> metering_pb2.Price:
+        """The catalog entry of a provider's model; FAILED_PRECONDITION PRICE_NOT_FOUND if none."""
+        price = self.catalog.book.find(provider, provider_model)
+        if price is None:
+            raise ImagegateError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                reasons.PRICE_NOT_FOUND,
+                f"the price catalog {self.catalog.version} has no price for"
+                f" {provider}/{provider_model}",
+                domain=DOMAIN,
+                metadata={
+                    reasons.META_PROVIDER: provider,
+                    reasons.META_PROVIDER_MODEL: provider_model,
+                    "catalog_version": self.catalog.version,
+                },
+            )
+        return price
+
+    def price_record(self, request: metering_pb2.RecordUsageRequest) -> metering_pb2.UsageRecord:
+        """The ledger record of a request: every billable attempt priced with the catalog."""
+        record = metering_pb2.UsageRecord(
+            request_id=request.request_id,
+            tenant_id=request.tenant_id,
+            model=request.model,
+            outcome=request.outcome,
+            occurred_at=request.occurred_at,
+            period=period_of(request.occurred_at.ToDatetime().replace(tzinfo=UTC)),
+            trace_id=request.trace_id,
+        )
+        for attempt in request.attempts:
+            price = self.price(attempt.provider, attempt.provider_model)
+            priced = record.attempts.add()
+            priced.CopyFrom(attempt)
+            priced.price_id = price.id
+            priced.cost_micros = usage_micros(price, attempt.usage)
+            record.cost_micros += priced.cost_micros
+            if attempt.succeeded:
+                record.provider = attempt.provider
+                record.provider_model = attempt.provider_model
+                record.images = attempt.usage.images
+                record.megapixels = attempt.usage.megapixels
+        return record
+
+    # ---- async API ----
+
+    async def record_usage(
+        self, request: metering_pb2.RecordUsageRequest
+    ) -> tuple[metering_pb2.UsageRecord, bool]:
+        """Stores a request's usage once; (record, created)."""
+        return await self._run(self.record_usage_sync, request)
+
+    async def usage_summary(self, tenant_id: str, period: str) -> metering_pb2.UsageSummary:
+        """Totals of a tenant's period, grouped by provider and model."""
+        return await self._run(self.usage_summary_sync, tenant_id, period)
+
+    async def list_records(
+        self, tenant_id: str, period: str, page_size: int, page_token: str
+    ) -> tuple[list[metering_pb2.UsageRecord], str]:
+        """One page of records, newest first, and the next page token."""
+        return await self._run(self.list_records_sync, tenant_id, period, page_size, page_token)
+
+    # ---- synchronous operations ----
+
+    def record_usage_sync(
+        self, request: metering_pb2.RecordUsageRequest
+    ) -> tuple[metering_pb2.UsageRecord, bool]:
+        """See `record_usage`."""
+        record = self.price_record(request)
+        digest = content_hash(request)
+        ins = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+        with self.engine.begin() as conn:
+            record_id = conn.execute(
+                ins(_records)
+                .values(
+                    tenant_id=record.tenant_id,
+                    request_id=record.request_id,
+                    period=record.period,
+                    occurred_us=to_us(record.occurred_at.ToDatetime().replace(tzinfo=UTC)),
+                    model=record.model,
+                    provider=record.provider,
+                    provider_model=record.provider_model,
+                    outcome=record.outcome,
+                    images=record.images,
+                    pixels=_pixels(record.megapixels),
+                    cost_micros=record.cost_micros,
+                    content_hash=digest,
+                    record=record.SerializeToString(deterministic=True),
+                    create_us=to_us(self.clock()),
+                )
+                .on_conflict_do_nothing(index_elements=["tenant_id", "request_id"])
+                .returning(_records.c.id)
+            ).scalar_one_or_none()
+            if record_id is None:
+                return self._existing(conn, request, digest), False
+            if record.attempts:
+                conn.execute(
+                    insert(_attempts),
+                    [
+                        {
+                            "record_id": record_id,
+                            "tenant_id": record.tenant_id,
+                            "period": record.period,
+                            "attempt_number": a.attempt_number,
+                            "provider": a.provider,
+                            "provider_model": a.provider_model,
+                            "succeeded": a.succeeded,
+                            "images": a.usage.images,
+                            "pixels": _pixels(a.usage.megapixels),
+                            "provider_seconds": a.usage.provider_seconds,
+                            "input_tokens": a.usage.input_tokens,
+                            "output_tokens": a.usage.output_tokens,
+                            "provider_job_id": a.usage.provider_job_id,
+                            "note": a.note,
+                            "price_id": a.price_id,
+                            "cost_micros": a.cost_micros,
+                        }
+                        for a in record.attempts
+                    ],
+                )
+        return record, True
+
+    def _existing(
+        self, conn: Connection, request: metering_pb2.RecordUsageRequest, digest: str
+    ) -> metering_pb2.UsageRecord:
+        row = conn.execute(
+            select(_records.c.content_hash, _records.c.record).where(
+                _records.c.tenant_id == request.tenant_id,
+                _records.c.request_id == request.request_id,
+            )
+        ).one()
+        if row.content_hash != digest:
+            raise ImagegateError(
+                grpc.StatusCode.ALREADY_EXISTS,
+                reasons.IDEMPOTENCY_KEY_REUSED,
+                f"request_id {request.request_id!r} was already recorded with different content",
+                domain=DOMAIN,
+                metadata={"request_id": request.request_id, "tenant_id": request.tenant_id},
+            )
+        return metering_pb2.UsageRecord.FromString(row.record)
+
+    def usage_summary_sync(self, tenant_id: str, period: str) -> metering_pb2.UsageSummary:
+        """See `usage_summary`."""
+        r, a = _records.c, _attempts.c
+        with self.engine.begin() as conn:
+            totals = conn.execute(
+                select(
+                    func.count(),
+                    func.coalesce(func.sum(r.images), 0),
+                    func.coalesce(func.sum(r.pixels), 0),
+                    func.coalesce(func.sum(r.cost_micros), 0),
+                ).where(r.tenant_id == tenant_id, r.period == period)
+            ).one()
+            delivered_images = func.sum(case((a.succeeded, a.images), else_=0))
+            delivered_pixels = func.sum(case((a.succeeded, a.pixels), else_=0))
+            groups = conn.execute(
+                select(
+                    a.provider,
+                    a.provider_model,
+                    func.count(),
+                    func.coalesce(delivered_images, 0),
+                    func.coalesce(delivered_pixels, 0),
+                    func.coalesce(func.sum(a.cost_micros), 0),
+                )
+                .where(a.tenant_id == tenant_id, a.period == period)
+                .group_by(a.provider, a.provider_model)
+                .order_by(a.provider, a.provider_model)
+            ).all()
+        return metering_pb2.UsageSummary(
+            tenant_id=tenant_id,
+            period=period,
+            requests=int(totals[0]),
+            images=int(totals[1]),
+            megapixels=int(totals[2]) / 1_000_000,
+            cost_micros=int(totals[3]),
+            groups=[
+                metering_pb2.UsageGroup(
+                    provider=g[0],
+                    provider_model=g[1],
+                    attempts=int(g[2]),
+                    images=int(g[3]),
+                    megapixels=int(g[4]) / 1_000_000,
+                    cost_micros=int(g[5]),
+                )
+                for g in groups
+            ],
+        )
+
+    def list_records_sync(
+        self, tenant_id: str, period: str, page_size: int, page_token: str
+    ) -> tuple[list[metering_pb2.UsageRecord], str]:
+        """See `list_records`."""
+        r = _records.c
+        query = select(r.id, r.occurred_us, r.record).where(
+            r.tenant_id == tenant_id, r.period == period
+        )
+        if page_token:
+            after_us, after_id = decode_page_token(page_token, tenant_id, period)
+            query = query.where(
+                or_(r.occurred_us < after_us, and_(r.occurred_us == after_us, r.id < after_id))
+            )
+        query = query.order_by(r.occurred_us.desc(), r.id.desc()).limit(page_size + 1)
+        with self.engine.begin() as conn:
+            rows = conn.execute(query).all()
+        more = len(rows) > page_size
+        rows = rows[:page_size]
+        records = [metering_pb2.UsageRecord.FromString(row.record) for row in rows]
+        token = (
+            encode_page_token(tenant_id, period, rows[-1].occurred_us, rows[-1].id) if more else ""
+        )
+        return records, token
+
+
+def encode_page_token(tenant_id: str, period: str, occurred_us: int, row_id: int) -> str:
+    """Opaque token: where the previous page stopped, bound to its tenant and period."""
+    raw = json.dumps({"t": tenant_id, "p": period, "o": occurred_us, "i": row_id}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_page_token(token: str, tenant_id: str, period: str) -> tuple[int, int]:
+    """(occurred_us, id) of a token; INVALID_ARGUMENT when malformed or from another listing."""
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        if data["t"] != tenant_id or data["p"] != period:
+            raise ValueError("token from another listing")
+        return int(data["o"]), int(data["i"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise invalid_argument(
+            [FieldViolation("page_token", "not a token from a previous page of this listing")],
+            domain=DOMAIN,
+        ) from err
+
+
+def current_period(clock: Clock) -> str:
+    """The period "now" falls in."""
+    return period_of(clock())

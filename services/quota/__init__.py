@@ -1,0 +1,1 @@
+"""Quota service: tenants, plans, API keys and atomic monthly image quotas."""

@@ -1,0 +1,68 @@
+"""Entry point: `python -m services.quota`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from imagegate.config import CommonSettings
+from imagegate.grpckit.server import serve_until_signal
+from imagegate.telemetry import setup_telemetry
+from imagegate.telemetry.logs import configure_logging
+from services.quota.config import QuotaSettings
+from services.quota.plans import load_plans
+from services.quota.server import start_quota_server
+from services.quota.store import QuotaStore
+
+log = logging.getLogger(__name__)
+
+
+async def serve(settings: QuotaSettings, common: CommonSettings) -> None:
+    """Opens the database (migrating it), serves until SIGTERM, then drains."""
+    telemetry = setup_telemetry("quota")
+    store = await asyncio.to_thread(
+        QuotaStore.open,
+        settings.resolved_database_url(),
+        plans=load_plans(),
+        schema=settings.database_schema,
+        pepper=settings.key_pepper,
+        lease_seconds=settings.lease_seconds,
+        threads=settings.db_threads,
+    )
+    if settings.trace_sql:
+        from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+        SQLAlchemyInstrumentor().instrument(
+            engine=store.engine, tracer_provider=telemetry.tracer_provider
+        )
+    server = await start_quota_server(
+        store,
+        address=settings.addr,
+        admin_token=settings.admin_token,
+        telemetry=telemetry,
+        max_lease_seconds=settings.max_lease_seconds,
+        sweep_interval=settings.sweep_interval_seconds,
+    )
+    log.info(
+        "quota listening",
+        extra={"address": server.address, "database": store.engine.dialect.name},
+    )
+    if not settings.admin_token:
+        log.warning("IMAGEGATE_ADMIN_TOKEN is empty: admin RPCs are refused")
+    try:
+        await serve_until_signal(server.running, grace=common.shutdown_grace_seconds)
+    finally:
+        await server.stop(grace=0)
+        telemetry.shutdown()
+
+
+def main() -> None:
+    """Builds settings once and runs the Quota service until SIGTERM."""
+    common = CommonSettings()
+    settings = QuotaSettings()
+    configure_logging("quota", level=common.log_level, fmt=common.log_format)
+    asyncio.run(serve(settings, common))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""QuotaService servicer: validates every request, checks admin credentials, calls QuotaStore."""
+
+from __future__ import annotations
+
+import math
+
+import grpc
+
+from imagegate.grpckit.auth import require_admin
+from imagegate.grpckit.errors import FieldViolation, invalid_argument, timestamp
+from imagegate.quota.v1 import quota_pb2, quota_pb2_grpc
+from services.quota.periods import from_us
+from services.quota.store import DOMAIN, QuotaStore, ReserveArgs
+
+MAX_ID = 255
+MAX_NAME = 100
+
+
+def _check(violations: list[FieldViolation]) -> None:
+    if violations:
+        raise invalid_argument(violations, domain=DOMAIN)
+
+
+def _require_id(violations: list[FieldViolation], field: str, value: str) -> None:
+    if not value:
+        violations.append(FieldViolation(field, "required"))
+    elif len(value) > MAX_ID:
+        violations.append(FieldViolation(field, f"at most {MAX_ID} characters"))
+
+
+def _megapixels(violations: list[FieldViolation], value: float) -> None:
+    if not math.isfinite(value) or value < 0:
+        violations.append(FieldViolation("megapixels", "a finite number >= 0"))
+
+
+class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
+    """The QuotaService RPCs; admin RPCs need `authorization: Bearer <admin token>`."""
+
+    def __init__(
+        self, store: QuotaStore, *, admin_token: str, max_lease_seconds: float = 3600.0
+    ) -> None:
+        self._store = store
+        self._admin_token = admin_token
+        self._max_lease = max_lease_seconds
+
+    async def AuthenticateApiKey(
+        self, request: quota_pb2.AuthenticateApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> quota_pb2.AuthenticateApiKeyResponse:
+        """Resolves a key to its tenant and plan."""
+        violations: list[FieldViolation] = []
+        if not request.api_key:
+            violations.append(FieldViolation("api_key", "required"))
+        _check(violations)
+        tenant, plan, key_id = await self._store.authenticate(request.api_key)
+        return quota_pb2.AuthenticateApiKeyResponse(tenant=tenant, plan=plan, key_id=key_id)
+
+    async def ReserveQuota(
+        self, request: quota_pb2.ReserveQuotaRequest, context: grpc.aio.ServicerContext
+    ) -> quota_pb2.ReserveQuotaResponse:
+        """Holds units under a lease (authenticating the key first when one is given)."""
+        violations: list[FieldViolation] = []
+        _require_id(violations, "request_id", request.request_id)
+        if not request.api_key and not request.tenant_id:
+            violations.append(FieldViolation("tenant_id", "required when api_key is not set"))
+        if request.images < 1:
+            violations.append(FieldViolation("images", "at least 1"))
+        _megapixels(violations, request.megapixels)
+        if request.cost_micros < 0:
+            violations.append(FieldViolation("cost_micros", "at least 0"))
+        lease: float | None = None
+        if request.HasField("lease"):
+            lease = request.lease.ToTimedelta().total_seconds()
+            if lease <= 0 or lease > self._max_lease:
+                violations.append(
+                    FieldViolation("lease", f"more than 0 and at most {self._max_lease:g} seconds")
+                )
+        _check(violations)
+        result = await self._store.reserve(
+            ReserveArgs(
+                request_id=request.request_id,
+                tenant_id=request.tenant_id,
+                api_key=request.api_key,
+                images=request.images,
+                megapixels=request.megapixels,
+                cost_micros=request.cost_micros,
+                lease_seconds=lease,
+            )
+        )
+        return quota_pb2.ReserveQuotaResponse(
+            reservation=result.reservation,
+            tenant=result.tenant,
+            plan=result.plan,
+            key_id=result.key_id,
+        )
+
+    async def CommitReservation(
+        self, request: quota_pb2.CommitReservationRequest, context: grpc.aio.ServicerContext
+    ) -> quota_pb2.CommitReservationResponse:
+        """Charges the actual amount; the rest returns to the tenant."""
+        violations: list[FieldViolation] = []
+        _require_id(violations, "reservation_id", request.reservation_id)
+        if request.images < 0:
+            violations.append(FieldViolation("images", "at least 0"))
+        _megapixels(violations, request.megapixels)
+        if request.cost_micros < 0:
+            violations.append(FieldViolation("cost_micros", "at least 0"))
+        _check(violations)
+        reservation = await self._store.commit(
+            request.reservation_id,
+            images=request.images,
+            megapixels=request.megapixels,
+            cost_micros=request.cost_micros,
+        )
+        return quota_pb2.CommitReservationResponse(reservation=reservation)
+
+    async def ReleaseReservation(
+        self, request: quota_pb2.ReleaseReservationRequest, context: grpc.aio.ServicerContext
+    ) -> quota_pb2.ReleaseReservationResponse:
+        """Returns every unit of a pending reservation."""
+        violations: list[FieldViolation] = []
+        _require_id(violations, "reservation_id", request.reservation_id)
+        _check(violations)
+        reservation = await self._store.release(request.reservation_id)
+        return quota_pb2.ReleaseReservationResponse(reservation=reservation)
+
+    async def GetQuota(
+        self, request: quota_pb2.GetQuotaRequest, context: grpc.aio.ServicerContext
+    ) -> quota_pb2.GetQuotaResponse:
+        """The tenant's quota for the current period."""
+        violations: list[FieldViolation] = []
+        _require_id(violations, "tenant_id", request.tenant_id)
+        _check(violations)
+        return quota_pb2.GetQuotaResponse(quota=await self._store.get_quota(request.tenant_id))
+
+    async def ListPlans(
+        self, request: quota_pb2.ListPlansRequest, context: grpc.aio.ServicerContext
+    ) -> quota_pb2.ListPlansResponse:
+        """The configured plans."""
+        return quota_pb2.ListPlansResponse(plans=list(self._store.plans.values()))
+
+    async def CreateTenant(
+        self, request: quota_pb2.CreateTenantRequest, context: grpc.aio.ServicerContext
+    ) -> quota_pb2.CreateTenantResponse:
+        """Admin: creates a tenant (idempotent on request_id)."""
+        require_admin(context, self._admin_token, domain=DOMAIN)
+        violations: list[FieldViolation] = []
+        if len(request.request_id) > MAX_ID:
+            violations.append(FieldViolation("request_id", f"at most {MAX_ID} characters"))
+        name = request.name.strip()
+        if not name or len(name) > MAX_NAME or name != request.name:
+            violations.append(
+                FieldViolation("name", f"1 to {MAX_NAME} characters, no surrounding spaces")
+            )
+        if request.plan and request.plan not in self._store.plans:
+            violations.append(
+                FieldViolation("plan", f"unknown plan; one of {sorted(self._store.plans)}")
+            )
+        _check(violations)
+        tenant = await self._store.create_tenant(
+            request_id=request.request_id, name=request.name, plan=request.plan
+        )
+        return quota_pb2.CreateTenantResponse(tenant=tenant)
+
+    async def SetTenantPlan(
+        self, request: quota_pb2.SetTenantPlanRequest, context: grpc.aio.ServicerContext
+    ) -> quota_pb2.SetTenantPlanResponse:
+        """Admin: moves a tenant to another plan."""
+        require_admin(context, self._admin_token, domain=DOMAIN)
+        violations: list[FieldViolation] = []
+        _require_id(violations, "tenant_id", request.tenant_id)
+        if request.plan not in self._store.plans:
+            violations.append(
+                FieldViolation("plan", f"unknown plan; one of {sorted(self._store.plans)}")
+            )
+        _check(violations)
+        tenant = await self._store.set_tenant_plan(request.tenant_id, request.plan)
+        return quota_pb2.SetTenantPlanResponse(tenant=tenant)
+
+    async def CreateApiKey(
+        self, request: quota_pb2.CreateApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> quota_pb2.CreateApiKeyResponse:
+        """Admin: creates a key; the secret is in this response only."""
+        require_admin(context, self._admin_token, domain=DOMAIN)
+        violations: list[FieldViolation] = []
+        _require_id(violations, "tenant_id", request.tenant_id)
+        if len(request.label) > MAX_NAME:
+            violations.append(FieldViolation("label", f"at most {MAX_NAME} characters"))
+        _check(violations)
+        api_key, key_id = await self._store.create_api_key(request.tenant_id, request.label)
+        return quota_pb2.CreateApiKeyResponse(api_key=api_key, key_id=key_id)
+
+    async def RevokeApiKey(
+        self, request: quota_pb2.RevokeApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> quota_pb2.RevokeApiKeyResponse:
+        """Admin: revokes a key at once (repeat calls return the first revocation time)."""
+        require_admin(context, self._admin_token, domain=DOMAIN)
+        violations: list[FieldViolation] = []
+        _require_id(violations, "key_id", request.key_id)
+        _check(violations)
+        revoked_us = await self._store.revoke_api_key(request.key_id)
+        return quota_pb2.RevokeApiKeyResponse(revoke_time=timestamp(from_us(revoked_us)))
+
+    async def ListTenants(
+        self, request: quota_pb2.ListTenantsRequest, context: grpc.aio.ServicerContext
+    ) -> quota_pb2.ListTenantsResponse:
+        """Admin: every tenant, by name."""
+        require_admin(context, self._admin_token, domain=DOMAIN)
+        return quota_pb2.ListTenantsResponse(tenants=await self._store.list_tenants())
