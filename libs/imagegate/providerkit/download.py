@@ -71,6 +71,35 @@ def check_result_url(url: str, *, allowed_hosts: Sequence[str], loopback_ok: boo
     )
 
 
+def check_api_url(
+    url: object, *, base_url: str, allowed_hosts: Sequence[str], loopback_ok: bool
+) -> str:
+    """A URL from a provider's JSON that our credentials will be sent to (status, poll, cancel).
+
+    It must be https on the base URL's host or an allowed host; plain http only on loopback
+    when `loopback_ok`. Anything else is PROVIDER_BAD_RESPONSE, so the key never goes elsewhere.
+    """
+    if not isinstance(url, str) or not url:
+        raise ProviderError(reasons.PROVIDER_BAD_RESPONSE, "provider answer lacks a job URL")
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        raise ProviderError(
+            reasons.PROVIDER_BAD_RESPONSE, "provider job URL is not a URL"
+        ) from None
+    base_host = httpx.URL(base_url).host
+    host = parsed.host
+    loopback = loopback_ok and is_loopback_host(host)
+    known = host == base_host or host_allowed(host, allowed_hosts)
+    if (parsed.scheme == "https" and (known or loopback)) or (parsed.scheme == "http" and loopback):
+        return url
+    raise ProviderError(
+        reasons.PROVIDER_BAD_RESPONSE,
+        f"provider job URL points at {parsed.scheme}://{host}, not a known API host",
+        extra={"job_url_host": host},
+    )
+
+
 def decode_data_uri(uri: str, *, max_bytes: int) -> bytes:
     """The bytes of a `data:image/...;base64,` URI (fal's sync_mode output)."""
     header, _, payload = uri.partition(",")
