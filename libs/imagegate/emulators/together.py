@@ -104,7 +104,8 @@ async def handle_generation(
     )
     steps = int(body.get("steps", MODELS[model][2]))
     wanted = OutputFormat.PNG if body.get("output_format") == "png" else OutputFormat.JPEG
-    use_url = body.get("response_format") == "url" or emu.faults.peek("expired_url") is not None
+    expired = emu.faults.take("expired_url") is not None
+    use_url = body.get("response_format") == "url" or expired
     ms = inference_ms(width, height, steps, emu.latency)
     seed = body.get("seed") if isinstance(body.get("seed"), int) else 0
     data: list[dict[str, Any]] = []
@@ -112,7 +113,7 @@ async def handle_generation(
         image, declared, _ = emu.result_image(width, height, wanted, seed + index)
         item: dict[str, Any] = {"index": index, "timings": {"inference": ms}}
         if use_url:
-            item["url"] = emu.store_file(image, declared, ttl=3600)
+            item["url"] = emu.store_file(image, declared, ttl=0.0 if expired else 3600.0)
         else:
             item["b64_json"] = base64.b64encode(image).decode()
             item["type"] = "b64_json"

@@ -1,0 +1,1 @@
+"""OpenAI Images adapter: GPT image models, base64 output, token usage."""

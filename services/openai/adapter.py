@@ -1,0 +1,91 @@
+"""The OpenAI Adapter: one synchronous POST /v1/images/generations per generation."""
+
+from __future__ import annotations
+
+from imagegate.grpckit.deadline import Deadline
+from imagegate.providerkit.adapter import Adapter
+from imagegate.providerkit.http import build_client, json_body
+from imagegate.providerkit.types import (
+    GenerationRequest,
+    GenerationResult,
+    ModelSpec,
+    ProgressSink,
+)
+from imagegate.telemetry import Telemetry
+from services.openai import wire
+from services.openai.config import OpenAISettings
+from services.together.client import post_sync
+
+GENERATIONS_PATH = "/v1/images/generations"
+
+
+class OpenAIAdapter(Adapter):
+    """gpt-image-1 and gpt-image-1-mini: fixed sizes, base64 output, token usage."""
+
+    name = "openai"
+
+    def __init__(self, settings: OpenAISettings, *, telemetry: Telemetry | None = None) -> None:
+        self._settings = settings
+        # OPENAI_BASE_URL is conventionally given with /v1; accept both forms.
+        self._base_url = settings.effective_base_url.removesuffix("/v1")
+        headers = {"authorization": f"Bearer {settings.key_value()}"}
+        if settings.organization:
+            headers["openai-organization"] = settings.organization
+        if settings.project:
+            headers["openai-project"] = settings.project
+        self._client = build_client(
+            base_url=self._base_url,
+            headers=headers,
+            max_connections=settings.max_concurrency,
+            telemetry=telemetry,
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self._settings.enabled
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    @property
+    def max_concurrency(self) -> int:
+        return self._settings.max_concurrency
+
+    @property
+    def default_timeout(self) -> float:
+        return self._settings.timeout_seconds
+
+    def models(self) -> list[ModelSpec]:
+        return list(wire.MODEL_SPECS)
+
+    async def generate(
+        self, request: GenerationRequest, deadline: Deadline, progress: ProgressSink | None
+    ) -> GenerationResult:
+        body = wire.request_body(
+            request, quality=self._settings.quality, moderation=self._settings.moderation
+        )
+        resp = await post_sync(
+            self._client,
+            GENERATIONS_PATH,
+            deadline=deadline,
+            json=body,
+            what="OpenAI images/generations",
+            special=wire.special_error,
+        )
+        job_id = resp.headers.get("x-request-id", "")
+        parsed = await wire.parse_response(
+            json_body(resp, billable=True, job_id=job_id),
+            wanted=request.output_format,
+            job_id=job_id,
+        )
+        return GenerationResult(
+            images=parsed.images,
+            provider_job_id=job_id,
+            input_tokens=parsed.input_tokens,
+            output_tokens=parsed.output_tokens,
+            model=request.model,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
