@@ -1,0 +1,1 @@
+"""The Router: authenticates, routes across provider adapters with failover, and settles usage."""

@@ -1,0 +1,43 @@
+"""Entry point: `python -m services.router`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from imagegate.config import CommonSettings
+from imagegate.grpckit.server import serve_until_signal
+from imagegate.telemetry import setup_telemetry
+from imagegate.telemetry.logs import configure_logging
+from services.router.config import RouterSettings
+from services.router.server import start_router
+
+log = logging.getLogger("services.router")
+
+
+def main() -> None:
+    """Builds settings once and serves until SIGINT/SIGTERM, then drains and settles."""
+    settings = RouterSettings()
+    common = CommonSettings()
+    configure_logging("router", level=common.log_level, fmt=common.log_format)
+
+    async def run() -> None:
+        telemetry = setup_telemetry("router")
+        running, app, handle = await start_router(settings, telemetry)
+        log.info(
+            "router listening",
+            extra={"address": running.address, "adapters": ",".join(settings.adapter_targets())},
+        )
+        try:
+            await serve_until_signal(running, grace=settings.shutdown_grace_seconds)
+        finally:
+            await app.close()
+            for channel in handle.channels:
+                await channel.close()
+            telemetry.shutdown()
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+"""The model catalog and routing policy, loaded from YAML into frozen dataclasses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from imagegate.common.v1 import catalog_pb2, image_pb2
+from imagegate.router.v1 import router_pb2
+
+DEFAULT_CATALOG = Path(__file__).with_name("catalog.yaml")
+
+TIERS = {
+    "budget": catalog_pb2.QUALITY_TIER_BUDGET,
+    "fast": catalog_pb2.QUALITY_TIER_FAST,
+    "standard": catalog_pb2.QUALITY_TIER_STANDARD,
+    "premium": catalog_pb2.QUALITY_TIER_PREMIUM,
+}
+PRICE_UNITS = {
+    "megapixel": catalog_pb2.PRICE_UNIT_MEGAPIXEL,
+    "image": catalog_pb2.PRICE_UNIT_IMAGE,
+    "compute_second": catalog_pb2.PRICE_UNIT_COMPUTE_SECOND,
+    "token": catalog_pb2.PRICE_UNIT_TOKEN,
+    "free": catalog_pb2.PRICE_UNIT_FREE,
+}
+FORMATS = {
+    "png": image_pb2.IMAGE_FORMAT_PNG,
+    "jpeg": image_pb2.IMAGE_FORMAT_JPEG,
+    "webp": image_pb2.IMAGE_FORMAT_WEBP,
+}
+PREFERENCES = {
+    "speed": router_pb2.PREFERENCE_SPEED,
+    "balanced": router_pb2.PREFERENCE_BALANCED,
+    "quality": router_pb2.PREFERENCE_QUALITY,
+    "budget": router_pb2.PREFERENCE_BUDGET,
+}
+
+
+class CatalogError(ValueError):
+    """The catalog file is malformed."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One provider model that can serve an alias."""
+
+    alias: str
+    """Model alias, e.g. "flux-schnell"."""
+    provider: str
+    """Provider name, e.g. "fal"."""
+    provider_model: str
+    """The provider's model id."""
+    price_unit: int
+    """imagegate.common.v1.PriceUnit value."""
+    tier: str
+    """Quality tier of the alias."""
+
+    @property
+    def key(self) -> str:
+        """ "provider/provider_model", as shown to callers."""
+        return f"{self.provider}/{self.provider_model}"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model alias."""
+
+    alias: str
+    """Alias."""
+    description: str
+    """Human-readable description."""
+    tier: str
+    """budget / fast / standard / premium."""
+    default_size: tuple[int, int]
+    """Size used when neither the caller nor a style sets one."""
+    capabilities: catalog_pb2.Capabilities
+    """What every candidate is expected to honour (adapters may report more precisely)."""
+    candidates: tuple[Candidate, ...]
+    """Candidates in priority order."""
+
+
+@dataclass(frozen=True)
+class StylePreset:
+    """A named style preset."""
+
+    name: str
+    """Name, e.g. "pixel-art"."""
+    description: str
+    """What it is for."""
+    prompt_template: str
+    """Template with "{prompt}"."""
+    negative_prompt: str
+    """Negative prompt added by the preset."""
+    size: tuple[int, int]
+    """Default (width, height)."""
+
+    def expand(self, prompt: str) -> str:
+        """The caller's prompt inside the template (plain replace: braces in prompts are safe)."""
+        return self.prompt_template.replace("{prompt}", prompt.strip())
+
+    def merge_negative(self, negative: str) -> str:
+        """The caller's negative prompt followed by the preset's."""
+        parts = [p for p in (negative.strip(), self.negative_prompt) if p]
+        return ", ".join(parts)
+
+    def to_proto(self) -> router_pb2.Style:
+        """The proto form."""
+        return router_pb2.Style(
+            name=self.name,
+            description=self.description,
+            prompt_template=self.prompt_template,
+            negative_prompt=self.negative_prompt,
+            default_width=self.size[0],
+            default_height=self.size[1],
+        )
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Models, preference lists, styles and provider timeouts."""
+
+    models: dict[str, ModelEntry]
+    """Aliases in file order."""
+    preferences: dict[int, tuple[str, ...]]
+    """Preference enum value -> ordered aliases."""
+    styles: dict[str, StylePreset]
+    """Style presets by name."""
+    provider_timeouts: dict[str, float] = field(default_factory=dict)
+    """Longest attempt per provider, seconds."""
+    local_provider: str = "local"
+    """Provider name of the embedded local backend."""
+    local_model: str = "imagegate-local-v1"
+    """Its model id."""
+
+    @property
+    def local_alias(self) -> str | None:
+        """The alias served by the local backend, if the catalog has one."""
+        for entry in self.models.values():
+            if any(c.provider == self.local_provider for c in entry.candidates):
+                return entry.alias
+        return None
+
+    def local_candidate(self, alias: str, tier: str) -> Candidate:
+        """The local backend standing in for `alias`."""
+        return Candidate(
+            alias=alias,
+            provider=self.local_provider,
+            provider_model=self.local_model,
+            price_unit=catalog_pb2.PRICE_UNIT_FREE,
+            tier=tier,
+        )
+
+    def aliases_for(self, preference: int) -> tuple[str, ...]:
+        """Aliases tried for a preference (unspecified means balanced)."""
+        if preference == router_pb2.PREFERENCE_UNSPECIFIED:
+            preference = router_pb2.PREFERENCE_BALANCED
+        return self.preferences.get(preference, ())
+
+
+def _capabilities(raw: dict[str, Any], where: str) -> catalog_pb2.Capabilities:
+    try:
+        caps = catalog_pb2.Capabilities(
+            min_side=int(raw.get("min_side", 0)),
+            max_side=int(raw.get("max_side", 0)),
+            side_multiple=int(raw.get("side_multiple", 1)),
+            max_images=int(raw.get("max_images", 1)),
+            seed=bool(raw.get("seed", False)),
+            negative_prompt=bool(raw.get("negative_prompt", False)),
+            formats=[FORMATS[f] for f in raw.get("formats", ["png"])],
+            steps=bool(raw.get("steps", False)),
+            guidance=bool(raw.get("guidance", False)),
+            max_pixels=int(raw.get("max_pixels", 0)),
+        )
+        for w, h in raw.get("fixed_sizes", []):
+            caps.fixed_sizes.add(width=int(w), height=int(h))
+    except (KeyError, TypeError, ValueError) as err:
+        raise CatalogError(f"{where}: bad capabilities: {err}") from err
+    return caps
+
+
+def load_catalog(path: Path | None = None) -> Catalog:
+    """Reads and checks a catalog file (the bundled one when `path` is None)."""
+    path = path or DEFAULT_CATALOG
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise CatalogError(f"cannot read catalog {path}: {err}") from err
+    if not isinstance(raw, dict) or not isinstance(raw.get("models"), dict):
+        raise CatalogError(f"{path}: expected a mapping with 'models'")
+    models: dict[str, ModelEntry] = {}
+    for alias, m in raw["models"].items():
+        where = f"{path}: model {alias}"
+        tier = m.get("tier")
+        if tier not in TIERS:
+            raise CatalogError(f"{where}: tier must be one of {sorted(TIERS)}")
+        cands = []
+        for c in m.get("candidates") or []:
+            unit = c.get("price_unit")
+            if unit not in PRICE_UNITS or not c.get("provider") or not c.get("model"):
+                raise CatalogError(f"{where}: candidate needs provider, model and a price_unit")
+            cands.append(Candidate(alias, c["provider"], c["model"], PRICE_UNITS[unit], tier))
+        if not cands:
+            raise CatalogError(f"{where}: needs at least one candidate")
+        w, h = m.get("default_size", [1024, 1024])
+        models[alias] = ModelEntry(
+            alias=alias,
+            description=str(m.get("description", "")),
+            tier=tier,
+            default_size=(int(w), int(h)),
+            capabilities=_capabilities(m.get("capabilities") or {}, where),
+            candidates=tuple(cands),
+        )
+    prefs: dict[int, tuple[str, ...]] = {}
+    for name, aliases in (raw.get("preferences") or {}).items():
+        if name not in PREFERENCES:
+            raise CatalogError(f"{path}: unknown preference {name!r}")
+        unknown = [a for a in aliases if a not in models]
+        if unknown:
+            raise CatalogError(f"{path}: preference {name} names unknown models {unknown}")
+        prefs[PREFERENCES[name]] = tuple(aliases)
+    styles: dict[str, StylePreset] = {}
+    for name, s in (raw.get("styles") or {}).items():
+        template = str(s.get("prompt_template", "{prompt}"))
+        if "{prompt}" not in template:
+            raise CatalogError(f"{path}: style {name} template lacks {{prompt}}")
+        w, h = s.get("size", [1024, 1024])
+        styles[name] = StylePreset(
+            name=name,
+            description=str(s.get("description", "")),
+            prompt_template=template,
+            negative_prompt=str(s.get("negative_prompt", "")),
+            size=(int(w), int(h)),
+        )
+    return Catalog(
+        models=models,
+        preferences=prefs,
+        styles=styles,
+        provider_timeouts={k: float(v) for k, v in (raw.get("provider_timeouts") or {}).items()},
+        local_provider=str(raw.get("local_provider", "local")),
+        local_model=str(raw.get("local_model", "imagegate-local-v1")),
+    )

@@ -1,0 +1,112 @@
+"""Settings of the Router process (IMAGEGATE_ROUTER_* plus the shared downstream addresses)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RouterSettings(BaseSettings):
+    """Built once in `main()` (or by a test) and passed down; never read from globals."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="IMAGEGATE_ROUTER_", extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    addr: str = Field("127.0.0.1:50051", description="Listen address.")
+    adapters: str = Field(
+        "local=127.0.0.1:50060", description='Adapters to dial, "name=host:port,name=host:port".'
+    )
+    catalog: Path | None = Field(None, description="Model catalog YAML; default: the bundled one.")
+    quota_addr: str = Field(
+        "127.0.0.1:50052",
+        validation_alias=AliasChoices("IMAGEGATE_QUOTA_ADDR", "IMAGEGATE_ROUTER_QUOTA_ADDR"),
+        description="Quota service address.",
+    )
+    metering_addr: str = Field(
+        "127.0.0.1:50053",
+        validation_alias=AliasChoices("IMAGEGATE_METERING_ADDR", "IMAGEGATE_ROUTER_METERING_ADDR"),
+        description="Metering service address.",
+    )
+    data_dir: Path = Field(
+        Path(".imagegate"),
+        validation_alias=AliasChoices("IMAGEGATE_DATA_DIR", "IMAGEGATE_ROUTER_DATA_DIR"),
+        description="Where the settlement outbox lives.",
+    )
+    default_deadline_seconds: float = Field(
+        60.0, description="Budget of a request whose caller set no gRPC deadline."
+    )
+    settle_margin_seconds: float = Field(
+        0.25, description="Time kept back from the deadline to settle quota and usage."
+    )
+    min_attempt_seconds: float = Field(
+        1.0, description="Time held back for the next candidate while an earlier one runs."
+    )
+    attempt_timeout_seconds: float = Field(
+        120.0, description="Longest single attempt unless the catalog sets a provider timeout."
+    )
+    dependency_timeout_seconds: float = Field(
+        2.0, description="Longest Quota/Metering call on the hot path."
+    )
+    fail_open: bool = Field(
+        False,
+        description="When Quota is unreachable, serve keys it authenticated within "
+        "auth_cache_seconds instead of refusing (usage is still recorded later).",
+    )
+    auth_cache_seconds: float = Field(
+        300.0, description="How long a key authenticated by Quota may be served in fail-open."
+    )
+    idempotency_retention_seconds: float = Field(
+        600.0, description="How long a finished result is kept for repeats of its request_id."
+    )
+    idempotency_max_entries: int = Field(10_000, description="Most results kept.")
+    idempotency_max_bytes: int = Field(128 * 1024 * 1024, description="Most result bytes kept.")
+    describe_interval_seconds: float = Field(
+        15.0, description="How often DescribeProvider is refreshed for each adapter."
+    )
+    price_refresh_seconds: float = Field(
+        60.0, description="How often Metering's price catalog is mirrored."
+    )
+    record_prompts: bool = Field(False, description="Record the prompt (truncated) on spans.")
+    prompt_record_chars: int = Field(200, description="Prompt characters kept when recorded.")
+    maximum_concurrent_rpcs: int | None = Field(
+        4096, description="Calls beyond this get RESOURCE_EXHAUSTED at once (load shedding)."
+    )
+    breaker_window: int = Field(20, description="Calls in the breaker's sliding window.")
+    breaker_minimum_calls: int = Field(10, description="Calls needed before the rate rule applies.")
+    breaker_failure_rate: float = Field(0.5, description="Failure rate that opens the breaker.")
+    breaker_consecutive_failures: int = Field(5, description="Consecutive failures that open it.")
+    breaker_slow_call_seconds: float = Field(
+        60.0, description="A successful call slower than this counts as slow."
+    )
+    breaker_slow_call_rate: float = Field(0.8, description="Slow-call rate that opens it.")
+    breaker_open_seconds: float = Field(5.0, description="First open wait.")
+    breaker_max_open_seconds: float = Field(120.0, description="Cap of the growing open wait.")
+    breaker_half_open_probes: int = Field(1, description="Probes admitted while half-open.")
+    breaker_probe_max_seconds: float = Field(
+        150.0, description="A probe running longer than this is presumed lost; its slot frees."
+    )
+    shutdown_grace_seconds: float = Field(
+        5.0,
+        validation_alias=AliasChoices(
+            "IMAGEGATE_SHUTDOWN_GRACE_SECONDS", "IMAGEGATE_ROUTER_SHUTDOWN_GRACE_SECONDS"
+        ),
+        description="Drain time on SIGTERM.",
+    )
+
+    def adapter_targets(self) -> dict[str, str]:
+        """Parses `adapters` into {provider: "host:port"}, in the order given."""
+        out: dict[str, str] = {}
+        for item in self.adapters.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            name, sep, target = item.partition("=")
+            if not sep or not name.strip() or not target.strip():
+                raise ValueError(
+                    f"bad IMAGEGATE_ROUTER_ADAPTERS entry {item!r}: want name=host:port"
+                )
+            out[name.strip()] = target.strip()
+        return out

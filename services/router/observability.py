@@ -1,0 +1,73 @@
+"""The Router's metrics instruments and its JSON log lines."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+
+from opentelemetry import metrics, trace
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from services.router.breaker import BreakerRegistry, BreakerState, CircuitBreaker
+
+log = logging.getLogger("services.router")
+
+
+class RouterMetrics:
+    """Every instrument the Router records, created once per process."""
+
+    def __init__(self, meter: metrics.Meter, breakers: Callable[[], BreakerRegistry]) -> None:
+        self._breakers = breakers
+        self.requests = meter.create_counter(
+            "imagegate.router.requests", unit="{request}", description="Requests by outcome."
+        )
+        self.duration = meter.create_histogram(
+            "imagegate.router.request.duration", unit="s", description="End-to-end request time."
+        )
+        self.attempt_duration = meter.create_histogram(
+            "imagegate.router.attempt.duration", unit="s", description="Time of each adapter call."
+        )
+        self.overhead = meter.create_histogram(
+            "imagegate.router.overhead",
+            unit="s",
+            description="End-to-end time minus adapter time: what the gateway adds.",
+        )
+        self.transitions = meter.create_counter(
+            "imagegate.router.breaker.transitions", unit="{transition}"
+        )
+        self.cost = meter.create_counter(
+            "imagegate.router.cost", unit="{micro-USD}", description="Cost of served requests."
+        )
+        self.in_flight = meter.create_up_down_counter(
+            "imagegate.router.in_flight", unit="{request}", description="Requests being served."
+        )
+        meter.create_observable_gauge(
+            "imagegate.router.breaker.state",
+            callbacks=[self._observe_breakers],
+            description="0 closed, 1 half-open, 2 open.",
+        )
+
+    def _observe_breakers(self, options: CallbackOptions) -> Iterable[Observation]:
+        for (provider, model), breaker in self._breakers().items():
+            yield Observation(breaker.state.gauge, {"provider": provider, "provider_model": model})
+
+
+def breaker_transition_handler(
+    metrics_: Callable[[], RouterMetrics | None],
+) -> Callable[[CircuitBreaker, BreakerState, BreakerState, str], None]:
+    """A listener that counts, traces and logs every breaker transition."""
+
+    def on_transition(
+        breaker: CircuitBreaker, old: BreakerState, new: BreakerState, reason: str
+    ) -> None:
+        attrs = {"breaker": breaker.name, "from": old.value, "to": new.value, "reason": reason}
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.add_event("breaker_transition", attrs)
+        m = metrics_()
+        if m is not None:
+            m.transitions.add(1, {"breaker": breaker.name, "to": new.value})
+        level = logging.WARNING if new is BreakerState.OPEN else logging.INFO
+        log.log(level, "breaker transition", extra={"event": "breaker_transition", **attrs})
+
+    return on_transition

@@ -1,0 +1,119 @@
+"""Factory that builds and starts a Router in-process (used by main, tests and integration)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+
+from imagegate.grpckit.channel import create_channel
+from imagegate.grpckit.server import RunningServer, start_server
+from imagegate.metering.v1 import metering_pb2_grpc
+from imagegate.quota.v1 import quota_pb2_grpc
+from imagegate.router.v1 import router_pb2, router_pb2_grpc
+from imagegate.telemetry import Telemetry
+from services.router.adapters import AdapterPool
+from services.router.app import RouterApp
+from services.router.breaker import BreakerConfig, BreakerRegistry
+from services.router.catalog import load_catalog
+from services.router.config import RouterSettings
+from services.router.observability import RouterMetrics, breaker_transition_handler
+from services.router.seams import PriceMirror, make_settler
+from services.router.servicer import RouterServicer
+
+SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
+
+
+def breaker_config(settings: RouterSettings) -> BreakerConfig:
+    """The breaker parameters from settings."""
+    return BreakerConfig(
+        window=settings.breaker_window,
+        minimum_calls=settings.breaker_minimum_calls,
+        failure_rate=settings.breaker_failure_rate,
+        consecutive_failures=settings.breaker_consecutive_failures,
+        slow_call_seconds=settings.breaker_slow_call_seconds or None,
+        slow_call_rate=settings.breaker_slow_call_rate,
+        open_seconds=settings.breaker_open_seconds,
+        max_open_seconds=settings.breaker_max_open_seconds,
+        half_open_probes=settings.breaker_half_open_probes,
+        probe_max_seconds=settings.breaker_probe_max_seconds,
+    )
+
+
+@dataclass
+class RouterHandle:
+    """What the factory started, so the caller can stop it in order."""
+
+    running: RunningServer
+    """The gRPC server."""
+    app: RouterApp
+    """The Router's behaviour (breakers, caches, settler)."""
+    channels: list[grpc.aio.Channel]
+    """Quota and Metering channels."""
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Drains calls, flushes settlement, closes channels."""
+        await self.running.stop(grace)
+        await self.app.close()
+        for channel in self.channels:
+            await channel.close()
+
+
+async def start_router(
+    settings: RouterSettings,
+    telemetry: Telemetry,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    address: str | None = None,
+) -> tuple[RunningServer, RouterApp, RouterHandle]:
+    """Builds the Router, dials its downstreams once, and starts serving on `address`.
+
+    Pass `address="127.0.0.1:0"` in tests; the bound address is `running.address`.
+    """
+    catalog = load_catalog(settings.catalog)
+    interceptors = telemetry.client_interceptors()
+    quota_channel = create_channel(settings.quota_addr, interceptors)
+    metering_channel = create_channel(settings.metering_addr, interceptors)
+    quota = quota_pb2_grpc.QuotaServiceStub(quota_channel)
+    metering = metering_pb2_grpc.MeteringServiceStub(metering_channel)
+    holder: dict[str, RouterMetrics] = {}
+    breakers = BreakerRegistry(
+        breaker_config(settings),
+        clock=clock,
+        on_transition=breaker_transition_handler(lambda: holder.get("m")),
+    )
+    metrics = RouterMetrics(telemetry.meter, lambda: breakers)
+    holder["m"] = metrics
+    adapters = AdapterPool(
+        settings.adapter_targets(),
+        interceptors=interceptors,
+        describe_interval=settings.describe_interval_seconds,
+        local_provider=catalog.local_provider,
+    )
+    app = RouterApp(
+        settings=settings,
+        catalog=catalog,
+        adapters=adapters,
+        quota=quota,
+        metering=metering,
+        settler=make_settler(quota, metering, settings.data_dir / "router-outbox.sqlite3"),
+        pricer=PriceMirror(),
+        breakers=breakers,
+        tracer=telemetry.tracer,
+        metrics=metrics,
+        clock=clock,
+    )
+    await app.start()
+    servicer = RouterServicer(app)
+    running = await start_server(
+        address=address or settings.addr,
+        registrars=[lambda s: router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, s)],
+        service_names=[SERVICE_NAME],
+        domain="imagegate.router",
+        interceptors=telemetry.server_interceptors(),
+        maximum_concurrent_rpcs=settings.maximum_concurrent_rpcs,
+    )
+    handle = RouterHandle(running=running, app=app, channels=[quota_channel, metering_channel])
+    return running, app, handle

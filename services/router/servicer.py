@@ -1,0 +1,231 @@
+"""RouterService servicer: thin gRPC glue over RouterApp."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import grpc
+
+from imagegate.grpckit.errors import from_parsed, parse_rpc_error, timestamp
+from imagegate.metering.v1 import metering_pb2
+from imagegate.quota.v1 import quota_pb2
+from imagegate.router.v1 import router_pb2, router_pb2_grpc
+from services.router.app import BREAKER_PROTO, EventSink, RouterApp, _duration
+from services.router.catalog import TIERS
+from services.router.validation import normalize
+
+
+class RouterServicer(router_pb2_grpc.RouterServiceServicer):
+    """Implements RouterService."""
+
+    def __init__(self, app: RouterApp) -> None:
+        self._app = app
+
+    async def GenerateImage(
+        self, request: router_pb2.GenerateImageRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.GenerateImageResponse:
+        return await self._app.generate(request, context)
+
+    async def StreamGenerateImage(
+        self, request: router_pb2.StreamGenerateImageRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[router_pb2.StreamGenerateImageResponse]:
+        sink = EventSink()
+        task = asyncio.ensure_future(self._app.generate(request.request, context, sink))
+        try:
+            while True:
+                getter = asyncio.ensure_future(sink.queue.get())
+                done, _ = await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    event = getter.result()
+                    if event is not None:
+                        yield event
+                    continue
+                getter.cancel()
+                while not sink.queue.empty():
+                    event = sink.queue.get_nowait()
+                    if event is not None:
+                        yield event
+                result = task.result()
+                yield router_pb2.StreamGenerateImageResponse(
+                    elapsed_seconds=time.monotonic() - sink.started, result=result
+                )
+                return
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+
+    async def ListModels(
+        self, request: router_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.ListModelsResponse:
+        caller = await self._app.authenticate(context)
+        app = self._app
+        tiers = set(caller.plan.allowed_tiers)
+        hosted = app.adapters.hosted_enabled()
+        out = router_pb2.ListModelsResponse()
+        for entry in app.catalog.models.values():
+            providers = []
+            for c in entry.candidates:
+                a = app.adapters.get(c.provider)
+                if a is not None and a.enabled and c.provider_model in a.models:
+                    providers.append(c.provider)
+            local_sub = False
+            if not providers and not hosted:
+                local = app.adapters.get(app.catalog.local_provider)
+                if local is not None and local.enabled:
+                    providers, local_sub = [app.catalog.local_provider], True
+            tier = "budget" if local_sub else entry.tier
+            out.models.add(
+                alias=entry.alias,
+                description=entry.description,
+                tier=TIERS[entry.tier],
+                capabilities=entry.capabilities,
+                providers=providers,
+                allowed_by_plan=not tiers or entry.tier in tiers or (local_sub and tier in tiers),
+                local_substitute=local_sub,
+            )
+        return out
+
+    async def ListStyles(
+        self, request: router_pb2.ListStylesRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.ListStylesResponse:
+        await self._app.authenticate(context)
+        return router_pb2.ListStylesResponse(
+            styles=[s.to_proto() for s in self._app.catalog.styles.values()]
+        )
+
+    async def EstimateCost(
+        self, request: router_pb2.EstimateCostRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.EstimateCostResponse:
+        caller = await self._app.authenticate(context)
+        app = self._app
+        norm = normalize(request.request, app.catalog)
+        plan = app.static_plan(norm)
+        tiers = set(caller.plan.allowed_tiers)
+        out = router_pb2.EstimateCostResponse()
+        ceiling = request.request.max_cost_micros
+        for cand in plan.candidates:
+            q = app.quote(cand, norm)
+            skip = ""
+            tier = "budget" if cand.provider == app.catalog.local_provider else cand.tier
+            if tiers and tier not in tiers:
+                skip = f"plan {caller.plan.id} excludes tier {tier}"
+            elif ceiling > 0 and (q is None or q > ceiling):
+                skip = "over max_cost_micros" if q is not None else "price unknown"
+            else:
+                pb = app.breakers.get(cand.provider)
+                mb = app.breakers.get(cand.provider, cand.provider_model)
+                if pb.retry_at is not None or mb.retry_at is not None:
+                    skip = "circuit open"
+            out.candidates.add(
+                provider=cand.provider,
+                model=cand.alias,
+                provider_model=cand.provider_model,
+                cost_micros=q or 0,
+                price_unit=cand.price_unit,  # type: ignore[arg-type]
+                skip_reason=skip,
+            )
+        for s in plan.skipped:
+            out.candidates.add(
+                provider=s.candidate.provider,
+                model=s.candidate.alias,
+                provider_model=s.candidate.provider_model,
+                cost_micros=app.quote(s.candidate, norm) or 0,
+                price_unit=s.candidate.price_unit,  # type: ignore[arg-type]
+                skip_reason=s.text,
+            )
+        first = next((c for c in out.candidates if not c.skip_reason), None)
+        out.expected_cost_micros = first.cost_micros if first is not None else 0
+        return out
+
+    async def GetProviderStatus(
+        self, request: router_pb2.GetProviderStatusRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.GetProviderStatusResponse:
+        await self._app.authenticate(context)
+        app = self._app
+        out = router_pb2.GetProviderStatusResponse()
+        for a in app.adapters.all():
+            app.breakers.get(a.name)
+        wall_offset = time.time() - app.clock()
+        for (provider, model), breaker in app.breakers.items():
+            snap = breaker.snapshot()
+            adapter = app.adapters.get(provider)
+            status = out.providers.add(
+                provider=provider,
+                provider_model=model,
+                enabled=bool(adapter and adapter.enabled),
+                state=BREAKER_PROTO[snap.state],
+                error_rate=snap.error_rate,
+                window_calls=snap.window_calls,
+                in_flight=snap.in_flight,
+                trips=snap.trips,
+                last_error_reason=snap.last_error_reason
+                or (adapter.last_error if adapter and not model else ""),
+            )
+            if snap.latency_p50 is not None:
+                status.latency_p50.CopyFrom(_duration(snap.latency_p50))
+            if snap.latency_p95 is not None:
+                status.latency_p95.CopyFrom(_duration(snap.latency_p95))
+            if snap.retry_at is not None:
+                status.retry_at.CopyFrom(
+                    timestamp(datetime.fromtimestamp(snap.retry_at + wall_offset, UTC))
+                )
+        return out
+
+    async def GetUsageSummary(
+        self, request: router_pb2.GetUsageSummaryRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.GetUsageSummaryResponse:
+        caller = await self._app.authenticate(context)
+        try:
+            resp = await self._app.metering.GetUsageSummary(
+                metering_pb2.GetUsageSummaryRequest(
+                    tenant_id=caller.tenant_id, period=request.period
+                ),
+                timeout=_timeout(context, self._app.settings.dependency_timeout_seconds),
+            )
+        except grpc.aio.AioRpcError as err:
+            raise from_parsed(parse_rpc_error(err)) from None
+        return router_pb2.GetUsageSummaryResponse(summary=resp.summary)
+
+    async def ListUsageRecords(
+        self, request: router_pb2.ListUsageRecordsRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.ListUsageRecordsResponse:
+        caller = await self._app.authenticate(context)
+        try:
+            resp = await self._app.metering.ListUsageRecords(
+                metering_pb2.ListUsageRecordsRequest(
+                    tenant_id=caller.tenant_id,
+                    period=request.period,
+                    page_size=request.page_size,
+                    page_token=request.page_token,
+                ),
+                timeout=_timeout(context, self._app.settings.dependency_timeout_seconds),
+            )
+        except grpc.aio.AioRpcError as err:
+            raise from_parsed(parse_rpc_error(err)) from None
+        return router_pb2.ListUsageRecordsResponse(
+            records=resp.records, next_page_token=resp.next_page_token
+        )
+
+    async def GetQuota(
+        self, request: router_pb2.GetQuotaRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.GetQuotaResponse:
+        caller = await self._app.authenticate(context)
+        try:
+            resp = await self._app.quota.GetQuota(
+                quota_pb2.GetQuotaRequest(tenant_id=caller.tenant_id),
+                timeout=_timeout(context, self._app.settings.dependency_timeout_seconds),
+            )
+        except grpc.aio.AioRpcError as err:
+            raise from_parsed(parse_rpc_error(err)) from None
+        return router_pb2.GetQuotaResponse(quota=resp.quota)
+
+
+def _timeout(context: grpc.aio.ServicerContext, cap: float) -> float:
+    remaining = context.time_remaining()
+    return cap if remaining is None else max(0.001, min(cap, remaining))
