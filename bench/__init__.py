@@ -1,0 +1,1 @@
+"""`make bench`: starts imagegate as separate processes on loopback and measures it."""

@@ -1,0 +1,1 @@
+"""The five scenarios of issue 7, each returning a Result."""

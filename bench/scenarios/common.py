@@ -1,0 +1,77 @@
+"""Helpers shared by scenarios: interleaved rounds, the echo process, added-latency rows."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from bench.context import Ctx
+from bench.loadgen import Call, closed_loop
+from bench.procs import Proc, loopback, python_module, spawn, wait_port
+from bench.stats import RunStats
+
+
+async def interleaved(
+    paths: Mapping[str, Call],
+    *,
+    concurrency: int,
+    requests: int,
+    rounds: int,
+    warmup: int,
+) -> dict[str, RunStats]:
+    """Runs every path `rounds` times in turn (A B C A B C ...) and merges each path's rounds.
+
+    Interleaving spreads machine noise (other tenants of the VM, CPU frequency) over all paths.
+    """
+    merged = {label: RunStats(label, concurrency) for label in paths}
+    per_round = max(1, requests // rounds)
+    for _ in range(rounds):
+        for label, call in paths.items():
+            stats = await closed_loop(
+                label, call, concurrency=concurrency, requests=per_round, warmup=warmup
+            )
+            into = merged[label]
+            into.latencies.extend(stats.latencies)
+            into.errors.update(stats.errors)
+            into.elapsed += stats.elapsed
+            into.reported_overhead_ms.extend(stats.reported_overhead_ms)
+    return merged
+
+
+def added(base: RunStats, over: RunStats) -> dict[str, float | None]:
+    """Percentile-by-percentile latency that `over` adds to `base`, in ms."""
+    out: dict[str, float | None] = {}
+    for q in (50, 95, 99):
+        value = over.pct_ms(q) - base.pct_ms(q)
+        out[f"p{q}_ms"] = None if math.isnan(value) else round(value, 3)
+    return out
+
+
+async def start_echo(ctx: Ctx, reply_bytes: int, name: str = "echo") -> Proc:
+    """The raw echo server as its own process."""
+    address = loopback()
+    proc = await spawn(
+        name,
+        python_module(
+            "bench.echo", "--port", address.rsplit(":", 1)[1], "--reply-bytes", str(reply_bytes)
+        ),
+        env=dict(os.environ),
+        address=address,
+        log_dir=ctx.logs,
+    )
+    await wait_port(proc)
+    return proc
+
+
+def rss_table(procs: Sequence[Proc]) -> dict[str, Any]:
+    """Peak RSS (VmHWM, MiB) of each process since its last reset."""
+    return {p.name: p.peak_rss_mb() for p in procs}
+
+
+def fmt(value: float | None, unit: str = "", digits: int = 2) -> str:
+    """A number for a table cell; "n/a" for missing."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:,.{digits}f}{unit}"

@@ -1,0 +1,114 @@
+"""Scenario 1: Router vs the same adapter called directly vs a raw gRPC echo of the same payload."""
+
+from __future__ import annotations
+
+from bench.clients import channels, direct_call, echo_call, provider_request, router_call
+from bench.context import Ctx, Result, Target
+from bench.provider_pb import response_size
+from bench.scenarios.common import added, fmt, interleaved, rss_table, start_echo
+from bench.stack import start_stack
+from bench.stats import RunStats
+
+
+async def run(ctx: Ctx) -> Result:
+    """Concurrency 1, 16 and 64; each concurrency runs the three paths interleaved."""
+    stack = await start_stack(ctx, "overhead")
+    local = stack.services.address("local")
+    reply = await response_size(local)
+    echo = await start_echo(ctx, reply)
+    payload = provider_request(0).SerializeToString()
+    result = Result(
+        "1. Overhead",
+        "client -> Router -> local adapter (64x64 PNG, 0 ms) with Quota+Metering on SQLite, vs "
+        f"client -> local adapter directly, vs client -> raw grpc.aio echo ({len(payload)} B in, "
+        f"{reply} B out); all separate processes on loopback",
+    )
+    if not stack.has_router:
+        result.notes.append("services.router has not landed yet: Router path not measured")
+    procs = [*stack.services.procs.values(), echo]
+    for p in procs:
+        p.reset_peak_rss()
+    by_c: dict[int, dict[str, RunStats]] = {}
+    try:
+        for c in (1, 16, 64):
+            nchan = 1 if c == 1 else 4
+            chans = {
+                "echo": channels(echo.address, nchan),
+                "direct": channels(local, nchan),
+            }
+            paths = {
+                "echo": echo_call(chans["echo"], payload),
+                "direct": direct_call(chans["direct"]),
+            }
+            if stack.has_router:
+                chans["router"] = channels(stack.services.address("router"), nchan)
+                paths["router"] = router_call(chans["router"], stack.api_key)
+            total = ctx.n({1: 1500, 16: 4000, 64: 6000}[c], {1: 20, 16: 48, 64: 128}[c])
+            stats = await interleaved(
+                paths,
+                concurrency=c,
+                requests=total,
+                rounds=1 if ctx.smoke else 3,
+                warmup=ctx.n(max(50, c * 2), 4),
+            )
+            by_c[c] = stats
+            for label, s in stats.items():
+                row = s.summary()
+                if label == "router":
+                    row["added_over_direct"] = added(stats["direct"], s)
+                if label == "direct":
+                    row["added_over_echo"] = added(stats["echo"], s)
+                result.runs.append(row)
+            for group in chans.values():
+                for ch in group:
+                    await ch.close()
+        result.extra["peak_rss_mb"] = rss_table(procs)
+    finally:
+        await echo.stop()
+        await stack.stop()
+    judge(result, by_c)
+    return result
+
+
+def judge(result: Result, by_c: dict[int, dict[str, RunStats]]) -> None:
+    """Adds the overhead and throughput targets."""
+    serial = by_c.get(1, {})
+    if "router" not in serial:
+        for name, goal in (
+            ("Router added latency p50, serial", "<= 2 ms"),
+            ("Router added latency p99, serial", "<= 5 ms"),
+            ("Full-path throughput / raw echo", ">= 0.30x"),
+        ):
+            result.targets.append(Target(name, goal, "not measured (no Router)", None))
+        return
+    a = added(serial["direct"], serial["router"])
+    p50, p99 = a["p50_ms"], a["p99_ms"]
+    result.targets.append(
+        Target(
+            "Router added latency p50, serial",
+            "<= 2 ms",
+            f"{fmt(p50, ' ms')} (Router p50 {fmt(serial['router'].pct_ms(50), ' ms')}, "
+            f"direct {fmt(serial['direct'].pct_ms(50), ' ms')})",
+            p50 is not None and p50 <= 2.0,
+        )
+    )
+    result.targets.append(
+        Target(
+            "Router added latency p99, serial",
+            "<= 5 ms",
+            f"{fmt(p99, ' ms')} (Router p99 {fmt(serial['router'].pct_ms(99), ' ms')}, "
+            f"direct {fmt(serial['direct'].pct_ms(99), ' ms')})",
+            p99 is not None and p99 <= 5.0,
+        )
+    )
+    router_best = max(s["router"].rps for s in by_c.values())
+    echo_best = max(s["echo"].rps for s in by_c.values())
+    ratio = router_best / echo_best if echo_best else 0.0
+    result.targets.append(
+        Target(
+            "Full-path throughput / raw echo",
+            ">= 0.30x",
+            f"{ratio:.2f}x ({router_best:,.0f} vs {echo_best:,.0f} req/s, best concurrency each)",
+            ratio >= 0.30,
+        )
+    )
