@@ -89,9 +89,13 @@ async def parse_response(body: Any, *, wanted: OutputFormat, job_id: str) -> Par
     for item in body["data"]:
         b64 = item.get("b64_json") if isinstance(item, dict) else None
         if not isinstance(b64, str) or not b64:
-            raise _bad("data item has no b64_json", job_id)
+            got = "a url" if isinstance(item, dict) and item.get("url") else "nothing"
+            raise _bad(
+                f"data item has no b64_json (got {got}; GPT image models answer base64)", job_id
+            )
         images.append(await _decode(b64, wanted, job_id))
-    usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+    raw_usage = body.get("usage")
+    usage: dict[str, Any] = raw_usage if isinstance(raw_usage, dict) else {}
     return ParsedResponse(images, _int(usage.get("input_tokens")), _int(usage.get("output_tokens")))
 
 

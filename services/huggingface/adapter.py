@@ -1,0 +1,166 @@
+"""The Hugging Face Adapter: hf-inference raw-bytes calls and partner calls through the router."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+
+import httpx
+
+from imagegate.grpckit import reasons
+from imagegate.grpckit.deadline import Deadline
+from imagegate.providerkit.adapter import Adapter
+from imagegate.providerkit.download import to_image
+from imagegate.providerkit.errors import ProviderError
+from imagegate.providerkit.http import build_client
+from imagegate.providerkit.images import sniff_format
+from imagegate.providerkit.types import (
+    GeneratedImage,
+    GenerationRequest,
+    GenerationResult,
+    ModelSpec,
+    ProgressSink,
+)
+from imagegate.telemetry import Telemetry
+from services.huggingface import wire
+from services.huggingface.config import HuggingFaceSettings
+from services.together import client as together
+from services.together.client import post_sync
+
+# Seeds drawn when the caller gives none, so each image of a fan-out differs (HF caches
+# identical requests) and every delivered image reports the seed that reproduces it.
+_SEED_RANGE = 2**31
+
+
+class HuggingFaceAdapter(Adapter):
+    """SD 2.1 and SDXL on hf-inference (compute-second billing); FLUX.1 schnell via Together."""
+
+    name = "huggingface"
+
+    def __init__(
+        self, settings: HuggingFaceSettings, *, telemetry: Telemetry | None = None
+    ) -> None:
+        self._settings = settings
+        self._base_url = settings.effective_base_url
+        headers = {"authorization": f"Bearer {settings.key_value()}"}
+        if settings.bill_to:
+            headers["x-hf-bill-to"] = settings.bill_to
+        self._client = build_client(
+            base_url=self._base_url,
+            headers=headers,
+            max_connections=settings.max_concurrency * 4,
+            telemetry=telemetry,
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self._settings.enabled
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    @property
+    def max_concurrency(self) -> int:
+        return self._settings.max_concurrency
+
+    @property
+    def default_timeout(self) -> float:
+        return self._settings.timeout_seconds
+
+    def models(self) -> list[ModelSpec]:
+        return list(wire.MODEL_SPECS)
+
+    async def generate(
+        self, request: GenerationRequest, deadline: Deadline, progress: ProgressSink | None
+    ) -> GenerationResult:
+        route = wire.ROUTES[request.model]
+        if route.partner == wire.TOGETHER:
+            return await together.generate(
+                self._client,
+                "/together/v1/images/generations",
+                request,
+                route.provider_model,
+                deadline=deadline,
+                result_hosts=self._settings.result_hosts,
+                loopback_ok=self._settings.is_loopback_override,
+                max_bytes=self._settings.max_image_bytes,
+                what="HF router -> together images/generations",
+                special=lambda resp, job: wire.special_error(resp, job, wire.TOGETHER),
+            )
+        return await self._inference(request, route.provider_model, deadline)
+
+    async def _inference(
+        self, request: GenerationRequest, model_id: str, deadline: Deadline
+    ) -> GenerationResult:
+        """One hf-inference call per image, concurrently; any failure fails the generation."""
+        first = request.seed if request.seed is not None else secrets.randbelow(_SEED_RANGE)
+        seeds = [first + i for i in range(request.num_images)]
+        tasks: list[asyncio.Task[tuple[GeneratedImage, float, str]]] = []
+        try:
+            async with asyncio.TaskGroup() as group:
+                for seed in seeds:
+                    tasks.append(
+                        group.create_task(self._one_image(request, model_id, seed, deadline))
+                    )
+        except* ProviderError as failed:
+            err = failed.exceptions[0]
+            assert isinstance(err, ProviderError)
+            # Images already rendered are billed even though the generation failed.
+            if any(t.done() and not t.cancelled() and t.exception() is None for t in tasks):
+                err.billable = True
+            raise err from None
+        results = [t.result() for t in tasks]
+        return GenerationResult(
+            images=[image for image, _, _ in results],
+            provider_job_id=",".join(job for _, _, job in results if job),
+            provider_seconds=sum(seconds for _, seconds, _ in results),
+            model=request.model,
+        )
+
+    async def _one_image(
+        self, request: GenerationRequest, model_id: str, seed: int, deadline: Deadline
+    ) -> tuple[GeneratedImage, float, str]:
+        resp = await post_sync(
+            self._client,
+            f"/hf-inference/models/{model_id}",
+            deadline=deadline,
+            json=wire.inference_body(request, seed),
+            what="HF router hf-inference",
+            special=lambda r, job: wire.special_error(r, job, wire.HF_INFERENCE),
+            headers={"accept": request.output_format.mime_type},
+        )
+        job_id = resp.headers.get("x-request-id", "")
+        if sniff_format(resp.content) is None:
+            raise _not_an_image(resp, job_id)
+        try:
+            # The declared Content-Type is ignored: HF labels JPEG as whatever was asked for.
+            image = await to_image(resp.content, request.output_format, seed=seed)
+        except ProviderError as err:
+            err.billable, err.provider_job_id = True, job_id
+            raise
+        return image, _compute_seconds(resp), job_id
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _compute_seconds(resp: httpx.Response) -> float:
+    try:
+        value = float(resp.headers.get("x-compute-time", "0"))
+    except ValueError:
+        return 0.0
+    return value if value >= 0 else 0.0
+
+
+def _not_an_image(resp: httpx.Response, job_id: str) -> ProviderError:
+    ctype = resp.headers.get("content-type", "unknown")
+    detail = wire.error_message(resp) if ctype.startswith("application/json") else ""
+    return ProviderError(
+        reasons.PROVIDER_BAD_RESPONSE,
+        f"HTTP 200 with {len(resp.content)} bytes of {ctype} that are not a PNG, JPEG or WebP "
+        "image" + (f": {detail}" if detail else ""),
+        http_status=resp.status_code,
+        billable=True,
+        provider_job_id=job_id,
+    )

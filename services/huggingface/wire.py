@@ -1,0 +1,153 @@
+"""Hugging Face router wire format: models, routes, request bodies, error bodies."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, replace
+from typing import Any
+
+import httpx
+
+from imagegate.grpckit import reasons
+from imagegate.providerkit.errors import ProviderError
+from imagegate.providerkit.http import error_detail, redact, secrets_of
+from imagegate.providerkit.types import GenerationRequest, ModelSpec, PriceUnit, SizeRule
+from services.together import wire as together_wire
+
+SD21 = "stabilityai/stable-diffusion-2-1"
+SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
+FLUX_SCHNELL = "black-forest-labs/FLUX.1-schnell"
+
+HF_INFERENCE = "hf-inference"
+TOGETHER = "together"
+
+
+@dataclass(frozen=True)
+class Route:
+    """How one model is reached through the router."""
+
+    partner: str
+    """Router provider segment: "hf-inference" or a partner such as "together"."""
+    provider_model: str
+    """The model id the partner expects (its own id, from HF's provider mapping)."""
+
+
+ROUTES: dict[str, Route] = {
+    SD21: Route(HF_INFERENCE, SD21),
+    SDXL: Route(HF_INFERENCE, SDXL),
+    # Together is synchronous and answers base64, so the router call is the whole job: no polling
+    # and no result download from a third host (see docs/errors.md, "Hugging Face").
+    FLUX_SCHNELL: Route(TOGETHER, together_wire.FLUX_SCHNELL),
+}
+
+# hf-inference answers one image per call; more are separate calls with consecutive seeds.
+MODEL_SPECS: tuple[ModelSpec, ...] = (
+    ModelSpec(
+        id=SD21,
+        sizes=SizeRule(min_side=256, max_side=1024, multiple=8),
+        max_images=4,
+        seed=True,
+        negative_prompt=True,
+        steps=True,
+        guidance=True,
+        price_unit=PriceUnit.COMPUTE_SECOND,
+    ),
+    ModelSpec(
+        id=SDXL,
+        sizes=SizeRule(min_side=512, max_side=1536, multiple=8),
+        max_images=4,
+        seed=True,
+        negative_prompt=True,
+        steps=True,
+        guidance=True,
+        price_unit=PriceUnit.COMPUTE_SECOND,
+    ),
+    replace(
+        next(s for s in together_wire.MODEL_SPECS if s.id == together_wire.FLUX_SCHNELL),
+        id=FLUX_SCHNELL,
+    ),
+)
+
+# Wording of refusals by the pipelines' safety checkers; hf-inference has no documented code.
+_MODERATION_WORDS = re.compile(r"nsfw|content polic|moderat|safety checker", re.I)
+_MAX_MESSAGE = 300
+
+
+def inference_body(req: GenerationRequest, seed: int | None) -> dict[str, Any]:
+    """The hf-inference text-to-image body: `inputs` plus the task spec's `parameters`."""
+    params: dict[str, Any] = {"width": req.width, "height": req.height}
+    if req.negative_prompt:
+        params["negative_prompt"] = req.negative_prompt
+    if req.steps is not None:
+        params["num_inference_steps"] = req.steps
+    if req.guidance_scale is not None:
+        params["guidance_scale"] = req.guidance_scale
+    if seed is not None:
+        params["seed"] = seed
+    return {"inputs": req.prompt, "parameters": params}
+
+
+def error_message(resp: httpx.Response) -> str:
+    """The message from any of HF's error shapes, scrubbed of credentials.
+
+    `{"error": str | [str]}`, `{"error", "error_description"}`, `{"errors": [{"message"}]}`,
+    `{"detail"}` (partner pass-through) and the X-Error-Message / X-Error-Code headers.
+    """
+    parts = [error_detail(resp)]
+    try:
+        body = json.loads(resp.content) if resp.content else None
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error_description"), str):
+        parts.append(body["error_description"])
+    header = resp.headers.get("x-error-message")
+    if header and header not in parts[0]:
+        parts.insert(0, header)
+    code = resp.headers.get("x-error-code")
+    if code:
+        parts.insert(0, f"[{code}]")
+    text = " ".join(" ".join(p for p in parts if p).split())[:_MAX_MESSAGE]
+    try:
+        request: httpx.Request | None = resp.request
+    except RuntimeError:
+        request = None
+    return redact(text, secrets_of(request))
+
+
+def estimated_time(resp: httpx.Response) -> float | None:
+    """`estimated_time` of a 503 "model is loading" body, when present."""
+    try:
+        body = json.loads(resp.content)
+    except ValueError:
+        return None
+    value = body.get("estimated_time") if isinstance(body, dict) else None
+    return float(value) if isinstance(value, int | float) and value >= 0 else None
+
+
+def special_error(resp: httpx.Response, job_id: str, partner: str) -> ProviderError | None:
+    """HF readings of an error answer that the generic status table would get wrong."""
+    status = resp.status_code
+    message = error_message(resp)
+    if partner != HF_INFERENCE:
+        refused = together_wire.special_error(resp, job_id)
+        if refused is not None:
+            return refused
+    if status in (400, 422) and _MODERATION_WORDS.search(message):
+        return ProviderError(
+            reasons.PROVIDER_CONTENT_MODERATED,
+            f"content refused by the model's safety checker: {message}",
+            http_status=status,
+            provider_job_id=job_id,
+        )
+    if status == 503:
+        wait = estimated_time(resp)
+        if wait is not None:
+            return ProviderError(
+                reasons.PROVIDER_UNAVAILABLE,
+                f"model is loading, ready in about {wait:g}s: {message}",
+                http_status=status,
+                retry_after_seconds=wait,
+                provider_job_id=job_id,
+            )
+    return None
