@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -42,7 +43,7 @@ from services.router.server import RouterHandle, start_router
 
 HANG = "hang"
 OK = "ok"
-Action = str | ProviderError | tuple[str, float] | Callable[[GenerationRequest], Any]
+Action: TypeAlias = str | ProviderError | tuple[str, float] | Callable[[GenerationRequest], Any]
 
 
 def spec(model_id: str, *, negative_prompt: bool = True, max_images: int = 4) -> ModelSpec:
@@ -398,7 +399,7 @@ async def start_stack(
         "metering_addr": servers[1].address,
         "describe_interval_seconds": 3600.0,
         "price_refresh_seconds": 3600.0,
-        "data_dir": "/tmp/imagegate-router-tests",
+        "data_dir": tempfile.mkdtemp(prefix="imagegate-router-"),
         **settings,
     }
     kwargs: dict[str, Any] = {}
