@@ -225,3 +225,29 @@ def _text(value: object) -> str:
     if isinstance(value, bytes):
         return value.decode(errors="replace")
     return value if isinstance(value, str) else ""
+
+
+class _SemconvName:
+    """Names client spans "pkg.Service/Method" like the server side (no leading slash)."""
+
+    def _start_span(self, method: str, **kwargs: Any) -> Any:
+        return super()._start_span(method.lstrip("/"), **kwargs)  # type: ignore[misc]
+
+
+def client_interceptors(tracer: trace.Tracer) -> list[grpc.aio.ClientInterceptor]:
+    """OTel's aio client interceptors (inject the current context), health checks skipped."""
+    from opentelemetry.instrumentation.grpc import _aio_client
+    from opentelemetry.instrumentation.grpc import filters as grpc_filters
+
+    untraced = grpc_filters.negate(
+        grpc_filters.any_of(*map(grpc_filters.service_name, UNTRACED_SERVICES))
+    )
+    bases = (
+        _aio_client.UnaryUnaryAioClientInterceptor,
+        _aio_client.UnaryStreamAioClientInterceptor,
+        _aio_client.StreamUnaryAioClientInterceptor,
+        _aio_client.StreamStreamAioClientInterceptor,
+    )
+    return [
+        type(base.__name__, (_SemconvName, base), {})(tracer, filter_=untraced) for base in bases
+    ]

@@ -12,8 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from opentelemetry import metrics, trace
-from opentelemetry.instrumentation.grpc import aio_client_interceptors
-from opentelemetry.instrumentation.grpc import filters as grpc_filters
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
@@ -22,7 +20,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcess
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from imagegate.telemetry.interceptors import ServerTelemetryInterceptor
+from imagegate.telemetry.interceptors import ServerTelemetryInterceptor, client_interceptors
 from imagegate.telemetry.redact import redact
 
 if TYPE_CHECKING:
@@ -173,10 +171,10 @@ class Telemetry:
 
     def client_interceptors(self) -> list[grpc.aio.ClientInterceptor]:
         """Client span per outgoing RPC, injecting the current context (not the incoming one)."""
-        return list(
-            aio_client_interceptors(
-                tracer_provider=self.tracer_provider,
-                filter_=grpc_filters.negate(grpc_filters.health_check()),
+        return client_interceptors(
+            self.tracer_provider.get_tracer(
+                "opentelemetry.instrumentation.grpc",
+                schema_url="https://opentelemetry.io/schemas/1.11.0",
             )
         )
 
