@@ -142,7 +142,7 @@ async def test_primary_down_secondary_serves_and_lists_both_attempts() -> None:
 
 async def test_breaker_opens_skips_primary_then_half_open_probe_closes_it() -> None:
     clock = FakeClock()
-    stack, fal, rep = await make(clock)
+    stack, fal, _rep = await make(clock)
     try:
         fal.default = unavailable()
         for i in range(3):
@@ -175,7 +175,7 @@ async def test_breaker_opens_skips_primary_then_half_open_probe_closes_it() -> N
 
 async def test_rate_limit_with_retry_after_opens_for_that_long() -> None:
     clock = FakeClock()
-    stack, fal, rep = await make(clock)
+    stack, fal, _rep = await make(clock)
     try:
         fal.then(
             ProviderError(
@@ -218,7 +218,7 @@ async def test_moderation_is_returned_and_leaves_breaker_alone() -> None:
 
 
 async def test_three_second_deadline_with_hanging_primary_returns_from_secondary() -> None:
-    stack, fal, rep = await make()
+    stack, fal, _rep = await make()
     try:
         fal.default = HANG
         started = time.monotonic()
@@ -276,7 +276,7 @@ async def test_free_plan_reaches_only_budget_models() -> None:
 
 
 async def test_duplicate_request_id_charges_once_and_returns_identical_bytes() -> None:
-    stack, fal, rep = await make()
+    stack, fal, _rep = await make()
     try:
         fal.default = ("sleep", 0.3)
         first, second = await asyncio.gather(
@@ -367,7 +367,7 @@ async def test_dead_primary_fails_over_fast_and_then_costs_nothing() -> None:
 
 async def test_provider_dying_after_describe_trips_provider_breaker() -> None:
     clock = FakeClock()
-    stack, fal, rep = await make(clock, breaker_consecutive_failures=1)
+    stack, _fal, _rep = await make(clock, breaker_consecutive_failures=1)
     try:
         fal_server = stack.servers[2]
         await fal_server.stop(grace=0)
@@ -404,7 +404,7 @@ async def test_every_breaker_open_sends_one_last_resort_probe() -> None:
 
 
 async def test_stream_reports_progress_failover_and_result() -> None:
-    stack, fal, rep = await make()
+    stack, fal, _rep = await make()
     try:
         fal.then(unavailable())
         events = [
@@ -427,7 +427,7 @@ async def test_stream_reports_progress_failover_and_result() -> None:
 
 
 async def test_stream_ends_with_status_when_all_fail() -> None:
-    stack, fal, _rep = await make()
+    stack, fal, rep = await make()
     try:
         fal.default = rep.default = unavailable()
         call = stack.stub.StreamGenerateImage(
@@ -445,7 +445,7 @@ async def test_stream_ends_with_status_when_all_fail() -> None:
 
 @pytest.mark.parametrize("fail_open", [False, True])
 async def test_quota_down_fail_closed_or_open(fail_open: bool) -> None:
-    stack, fal, rep = await make(fail_open=fail_open)
+    stack, fal, _rep = await make(fail_open=fail_open)
     try:
         await stack.stub.GenerateImage(req("q0"), metadata=PRO, timeout=5)
         stack.quota.down = True
