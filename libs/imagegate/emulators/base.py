@@ -188,7 +188,7 @@ class Emulator:
         app.router.add_get("/_emulator/calls", self._list_calls)
         app.router.add_delete("/_emulator/calls", self._clear_calls)
         app.router.add_post("/_emulator/latency", self._set_latency)
-        app.router.add_get(CDN_PREFIX + "{token}", self._serve_file)
+        app.router.add_get(CDN_PREFIX + "{token:.+}", self._serve_file)
         self.add_routes(app)
         self._stopping = asyncio.Event()
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
@@ -313,12 +313,14 @@ class Emulator:
     def json_response(
         payload: Any, status: int = 200, headers: Mapping[str, str] | None = None
     ) -> web.Response:
-        """A JSON answer."""
+        """A JSON answer (a Content-Type in `headers`, e.g. problem+json, is kept)."""
+        extra = {k: v for k, v in (headers or {}).items() if k.lower() != "content-type"}
+        content_type = next(
+            (v for k, v in (headers or {}).items() if k.lower() == "content-type"),
+            "application/json",
+        )
         return web.Response(
-            status=status,
-            text=json.dumps(payload),
-            content_type="application/json",
-            headers=dict(headers or {}),
+            status=status, text=json.dumps(payload), content_type=content_type, headers=extra
         )
 
     @staticmethod

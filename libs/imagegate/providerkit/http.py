@@ -156,7 +156,9 @@ async def send(
     """Sends one request within what is left of `deadline`; raises only ProviderError.
 
     Transport errors become PROVIDER_UNAVAILABLE, and any timeout (connect, slow headers or a
-    body that trickles in past the deadline) PROVIDER_TIMEOUT. The body is fully read.
+    body that trickles in past the deadline) PROVIDER_TIMEOUT. The body is fully read. The
+    error's `extra["request_sent"]` is "false" when the request never reached the provider
+    (connect failures) and "unknown" otherwise: a create that may have arrived is not resent.
     """
     remaining = deadline.remaining()
     if remaining <= 0:
@@ -174,14 +176,29 @@ async def send(
     try:
         async with asyncio.timeout(remaining):
             response = await client.send(request)
+    except (httpx.ConnectError, httpx.ConnectTimeout) as err:
+        # The request never left: safe to send again, nothing to bill.
+        reason = (
+            reasons.PROVIDER_TIMEOUT
+            if isinstance(err, httpx.ConnectTimeout)
+            else reasons.PROVIDER_UNAVAILABLE
+        )
+        text = redact(str(err) or type(err).__name__, secrets_of(request))
+        raise ProviderError(
+            reason, f"{where}: {type(err).__name__}: {text}", extra={"request_sent": "false"}
+        ) from None
     except (TimeoutError, httpx.TimeoutException):
         raise ProviderError(
-            reasons.PROVIDER_TIMEOUT, f"{where}: no complete answer within {remaining:.2f}s"
+            reasons.PROVIDER_TIMEOUT,
+            f"{where}: no complete answer within {remaining:.2f}s",
+            extra={"request_sent": "unknown"},
         ) from None
     except httpx.TransportError as err:
         text = redact(str(err) or type(err).__name__, secrets_of(request))
         raise ProviderError(
-            reasons.PROVIDER_UNAVAILABLE, f"{where}: {type(err).__name__}: {text}"
+            reasons.PROVIDER_UNAVAILABLE,
+            f"{where}: {type(err).__name__}: {text}",
+            extra={"request_sent": "unknown"},
         ) from None
     except httpx.HTTPError as err:
         raise ProviderError(

@@ -1,0 +1,1 @@
+"""The Replicate adapter: predictions with `Prefer: wait`, polling and cancel behind ProviderService."""

@@ -1,0 +1,415 @@
+"""The Replicate Adapter: create with `Prefer: wait`, poll urls.get, cancel late predictions."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Any
+
+import httpx
+
+from imagegate.grpckit import reasons
+from imagegate.grpckit.deadline import Deadline
+from imagegate.providerkit.adapter import Adapter
+from imagegate.providerkit.download import check_api_url, download_image
+from imagegate.providerkit.errors import ProviderError
+from imagegate.providerkit.http import (
+    Pending,
+    build_client,
+    error_from_status,
+    json_object,
+    poll_until,
+    retry_after_from_headers,
+    send,
+)
+from imagegate.providerkit.params import bounded
+from imagegate.providerkit.types import (
+    Deviation,
+    GeneratedImage,
+    GenerationRequest,
+    GenerationResult,
+    ModelSpec,
+    OutputFormat,
+    PriceUnit,
+    Progress,
+    ProgressSink,
+    SizeRule,
+)
+from imagegate.telemetry import Telemetry
+from services.replicate.config import ReplicateSettings
+
+log = logging.getLogger(__name__)
+
+# FLUX schnell/dev take no width/height: output size follows aspect_ratio and megapixels.
+# Sizes at "1" MP are replicate/cog-flux's table; 4:3, 3:4 and the "0.25" MP sizes are [U].
+_FLUX_1MP = {
+    "1:1": (1024, 1024),
+    "16:9": (1344, 768),
+    "21:9": (1536, 640),
+    "3:2": (1216, 832),
+    "2:3": (832, 1216),
+    "4:5": (896, 1088),
+    "5:4": (1088, 896),
+    "3:4": (896, 1152),
+    "4:3": (1152, 896),
+    "9:16": (768, 1344),
+    "9:21": (640, 1536),
+}
+FLUX_SIZES: dict[tuple[int, int], tuple[str, str]] = {
+    **{wh: ("1", ar) for ar, wh in _FLUX_1MP.items()},
+    **{(w // 32 * 16, h // 32 * 16): ("0.25", ar) for ar, (w, h) in _FLUX_1MP.items()},
+}
+SCHNELL, DEV, PRO, SDXL = (
+    "black-forest-labs/flux-schnell",
+    "black-forest-labs/flux-dev",
+    "black-forest-labs/flux-pro",
+    "stability-ai/sdxl",
+)
+_ALL_FORMATS = (OutputFormat.PNG, OutputFormat.JPEG, OutputFormat.WEBP)
+MODELS = (
+    ModelSpec(
+        id=SCHNELL,
+        sizes=SizeRule(min_side=256, max_side=1536, fixed=tuple(FLUX_SIZES)),
+        guidance=False,
+        formats=_ALL_FORMATS,
+        price_unit=PriceUnit.IMAGE,
+    ),
+    ModelSpec(
+        id=DEV,
+        sizes=SizeRule(min_side=256, max_side=1536, fixed=tuple(FLUX_SIZES)),
+        formats=_ALL_FORMATS,
+        price_unit=PriceUnit.IMAGE,
+    ),
+    ModelSpec(
+        id=PRO,
+        sizes=SizeRule(min_side=256, max_side=1440, multiple=32),
+        max_images=1,
+        formats=_ALL_FORMATS,
+        price_unit=PriceUnit.IMAGE,
+    ),
+    ModelSpec(
+        id=SDXL,
+        sizes=SizeRule(min_side=256, max_side=2048, multiple=8, max_pixels=2048 * 2048),
+        negative_prompt=True,
+        formats=_ALL_FORMATS,
+        price_unit=PriceUnit.COMPUTE_SECOND,
+    ),
+)
+STEPS = {SCHNELL: (1, 4), DEV: (1, 50), PRO: (1, 50), SDXL: (1, 500)}
+GUIDANCE = {DEV: (0.0, 10.0), PRO: (2.0, 5.0), SDXL: (1.0, 50.0)}
+_OUTPUT_FORMAT = {OutputFormat.PNG: "png", OutputFormat.JPEG: "jpg", OutputFormat.WEBP: "webp"}
+_TERMINAL = ("succeeded", "failed", "canceled", "aborted")
+_TRANSIENT = (408, 429, 500, 502, 503, 504)
+# Replicate's safety checkers fail the prediction with prose, not a code (contracts 3.4, [U]).
+_NSFW = re.compile(r"nsfw|safety|sensitive|flagged|inappropriate", re.IGNORECASE)
+_THROTTLE = re.compile(r"resets in ~?(\d+(?:\.\d+)?)\s*s", re.IGNORECASE)
+# Prefer: wait is held at most this long, and ends this much before our deadline.
+_MAX_WAIT = 60
+_WAIT_MARGIN = 1.0
+
+
+class ReplicateAdapter(Adapter):
+    """Replicate predictions, `Authorization: Bearer <REPLICATE_API_TOKEN>`."""
+
+    name = "replicate"
+
+    def __init__(self, settings: ReplicateSettings, *, telemetry: Telemetry | None = None) -> None:
+        self._settings = settings
+        self._client = build_client(
+            base_url=settings.effective_base_url,
+            headers={"authorization": f"Bearer {settings.key_value()}"},
+            max_connections=settings.max_concurrency * 2,
+            telemetry=telemetry,
+        )
+        self._background: set[asyncio.Task[Any]] = set()
+
+    @property
+    def enabled(self) -> bool:
+        return self._settings.enabled
+
+    @property
+    def base_url(self) -> str:
+        return self._settings.effective_base_url
+
+    @property
+    def max_concurrency(self) -> int:
+        return self._settings.max_concurrency
+
+    @property
+    def default_timeout(self) -> float:
+        return self._settings.timeout_seconds
+
+    def models(self) -> list[ModelSpec]:
+        return list(MODELS)
+
+    async def aclose(self) -> None:
+        if self._background:
+            await asyncio.wait(self._background, timeout=5)
+        await self._client.aclose()
+
+    def build_input(self, request: GenerationRequest) -> tuple[dict[str, Any], list[Deviation]]:
+        """The model input for a validated request, and parameters clamped under degradation."""
+        deviations: list[Deviation] = []
+        inp: dict[str, Any] = {"prompt": request.prompt}
+        model = request.model
+        if model in (SCHNELL, DEV):
+            megapixels, aspect = FLUX_SIZES[(request.width, request.height)]
+            inp |= {
+                "aspect_ratio": aspect,
+                "megapixels": megapixels,
+                "num_outputs": request.num_images,
+                "output_format": _OUTPUT_FORMAT[request.output_format],
+                "output_quality": 95,
+                "disable_safety_checker": False,
+                # go_fast (fp8) makes output non-deterministic even with a seed.
+                "go_fast": request.seed is None,
+            }
+        elif model == PRO:
+            inp |= {
+                "aspect_ratio": "custom",
+                "width": request.width,
+                "height": request.height,
+                "output_format": _OUTPUT_FORMAT[request.output_format],
+                "output_quality": 95,
+            }
+        else:
+            inp |= {
+                "width": request.width,
+                "height": request.height,
+                "num_outputs": request.num_images,
+            }
+            if request.negative_prompt:
+                inp["negative_prompt"] = request.negative_prompt
+        if request.seed is not None:
+            inp["seed"] = request.seed
+        if request.steps is not None:
+            lo, hi = STEPS[model]
+            steps, dev = bounded("steps", request.steps, lo, hi, request=request)
+            inp["steps" if model == PRO else "num_inference_steps"] = steps
+            deviations += [dev] if dev else []
+        if request.guidance_scale is not None and model in GUIDANCE:
+            glo, ghi = GUIDANCE[model]
+            scale, dev = bounded(
+                "guidance_scale", request.guidance_scale, glo, ghi, request=request
+            )
+            inp["guidance_scale" if model == SDXL else "guidance"] = scale
+            deviations += [dev] if dev else []
+        return inp, deviations
+
+    async def generate(
+        self, request: GenerationRequest, deadline: Deadline, progress: ProgressSink | None
+    ) -> GenerationResult:
+        inp, deviations = self.build_input(request)
+        pred = await self._create(request, inp, deadline)
+        job_id = str(pred.get("id") or "")
+        if progress is not None:
+            await progress(Progress(state=str(pred.get("status", "")), provider_job_id=job_id))
+        if not self._usable(pred, request.num_images):
+            pred = await self._wait(pred, request, deadline, progress)
+        output = self._outputs(pred, request.num_images, job_id)
+        images = await self._download(output, request, deadline, job_id)
+        metrics = pred.get("metrics")
+        seconds = metrics.get("predict_time") if isinstance(metrics, dict) else None
+        return GenerationResult(
+            images=images,
+            provider_job_id=job_id,
+            provider_seconds=float(seconds) if isinstance(seconds, int | float) else 0.0,
+            deviations=deviations,
+            model=request.model,
+        )
+
+    async def _create(
+        self, request: GenerationRequest, inp: dict[str, Any], deadline: Deadline
+    ) -> dict[str, Any]:
+        """One create, never retried: a create that may have been accepted may be billed."""
+        remaining = deadline.remaining()
+        wait = int(max(1, min(_MAX_WAIT, remaining - _WAIT_MARGIN)))
+        headers = {
+            "Prefer": f"wait={wait}",
+            # Replicate aborts (unbilled) a prediction that has not started by our deadline.
+            "Cancel-After": f"{max(1, int(remaining))}s",
+        }
+        if request.model == SDXL:
+            path, body = "/v1/predictions", {"version": self._settings.sdxl_version, "input": inp}
+        else:
+            path, body = f"/v1/models/{request.model}/predictions", {"input": inp}
+        try:
+            resp = await send(
+                self._client, "POST", path, deadline=deadline, json=body, headers=headers
+            )
+        except ProviderError as err:
+            if err.extra.get("request_sent") != "false":
+                err.billable = True
+                err.message += " (create not retried: it may have been accepted)"
+                err.args = (err.message,)
+            raise
+        if resp.status_code >= 300:
+            raise self._error(resp, "create")
+        return json_object(resp, billable=True)
+
+    def _usable(self, pred: dict[str, Any], wanted: int) -> bool:
+        if pred.get("status") in _TERMINAL:
+            return True
+        # Replicate answers as soon as all files exist, even before "succeeded" (contracts 3.2).
+        return len(_as_list(pred.get("output"))) >= wanted
+
+    async def _wait(
+        self,
+        pred: dict[str, Any],
+        request: GenerationRequest,
+        deadline: Deadline,
+        progress: ProgressSink | None,
+    ) -> dict[str, Any]:
+        job_id = str(pred.get("id") or "")
+        urls = pred.get("urls") if isinstance(pred.get("urls"), dict) else {}
+        assert isinstance(urls, dict)
+        get_url = self._api_url(urls.get("get"), job_id)
+        cancel_url = self._api_url(urls.get("cancel"), job_id)
+        state = {"status": str(pred.get("status", ""))}
+
+        async def step(d: Deadline) -> dict[str, Any] | Pending:
+            try:
+                r = await send(self._client, "GET", get_url, deadline=d)
+            except ProviderError as err:
+                if err.reason == reasons.PROVIDER_UNAVAILABLE:
+                    return Pending()
+                err.billable, err.provider_job_id = True, job_id
+                raise
+            if r.status_code in _TRANSIENT:
+                return Pending(after=retry_after_from_headers(r.headers))
+            if r.status_code >= 300:
+                raise self._error(r, "poll", job_id=job_id, billable=True)
+            current = json_object(r, billable=True, job_id=job_id)
+            if self._usable(current, request.num_images):
+                return current
+            status = str(current.get("status", ""))
+            if progress is not None and status != state["status"]:
+                await progress(Progress(state=status, provider_job_id=job_id))
+            state["status"] = status
+            return Pending()
+
+        async def cancel(d: Deadline) -> None:
+            r = await send(self._client, "POST", cancel_url, deadline=d)
+            log.info(
+                "cancelled replicate prediction at the deadline",
+                extra={"provider_job_id": job_id, "http_status": r.status_code},
+            )
+
+        return await poll_until(
+            deadline,
+            self._settings.poll_interval_seconds,
+            step,
+            on_timeout=cancel,
+            what="replicate prediction",
+            job_id=job_id,
+            max_interval=self._settings.max_poll_interval_seconds,
+            background=self._background,
+        )
+
+    def _outputs(self, pred: dict[str, Any], wanted: int, job_id: str) -> list[str]:
+        status = str(pred.get("status", ""))
+        error = " ".join(str(pred.get("error") or "").split())[:300]
+        if status == "failed":
+            reason = (
+                reasons.PROVIDER_CONTENT_MODERATED
+                if _NSFW.search(error)
+                else reasons.PROVIDER_UNAVAILABLE
+            )
+            raise ProviderError(
+                reason, f"prediction failed: {error}", billable=True, provider_job_id=job_id
+            )
+        if status == "aborted":
+            raise ProviderError(
+                reasons.PROVIDER_TIMEOUT,
+                "prediction aborted: it had not started by Cancel-After",
+                provider_job_id=job_id,
+            )
+        if status == "canceled":
+            raise ProviderError(
+                reasons.PROVIDER_UNAVAILABLE,
+                "prediction was canceled on Replicate",
+                billable=True,
+                provider_job_id=job_id,
+            )
+        outputs = _as_list(pred.get("output"))
+        if not all(isinstance(o, str) for o in outputs):
+            raise ProviderError(
+                reasons.PROVIDER_BAD_RESPONSE,
+                "output is not a list of URLs",
+                billable=True,
+                provider_job_id=job_id,
+            )
+        if pred.get("data_removed"):
+            raise ProviderError(
+                reasons.PROVIDER_BAD_RESPONSE,
+                "result URL expired: prediction data was removed",
+                billable=True,
+                provider_job_id=job_id,
+            )
+        if 0 < len(outputs) < wanted and status == "succeeded":
+            # cog-flux drops images its safety checker flags and returns the rest.
+            raise ProviderError(
+                reasons.PROVIDER_CONTENT_MODERATED,
+                f"{wanted - len(outputs)} of {wanted} images withheld by the safety checker",
+                billable=True,
+                provider_job_id=job_id,
+            )
+        if not outputs:
+            raise ProviderError(
+                reasons.PROVIDER_BAD_RESPONSE,
+                f"prediction {status} without output",
+                billable=True,
+                provider_job_id=job_id,
+            )
+        return [str(o) for o in outputs[:wanted]]
+
+    async def _download(
+        self, urls: list[str], request: GenerationRequest, deadline: Deadline, job_id: str
+    ) -> list[GeneratedImage]:
+        return list(
+            await asyncio.gather(
+                *(
+                    download_image(
+                        self._client,
+                        url,
+                        deadline=deadline,
+                        allowed_hosts=self._settings.result_hosts,
+                        loopback_ok=self._settings.is_loopback_override,
+                        max_bytes=self._settings.max_image_bytes,
+                        wanted=request.output_format,
+                        seed=request.seed + i if request.seed is not None else None,
+                        job_id=job_id,
+                    )
+                    for i, url in enumerate(urls)
+                )
+            )
+        )
+
+    def _api_url(self, url: object, job_id: str) -> str:
+        try:
+            return check_api_url(
+                url,
+                base_url=self._settings.effective_base_url,
+                allowed_hosts=self._settings.api_hosts,
+                loopback_ok=self._settings.is_loopback_override,
+            )
+        except ProviderError as err:
+            err.billable, err.provider_job_id = True, job_id
+            raise
+
+    def _error(
+        self, resp: httpx.Response, stage: str, *, job_id: str = "", billable: bool = False
+    ) -> ProviderError:
+        err = error_from_status(resp, message=f"{stage} failed", billable=billable, job_id=job_id)
+        if resp.status_code == 429 and err.retry_after_seconds is None:
+            m = _THROTTLE.search(err.message)
+            if m:
+                err.retry_after_seconds = float(m.group(1))
+        return err
+
+
+def _as_list(output: object) -> list[Any]:
+    if output is None or output == "":
+        return []
+    return output if isinstance(output, list) else [output]
