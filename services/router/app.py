@@ -160,6 +160,7 @@ class RouterApp:
         )
         self._auth_cache: OrderedDict[str, tuple[Caller, float]] = OrderedDict()
         self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -531,6 +532,15 @@ class RouterApp:
                 if state.settled is False and reservation is not None:
                     await self._settle_failure(norm, caller, reservation, deadline, state)
                 result = (None, err)
+                raise
+            except asyncio.CancelledError:
+                if not state.settled and reservation is not None:
+                    # The caller left; return the hold now instead of waiting for the lease.
+                    task = asyncio.create_task(
+                        self._settle_failure(norm, caller, reservation, Deadline.after(5.0), state)
+                    )
+                    self._background.add(task)
+                    task.add_done_callback(self._background.discard)
                 raise
         finally:
             if dedupe:

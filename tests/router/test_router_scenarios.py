@@ -466,3 +466,23 @@ async def test_quota_down_fail_closed_or_open(fail_open: bool) -> None:
             assert len(fal.calls) == 1
     finally:
         await stack.stop()
+
+
+async def test_caller_cancelling_releases_the_reservation() -> None:
+    stack, fal, _rep = await make()
+    try:
+        fal.default = HANG
+        call = stack.stub.GenerateImage(req("cx"), metadata=PRO, timeout=30)
+        for _ in range(100):
+            if fal.calls:
+                break
+            await asyncio.sleep(0.02)
+        call.cancel()
+        for _ in range(100):
+            if stack.quota.tenant("t_pro").reserved_images == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert stack.quota.tenant("t_pro").reserved_images == 0
+        assert stack.quota.tenant("t_pro").used_images == 0
+    finally:
+        await stack.stop()
