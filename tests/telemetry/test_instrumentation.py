@@ -144,3 +144,18 @@ def test_prompts_are_not_recorded_by_default_and_truncated_and_redacted_when_ena
     assert "imagegate.prompt" not in explicit.prompt_attributes(prompt)
     for t in (default, enabled, explicit):
         t.shutdown()
+
+
+def test_second_histograms_get_second_buckets_even_without_advice():
+    reader = InMemoryMetricReader()
+    telemetry = setup_telemetry("router", metric_readers=[reader])
+    # Created the way the Router creates its histograms: unit "s", no bucket advice.
+    histogram = telemetry.meter.create_histogram("imagegate.router.overhead", unit="s")
+    for value in (0.0004, 0.0012, 0.0019, 0.8):
+        histogram.record(value)
+    (point,) = _points(reader)["imagegate.router.overhead"]
+    bounds = list(point.explicit_bounds)
+    assert bounds[0] <= 0.0005 and 300.0 in bounds
+    counts = dict(zip([*bounds, float("inf")], point.bucket_counts, strict=True))
+    assert counts[0.0005] == 1 and counts[0.0015] == 1 and counts[0.002] == 1 and counts[1.0] == 1
+    telemetry.shutdown()

@@ -31,26 +31,11 @@ _SERVER_ERROR_CODES = frozenset(
     }
 )
 
-# Seconds; covers sub-millisecond quota calls through minute-long generations.
+# Seconds: fine steps below 5 ms (Router overhead, quota calls) up to five-minute generations.
 DURATION_BUCKETS = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    120.0,
-)
+    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075,
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
+)  # fmt: skip
 
 
 def is_untraced(method: str) -> bool:

@@ -12,15 +12,20 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from opentelemetry import metrics, trace
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import Histogram, MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from imagegate.telemetry.interceptors import ServerTelemetryInterceptor, client_interceptors
+from imagegate.telemetry.interceptors import (
+    DURATION_BUCKETS,
+    ServerTelemetryInterceptor,
+    client_interceptors,
+)
 from imagegate.telemetry.redact import redact
 
 if TYPE_CHECKING:
@@ -289,7 +294,14 @@ def setup_telemetry(
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
         readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
-    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+    # The SDK's default buckets (0..10000) are for milliseconds; every imagegate duration is in
+    # seconds, so without this view all of them would land in the first bucket.
+    seconds = View(
+        instrument_type=Histogram,
+        instrument_unit="s",
+        aggregation=ExplicitBucketHistogramAggregation(list(DURATION_BUCKETS)),
+    )
+    meter_provider = MeterProvider(resource=resource, metric_readers=readers, views=[seconds])
     return Telemetry(
         service_name,
         tracer_provider,
