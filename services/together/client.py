@@ -10,12 +10,17 @@ from imagegate.grpckit import reasons
 from imagegate.grpckit.deadline import Deadline
 from imagegate.providerkit.download import download_image
 from imagegate.providerkit.errors import ProviderError
-from imagegate.providerkit.http import error_from_status, json_body, send
+from imagegate.providerkit.http import (
+    error_from_status,
+    json_body,
+    retry_after_from_headers,
+    send,
+)
 from imagegate.providerkit.types import GenerationRequest, GenerationResult
 from services.together import wire
 
 # Our own timeout fires this long before the servicer's, so the failure carries billable=true.
-SYNC_MARGIN = 0.025
+SYNC_MARGIN = 0.1
 
 SpecialError = Callable[[httpx.Response, str], ProviderError | None]
 
@@ -59,9 +64,10 @@ def together_special(resp: httpx.Response, job_id: str) -> ProviderError | None:
     """Together's own readings: safety refusals, and rate limits sent as 400 "rate_limit"."""
     found = wire.special_error(resp, job_id)
     if found is None and wire.is_legacy_rate_limit(resp):
-        return error_from_status(
+        found = error_from_status(
             resp, message="Together", job_id=job_id, reason=reasons.PROVIDER_RATE_LIMITED
         )
+        found.retry_after_seconds = retry_after_from_headers(resp.headers)
     return found
 
 
