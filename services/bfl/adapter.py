@@ -1,0 +1,320 @@
+"""The BFL Adapter: one task per image, polled at its polling_url, sample fetched at once."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+
+from imagegate.grpckit import reasons
+from imagegate.grpckit.deadline import Deadline
+from imagegate.providerkit.adapter import Adapter
+from imagegate.providerkit.download import check_api_url, download_image
+from imagegate.providerkit.errors import ProviderError
+from imagegate.providerkit.http import (
+    Pending,
+    build_client,
+    error_from_status,
+    json_object,
+    poll_until,
+    retry_after_from_headers,
+    send,
+)
+from imagegate.providerkit.params import bounded
+from imagegate.providerkit.types import (
+    Deviation,
+    GeneratedImage,
+    GenerationRequest,
+    GenerationResult,
+    ModelSpec,
+    OutputFormat,
+    PriceUnit,
+    Progress,
+    ProgressSink,
+    SizeRule,
+)
+from imagegate.telemetry import Telemetry
+from services.bfl.config import BflSettings
+
+# Width and height: multiples of 32 within 256..1440 (BFL OpenAPI, contracts 4.2).
+_SIZES = SizeRule(min_side=256, max_side=1440, multiple=32)
+_FORMATS = (OutputFormat.PNG, OutputFormat.JPEG, OutputFormat.WEBP)
+MODELS = (
+    ModelSpec(id="flux-dev", sizes=_SIZES, formats=_FORMATS, price_unit=PriceUnit.IMAGE),
+    ModelSpec(
+        id="flux-pro-1.1",
+        sizes=_SIZES,
+        steps=False,
+        guidance=False,
+        formats=_FORMATS,
+        price_unit=PriceUnit.IMAGE,
+    ),
+)
+STEPS = {"flux-dev": (1, 50)}
+GUIDANCE = {"flux-dev": (1.5, 5.0)}
+# Moderation outcomes are final and not charged (BFL errors page).
+_MODERATED = ("Request Moderated", "Content Moderated")
+_TRANSIENT = (408, 429, 500, 502, 503, 504)
+
+
+class BflAdapter(Adapter):
+    """Black Forest Labs, `x-key: <BFL_API_KEY>`; one task per image (BFL makes one each)."""
+
+    name = "bfl"
+
+    def __init__(self, settings: BflSettings, *, telemetry: Telemetry | None = None) -> None:
+        self._settings = settings
+        self._client = build_client(
+            base_url=settings.effective_base_url,
+            headers={"x-key": settings.key_value()},
+            max_connections=settings.max_active_tasks * 2,
+            telemetry=telemetry,
+        )
+        self._active_tasks = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self._settings.enabled
+
+    @property
+    def base_url(self) -> str:
+        return self._settings.effective_base_url
+
+    @property
+    def max_concurrency(self) -> int:
+        return min(self._settings.max_concurrency, self._settings.max_active_tasks)
+
+    @property
+    def default_timeout(self) -> float:
+        return self._settings.timeout_seconds
+
+    @property
+    def active_tasks(self) -> int:
+        """BFL tasks this adapter has in flight."""
+        return self._active_tasks
+
+    def models(self) -> list[ModelSpec]:
+        return list(MODELS)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def build_input(self, request: GenerationRequest) -> tuple[dict[str, Any], list[Deviation]]:
+        """The submit body for a validated request, and parameters clamped under degradation."""
+        deviations: list[Deviation] = []
+        body: dict[str, Any] = {
+            "prompt": request.prompt,
+            "width": request.width,
+            "height": request.height,
+            # BFL encodes jpeg or png; webp is converted from lossless png.
+            "output_format": "jpeg" if request.output_format is OutputFormat.JPEG else "png",
+            "safety_tolerance": 2,
+            "prompt_upsampling": False,
+        }
+        if request.steps is not None and request.model in STEPS:
+            lo, hi = STEPS[request.model]
+            body["steps"], dev = bounded("steps", request.steps, lo, hi, request=request)
+            deviations += [dev] if dev else []
+        if request.guidance_scale is not None and request.model in GUIDANCE:
+            glo, ghi = GUIDANCE[request.model]
+            body["guidance"], dev = bounded(
+                "guidance_scale", request.guidance_scale, glo, ghi, request=request
+            )
+            deviations += [dev] if dev else []
+        return body, deviations
+
+    async def generate(
+        self, request: GenerationRequest, deadline: Deadline, progress: ProgressSink | None
+    ) -> GenerationResult:
+        body, deviations = self.build_input(request)
+        n = request.num_images
+        limit = self._settings.max_active_tasks
+        if self._active_tasks + n > limit:
+            # Over BFL's active-task limit the account gets 429s; refuse before it does.
+            raise ProviderError(
+                reasons.PROVIDER_CONCURRENCY_LIMITED,
+                f"{self._active_tasks} BFL tasks active, {n} more would exceed {limit}",
+                retry_after_seconds=1.0,
+            )
+        self._active_tasks += n
+        try:
+            tasks = [
+                asyncio.ensure_future(
+                    self._one(
+                        request,
+                        {**body, "seed": request.seed + i} if request.seed is not None else body,
+                        deadline,
+                        progress,
+                    )
+                )
+                for i in range(n)
+            ]
+            try:
+                done = await asyncio.gather(*tasks)
+            except BaseException:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
+        finally:
+            self._active_tasks -= n
+        return GenerationResult(
+            images=[img for img, _, _ in done],
+            provider_job_id=",".join(job for _, job, _ in done),
+            provider_seconds=sum(seconds for _, _, seconds in done),
+            deviations=deviations,
+            model=request.model,
+        )
+
+    async def _one(
+        self,
+        request: GenerationRequest,
+        body: dict[str, Any],
+        deadline: Deadline,
+        progress: ProgressSink | None,
+    ) -> tuple[GeneratedImage, str, float]:
+        resp = await send(
+            self._client, "POST", f"/v1/{request.model}", deadline=deadline, json=body
+        )
+        if resp.status_code >= 300:
+            raise self._error(resp, "submit")
+        submitted = json_object(resp, billable=True)
+        job_id = str(submitted.get("id") or "")
+        polling_url = submitted.get("polling_url") or (
+            f"{self._settings.effective_base_url}/v1/get_result?id={job_id}"
+        )
+        polling_url = self._api_url(polling_url, job_id)
+        if progress is not None:
+            await progress(Progress(state="Pending", fraction=0.0, provider_job_id=job_id))
+
+        async def step(d: Deadline) -> dict[str, Any] | Pending:
+            try:
+                r = await send(self._client, "GET", polling_url, deadline=d)
+            except ProviderError as err:
+                if err.reason == reasons.PROVIDER_UNAVAILABLE:
+                    return Pending()
+                err.billable, err.provider_job_id = True, job_id
+                raise
+            if r.status_code in _TRANSIENT:
+                return Pending(after=retry_after_from_headers(r.headers))
+            if r.status_code >= 300:
+                raise self._error(r, "poll", job_id=job_id, billable=True)
+            status = json_object(r, billable=True, job_id=job_id)
+            state = str(status.get("status", ""))
+            if state == "Pending":
+                fraction = status.get("progress")
+                if progress is not None:
+                    await progress(
+                        Progress(
+                            state=state,
+                            fraction=float(fraction) if isinstance(fraction, int | float) else -1,
+                            provider_job_id=job_id,
+                        )
+                    )
+                after = retry_after_from_headers(r.headers)
+                return Pending(
+                    after=min(after, self._settings.max_poll_interval_seconds)
+                    if after is not None
+                    else None
+                )
+            return status
+
+        # BFL documents no cancel endpoint: a task still running at the deadline runs on.
+        final = await poll_until(
+            deadline,
+            self._settings.poll_interval_seconds,
+            step,
+            what="BFL task",
+            job_id=job_id,
+            max_interval=self._settings.max_poll_interval_seconds,
+        )
+        sample, seconds = self._sample(final, job_id)
+        image = await download_image(
+            self._client,
+            sample,
+            deadline=deadline,
+            allowed_hosts=self._settings.hosts,
+            loopback_ok=self._settings.is_loopback_override,
+            max_bytes=self._settings.max_image_bytes,
+            wanted=request.output_format,
+            seed=_seed(final, body),
+            job_id=job_id,
+        )
+        return image, job_id, seconds
+
+    def _sample(self, status: dict[str, Any], job_id: str) -> tuple[str, float]:
+        state = str(status.get("status", ""))
+        details = " ".join(str(status.get("details") or "").split())[:300]
+        if state in _MODERATED:
+            raise ProviderError(
+                reasons.PROVIDER_CONTENT_MODERATED,
+                f"{state}" + (f": {details}" if details else ""),
+                provider_job_id=job_id,
+                extra={"provider_status": state},
+            )
+        if state == "Task not found":
+            raise ProviderError(
+                reasons.PROVIDER_BAD_RESPONSE,
+                "task not found: unknown or expired id",
+                billable=True,
+                provider_job_id=job_id,
+                extra={"provider_status": state},
+            )
+        if state == "Error":
+            raise ProviderError(
+                reasons.PROVIDER_UNAVAILABLE,
+                "task failed" + (f": {details}" if details else ""),
+                billable=True,
+                provider_job_id=job_id,
+                extra={"provider_status": state},
+            )
+        if state != "Ready":
+            raise ProviderError(
+                reasons.PROVIDER_BAD_RESPONSE,
+                f"unknown task status {state[:40]!r}",
+                billable=True,
+                provider_job_id=job_id,
+            )
+        result = status.get("result")
+        sample = result.get("sample") if isinstance(result, dict) else None
+        if not isinstance(sample, str) or not sample:
+            raise ProviderError(
+                reasons.PROVIDER_BAD_RESPONSE,
+                "Ready without result.sample",
+                billable=True,
+                provider_job_id=job_id,
+            )
+        assert isinstance(result, dict)
+        duration = result.get("duration")
+        if not isinstance(duration, int | float):
+            start, end = result.get("start_time"), result.get("end_time")
+            ok = isinstance(start, int | float) and isinstance(end, int | float)
+            duration = float(end) - float(start) if ok else 0.0  # type: ignore[arg-type]
+        return sample, float(duration)
+
+    def _api_url(self, url: object, job_id: str) -> str:
+        try:
+            return check_api_url(
+                url,
+                base_url=self._settings.effective_base_url,
+                allowed_hosts=self._settings.hosts,
+                loopback_ok=self._settings.is_loopback_override,
+            )
+        except ProviderError as err:
+            err.billable, err.provider_job_id = True, job_id
+            raise
+
+    def _error(
+        self, resp: httpx.Response, stage: str, *, job_id: str = "", billable: bool = False
+    ) -> ProviderError:
+        return error_from_status(resp, message=f"{stage} failed", billable=billable, job_id=job_id)
+
+
+def _seed(status: dict[str, Any], body: dict[str, Any]) -> int | None:
+    result = status.get("result")
+    seed = result.get("seed") if isinstance(result, dict) else None
+    if isinstance(seed, int):
+        return seed
+    sent = body.get("seed")
+    return sent if isinstance(sent, int) else None
