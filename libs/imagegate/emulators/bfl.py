@@ -145,7 +145,7 @@ class BflEmulator(Emulator):
             return self.malformed_json(200, headers)
         task.polls += 1
         self._advance(task)
-        body = {
+        body: dict[str, Any] = {
             "id": task.id,
             "status": task.status,
             "result": task.result,

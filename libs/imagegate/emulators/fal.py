@@ -172,7 +172,11 @@ class FalEmulator(Emulator):
                 {"status": "IN_QUEUE", "queue_position": position, "response_url": base}, 202
             )
         if job.started is None:
+            # The first poll after leaving the queue always sees the job running.
             job.started = time.monotonic()
+            return self.json_response(
+                {"status": "IN_PROGRESS", "logs": [], "response_url": base}, 202
+            )
         if job.never_complete or time.monotonic() - job.started < self.latency:
             return self.json_response(
                 {"status": "IN_PROGRESS", "logs": [], "response_url": base}, 202

@@ -75,8 +75,11 @@ class ReplicateEmulator(Emulator):
         latency: float = 0.0,
         key: str | None = None,
         processing_with_output: bool = False,
+        honour_wait: bool = True,
     ) -> None:
         super().__init__(latency=latency, key=key)
+        self.honour_wait = honour_wait
+        """Whether `Prefer: wait` holds the create open (False: answer "starting" at once)."""
         self.processing_with_output = processing_with_output
         """Output appears while status stays "processing" (what Replicate does for files)."""
         self.predictions: dict[str, Prediction] = {}
@@ -136,7 +139,8 @@ class ReplicateEmulator(Emulator):
                     "status": 429,
                 },
                 429,
-                self.retry_after_headers(fault),
+                # The reset time is in the prose; a Retry-After header only when the fault sets one.
+                self.retry_after_headers(fault) if fault.retry_after is not None else {},
             )
         if fault := self.faults.take("error_500", "error_502", "error_503"):
             status = int(fault.kind.removeprefix("error_"))
@@ -179,7 +183,7 @@ class ReplicateEmulator(Emulator):
         malformed = self.faults.take("malformed_json")
         hold = _prefer_wait(request.headers.get("Prefer"))
         headers = {"ratelimit-remaining": "599", "ratelimit-reset": "1"}
-        if hold is not None:
+        if hold is not None and self.honour_wait:
             headers["preference-applied"] = f"wait={hold}"
             deadline = time.monotonic() + hold
             while time.monotonic() < deadline and not self._usable(pred):

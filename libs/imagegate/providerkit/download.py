@@ -13,7 +13,7 @@ import httpx
 from imagegate.grpckit import reasons
 from imagegate.grpckit.deadline import Deadline
 from imagegate.providerkit.errors import ProviderError
-from imagegate.providerkit.http import SECRET_HEADERS, error_from_status
+from imagegate.providerkit.http import SECRET_HEADERS, SEND_MARGIN, error_from_status
 from imagegate.providerkit.images import normalize_image
 from imagegate.providerkit.types import GeneratedImage, OutputFormat
 
@@ -174,7 +174,7 @@ async def _fetch(
     max_bytes: int,
 ) -> bytes:
     target = check_result_url(url, allowed_hosts=allowed_hosts, loopback_ok=loopback_ok)
-    remaining = deadline.remaining()
+    remaining = deadline.remaining() - SEND_MARGIN
     if remaining <= 0:
         raise ProviderError(reasons.PROVIDER_TIMEOUT, "deadline passed before the result download")
     where = f"result {target.host}{target.path}"

@@ -22,6 +22,8 @@ T = TypeVar("T")
 
 # Request headers that carry credentials: never forwarded to result hosts, scrubbed from messages.
 SECRET_HEADERS = ("authorization", "x-key", "x-api-key", "api-key", "proxy-authorization")
+# Seconds before the deadline at which a send gives up.
+SEND_MARGIN = 0.02
 # How much of a provider's error text is quoted in our messages.
 _DETAIL_LIMIT = 300
 # Retry-After values above this are treated as "do not retry soon", not as a precise delay.
@@ -160,7 +162,9 @@ async def send(
     error's `extra["request_sent"]` is "false" when the request never reached the provider
     (connect failures) and "unknown" otherwise: a create that may have arrived is not resent.
     """
-    remaining = deadline.remaining()
+    # Give up a moment before the deadline so this error, with its details, wins the race
+    # against the servicer's own deadline timer.
+    remaining = deadline.remaining() - SEND_MARGIN
     if remaining <= 0:
         raise ProviderError(reasons.PROVIDER_TIMEOUT, f"deadline passed before {method} {url}")
     request = client.build_request(
