@@ -171,6 +171,8 @@ class RouterApp:
 
     async def close(self) -> None:
         """Stops loops, flushes the settler, closes adapter channels."""
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=10.0)
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -976,9 +978,16 @@ class RouterApp:
             occurred_at=timestamp(state.accepted_at),
             trace_id=state.trace_id,
         )
-        stored = await self._settle(SettlementOrder(res_id, commit, record), deadline, state)
-        if stored is not None and stored.cost_micros:
-            cost = stored.cost_micros
+        order = SettlementOrder(res_id, commit, record)
+        if self.settings.settle_before_reply:
+            stored = await self._settle(order, deadline, state)
+            if stored is not None and stored.cost_micros:
+                cost = stored.cost_micros
+        else:
+            # The reply carries the locally mirrored price; settlement finishes after it.
+            task = asyncio.create_task(self._settle(order, Deadline.after(30.0), state))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         state.provider, state.model, state.cost_micros = cand.provider, cand.alias, cost
         span.set_attribute("imagegate.provider", cand.provider)
         span.set_attribute("imagegate.model", cand.alias)
@@ -1028,6 +1037,7 @@ class RouterApp:
     async def _settle(
         self, order: SettlementOrder, deadline: Deadline, state: _RequestState
     ) -> metering_pb2.UsageRecord | None:
+        """Commits or releases and records; never raises (the settler keeps what failed)."""
         state.settled = True
         timeout = max(self.settings.settle_margin_seconds, deadline.remaining())
         timeout = min(timeout, self.settings.dependency_timeout_seconds)

@@ -50,6 +50,11 @@ class RouterSettings(BaseSettings):
     dependency_timeout_seconds: float = Field(
         2.0, description="Longest Quota/Metering call on the hot path."
     )
+    settle_before_reply: bool = Field(
+        True,
+        description="Wait for commit+record before replying (cost from Metering's ledger); "
+        "false replies first with the mirrored price and settles in the background.",
+    )
     fail_open: bool = Field(
         False,
         description="When Quota is unreachable, serve keys it authenticated within "
