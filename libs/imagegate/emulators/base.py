@@ -8,7 +8,7 @@ import io
 import json
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -177,6 +177,7 @@ class Emulator:
         self._runner: web.AppRunner | None = None
         self._base_url = ""
         self._stopping = asyncio.Event()
+        self._activity = asyncio.Event()
 
     # ---- lifecycle
 
@@ -359,7 +360,21 @@ class Emulator:
                 body=body,
             )
             (self.cdn_calls if request.path.startswith(CDN_PREFIX) else self.calls).append(call)
-        return await handler(request)
+        self._notify()
+        try:
+            return await handler(request)
+        finally:
+            self._notify()
+
+    def _notify(self) -> None:
+        self._activity.set()
+        self._activity = asyncio.Event()
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Waits until `predicate()` holds, re-checking whenever a request arrives or ends."""
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await self._activity.wait()
 
     async def _serve_file(self, request: web.Request) -> web.StreamResponse:
         stored = self.files.get(request.match_info["token"])

@@ -150,8 +150,7 @@ async def test_moderation_statuses_are_not_billable(status: str) -> None:
 
 async def _while_pending(s: Stack, act: Any) -> ParsedStatus:
     call = asyncio.ensure_future(s.stub.GenerateImage(request(), timeout=10))
-    while not s.emulator.tasks:
-        await asyncio.sleep(0.01)
+    await s.emulator.wait_until(lambda: bool(s.emulator.tasks))
     act(next(iter(s.emulator.tasks)))
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await call
@@ -191,8 +190,7 @@ async def test_active_task_limit_gives_resource_exhausted_before_a_provider_429(
     s = await _stack({"latency": 1.0}, max_active_tasks=2)
     try:
         first = asyncio.ensure_future(s.stub.GenerateImage(request(num_images=2), timeout=10))
-        while len(s.emulator.tasks) < 2:
-            await asyncio.sleep(0.01)
+        await s.emulator.wait_until(lambda: len(s.emulator.tasks) == 2)
         err = await s.fail(request())
         assert (err.code, err.reason) == (
             grpc.StatusCode.RESOURCE_EXHAUSTED,
