@@ -38,14 +38,15 @@ async def post_sync(
 ) -> httpx.Response:
     """POSTs a synchronous generation; any answer but 200 becomes a ProviderError.
 
-    A timeout after sending is billable: a synchronous provider may finish (and bill) the job
-    after we stopped waiting, and there is no job to cancel.
+    A timeout or broken connection after sending is billable: a synchronous provider may finish
+    (and bill) the job after we stopped waiting, and there is no job to cancel.
     """
     inner = Deadline(deadline.at - SYNC_MARGIN)
     try:
         resp = await send(client, "POST", path, deadline=inner, json=json, headers=headers)
     except ProviderError as err:
-        if err.reason == reasons.PROVIDER_TIMEOUT:
+        # Connect failures never reached the provider; anything later may have been billed.
+        if err.extra.get("request_sent") == "unknown":
             err.billable = True
         raise
     if resp.status_code == 200:

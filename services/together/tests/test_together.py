@@ -18,13 +18,14 @@ from imagegate.emulators.base import Fault, render_image
 from imagegate.emulators.together import SDXL, TogetherEmulator, inference_ms
 from imagegate.grpckit import reasons
 from imagegate.grpckit.channel import create_channel
+from imagegate.grpckit.deadline import Deadline
 from imagegate.grpckit.errors import ParsedStatus, parse_rpc_error
 from imagegate.grpckit.server import RunningServer
 from imagegate.provider.v1 import provider_pb2, provider_pb2_grpc
 from imagegate.providerkit.errors import ProviderError
 from imagegate.providerkit.http import error_from_status
 from imagegate.providerkit.main import start_adapter_server
-from imagegate.providerkit.types import OutputFormat
+from imagegate.providerkit.types import GenerationRequest, OutputFormat
 from imagegate.telemetry import setup_telemetry
 from services.together import client as together_client
 from services.together import wire
@@ -294,3 +295,18 @@ def test_settings_read_the_documented_variables(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delenv("IMAGEGATE_TOGETHER_BASE_URL")
     assert not TogetherSettings().enabled
     assert TogetherSettings().addr == "127.0.0.1:1234"
+
+
+async def test_refused_connection_is_unavailable_and_not_billable() -> None:
+    adapter = TogetherAdapter(TogetherSettings(key=SecretStr(KEY), base_url="http://127.0.0.1:1"))
+    try:
+        with pytest.raises(ProviderError) as info:
+            await adapter.generate(
+                GenerationRequest(request_id="r", model=FLUX, prompt="p", width=64, height=64),
+                Deadline.after(5),
+                None,
+            )
+    finally:
+        await adapter.aclose()
+    assert info.value.reason == reasons.PROVIDER_UNAVAILABLE
+    assert not info.value.billable, "the request never left"
