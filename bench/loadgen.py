@@ -29,19 +29,21 @@ async def closed_loop(
     concurrency: int,
     requests: int,
     warmup: int = 0,
+    duration: float | None = None,
     timeout: float | None = None,
 ) -> RunStats:
     """Runs `requests` calls keeping `concurrency` in flight (after `warmup` unmeasured calls).
 
-    `timeout` bounds the whole measured part; calls still running then are cancelled and
-    counted as "CANCELLED_BY_BENCH".
+    `duration` stops issuing new calls after that many seconds (calls in flight finish), so a
+    slow path cannot stretch the run. `timeout` bounds the whole measured part; calls still
+    running then are cancelled and counted as "CANCELLED_BY_BENCH".
     """
     counter = iter(range(10**12))
     if warmup:
-        await _drive(call, counter, min(concurrency, warmup), warmup, None)
+        await _drive(call, counter, min(concurrency, warmup), warmup, None, duration)
     stats = RunStats(label, concurrency)
     started = time.perf_counter()
-    await _drive(call, counter, concurrency, requests, stats, timeout)
+    await _drive(call, counter, concurrency, requests, stats, duration, timeout)
     stats.elapsed = time.perf_counter() - started
     return stats
 
@@ -52,12 +54,14 @@ async def _drive(
     concurrency: int,
     requests: int,
     stats: RunStats | None,
+    duration: float | None,
     timeout: float | None = None,
 ) -> None:
     remaining = [requests]
+    stop_at = time.perf_counter() + duration if duration is not None else float("inf")
 
     async def worker() -> None:
-        while remaining[0] > 0:
+        while remaining[0] > 0 and time.perf_counter() < stop_at:
             remaining[0] -= 1
             n = next(counter)
             t0 = time.perf_counter()

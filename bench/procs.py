@@ -82,6 +82,15 @@ class Proc:
         """VmRSS of the process in MiB."""
         return _status_kb(self.pid, "VmRSS")
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the process has used so far."""
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        # Fields 14 and 15 of stat (utime, stime); index 11 and 12 after the command name.
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def tail(self, lines: int = 30) -> str:
         """Last lines of its log."""
         try:

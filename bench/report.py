@@ -45,6 +45,8 @@ def markdown(doc: dict[str, Any]) -> str:
             lines.append(f"| {t['name']} | {t['goal']} | {t['measured']} | {met} |")
     for sc in doc["scenarios"]:
         lines += ["", f"## {sc['name']}", "", f"Path: {sc['path']}", ""]
+        if sc.get("error"):
+            lines += [f"**Scenario failed:** {sc['error']}", ""]
         runs = sc["runs"]
         if runs:
             cols = _columns(runs)
@@ -53,10 +55,11 @@ def markdown(doc: dict[str, Any]) -> str:
             for r in runs:
                 lines.append("| " + " | ".join(_cell(_get(r, c)) for c in cols) + " |")
         for key, value in sc.get("extra", {}).items():
-            lines.append("")
-            lines.append(
-                f"- {key}: {_cell(value) if not isinstance(value, list) else json.dumps(value)}"
-            )
+            if key == "phases":
+                continue  # in the JSON; the table and the first-20 lines carry the gist
+            shown = json.dumps(value) if isinstance(value, list) else _cell(value)
+            lines.append(f"- {key}: {shown}")
+        lines.append("")
         for note in sc["notes"]:
             lines.append(f"- note: {note}")
     lines.append("")
@@ -77,8 +80,11 @@ _PREFERRED = (
     "added_over_direct.p50_ms",
     "added_over_direct.p95_ms",
     "added_over_direct.p99_ms",
+    "added_vs_tracing_off.p50_ms",
+    "added_vs_tracing_off.p99_ms",
     "router_overhead_ms.p50",
     "router_overhead_ms.p99",
+    "server_cpu_ms_per_req",
     "peak_rss_mb",
 )
 

@@ -32,6 +32,8 @@ class RunStats:
     """Wall time of the measured part of the run."""
     reported_overhead_ms: list[float] = field(default_factory=list)
     """The Router's own overhead from its trailing metadata, when present."""
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
+    """CPU time each watched server process used during the run."""
 
     @property
     def ok(self) -> int:
@@ -68,6 +70,13 @@ class RunStats:
         for q in (50, 95, 99):
             out[f"p{q}_ms"] = _r(percentile(lat, q) * 1000)
         out["max_ms"] = _r(lat[-1] * 1000) if lat else None
+        if self.cpu_seconds and self.requests:
+            out["cpu_ms_per_req"] = {
+                name: round(sec * 1000 / self.requests, 3) for name, sec in self.cpu_seconds.items()
+            }
+            out["server_cpu_ms_per_req"] = round(
+                sum(self.cpu_seconds.values()) * 1000 / self.requests, 3
+            )
         if over:
             out["router_overhead_ms"] = {f"p{q}": _r(percentile(over, q)) for q in (50, 95, 99)}
         return out

@@ -20,19 +20,30 @@ async def interleaved(
     requests: int,
     rounds: int,
     warmup: int,
+    duration: float | None = None,
+    cpu: Mapping[str, Sequence[Proc]] | None = None,
 ) -> dict[str, RunStats]:
     """Runs every path `rounds` times in turn (A B C A B C ...) and merges each path's rounds.
 
     Interleaving spreads machine noise (other tenants of the VM, CPU frequency) over all paths.
+    `cpu` names, per path, the server processes whose CPU time is charged to it.
     """
     merged = {label: RunStats(label, concurrency) for label in paths}
     per_round = max(1, requests // rounds)
     for _ in range(rounds):
         for label, call in paths.items():
+            watched = list((cpu or {}).get(label, ()))
+            if warmup:
+                await closed_loop(
+                    label, call, concurrency=concurrency, requests=warmup, duration=duration
+                )
+            before = [p.cpu_seconds() for p in watched]
             stats = await closed_loop(
-                label, call, concurrency=concurrency, requests=per_round, warmup=warmup
+                label, call, concurrency=concurrency, requests=per_round, duration=duration
             )
             into = merged[label]
+            for p, b in zip(watched, before, strict=True):
+                into.cpu_seconds[p.name] = into.cpu_seconds.get(p.name, 0.0) + p.cpu_seconds() - b
             into.latencies.extend(stats.latencies)
             into.errors.update(stats.errors)
             into.elapsed += stats.elapsed

@@ -49,7 +49,13 @@ async def run(ctx: Ctx) -> Result:
                 concurrency=c,
                 requests=total,
                 rounds=1 if ctx.smoke else 3,
+                duration=None if ctx.smoke else 4.0,
                 warmup=ctx.n(max(50, c * 2), 4),
+                cpu={
+                    "echo": [echo],
+                    "direct": [stack.services.procs["local"]],
+                    "router": list(stack.services.procs.values()),
+                },
             )
             by_c[c] = stats
             for label, s in stats.items():

@@ -120,6 +120,7 @@ async def run(ctx: Ctx) -> Result:
                         concurrency=c,
                         requests=ctx.n(3000 if c == 16 else 1500, 16),
                         rounds=1 if ctx.smoke else 2,
+                        duration=None if ctx.smoke else 4.0,
                         warmup=ctx.n(50, 2),
                     )
                     for label, s in stats.items():

@@ -1,10 +1,121 @@
-"""Scenario placeholder: tracing."""
+"""Scenario 5: scenario 1's Router path with tracing exported over OTLP versus tracing off."""
 
 from __future__ import annotations
 
-from bench.context import Ctx, Result
+import json
+from pathlib import Path
+
+from bench.clients import channels, direct_call, router_call
+from bench.context import Ctx, Result, Target
+from bench.procs import Proc, loopback, python_module, spawn, wait_port
+from bench.scenarios.common import added, fmt, interleaved
+from bench.stack import start_stack
+from bench.stats import RunStats
+
+
+async def start_sink(ctx: Ctx) -> tuple[Proc, str]:
+    """The OTLP/gRPC stub collector process; returns it and its stats file."""
+    address = loopback()
+    stats = ctx.work / "otlp-sink.json"
+    proc = await spawn(
+        "otlp-sink",
+        python_module(
+            "bench.otlp_sink", "--port", address.rsplit(":", 1)[1], "--stats", str(stats)
+        ),
+        env={"PATH": "/usr/bin:/bin"},
+        address=address,
+        log_dir=ctx.logs,
+    )
+    await wait_port(proc)
+    return proc, str(stats)
 
 
 async def run(ctx: Ctx) -> Result:
-    """Not built yet."""
-    return Result("tracing", "not built yet")
+    """Two identical stacks side by side, one exporting every span, driven in alternation."""
+    sink, stats_file = await start_sink(ctx)
+    off = await start_stack(ctx, "trace-off")
+    on = await start_stack(
+        ctx,
+        "trace-on",
+        extra={
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{sink.address}",
+            "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        },
+    )
+    result = Result(
+        "5. Tracing cost",
+        "scenario 1's Router path (64x64 local image) on two identical stacks: tracing exporting "
+        "every span (parentbased_always_on, BatchSpanProcessor, OTLP/gRPC to a stub collector "
+        "process that decodes, counts and drops) vs no exporter configured (the default)",
+    )
+    by_c: dict[int, dict[str, RunStats]] = {}
+    try:
+        if not (off.has_router and on.has_router):
+            result.notes.append("services.router has not landed yet: nothing to compare")
+            return result
+        for c in (1, 16):
+            nchan = 1 if c == 1 else 4
+            chans = [
+                channels(off.services.address("router"), nchan),
+                channels(on.services.address("router"), nchan),
+                channels(off.services.address("local"), nchan),
+                channels(on.services.address("local"), nchan),
+            ]
+            stats = await interleaved(
+                {
+                    "router, tracing off": router_call(chans[0], off.api_key),
+                    "router, tracing on": router_call(chans[1], on.api_key),
+                    "direct, tracing off": direct_call(chans[2]),
+                    "direct, tracing on": direct_call(chans[3]),
+                },
+                concurrency=c,
+                requests=ctx.n(1500 if c == 1 else 3000, 16),
+                rounds=1 if ctx.smoke else 3,
+                duration=None if ctx.smoke else 3.0,
+                warmup=ctx.n(50, 2),
+                cpu={
+                    "router, tracing off": list(off.services.procs.values()),
+                    "router, tracing on": list(on.services.procs.values()),
+                },
+            )
+            by_c[c] = stats
+            for label, s in stats.items():
+                row = s.summary()
+                if label == "router, tracing on":
+                    row["added_vs_tracing_off"] = added(stats["router, tracing off"], s)
+                result.runs.append(row)
+            for group in chans:
+                for ch in group:
+                    await ch.close()
+    finally:
+        await on.stop()
+        await off.stop()
+        await sink.stop()
+    try:
+        result.extra["otlp_sink"] = json.loads(Path(stats_file).read_text())
+    except OSError:
+        result.notes.append("the OTLP sink wrote no statistics")
+    for c, stats in by_c.items():
+        on_s, off_s = stats["router, tracing on"], stats["router, tracing off"]
+        delta = added(off_s, on_s)
+        cpu_on = sum(on_s.cpu_seconds.values()) / max(1, on_s.requests)
+        cpu_off = sum(off_s.cpu_seconds.values()) / max(1, off_s.requests)
+        cost = {
+            "added_p50_ms": delta["p50_ms"],
+            "added_p99_ms": delta["p99_ms"],
+            "rps_off": round(off_s.rps, 1),
+            "rps_on": round(on_s.rps, 1),
+            "cpu_ms_per_request_all_services": round((cpu_on - cpu_off) * 1000, 3),
+        }
+        result.extra[f"tracing cost at concurrency {c}"] = cost
+        result.targets.append(
+            Target(
+                f"Tracing on vs off, concurrency {c}",
+                "report (no target)",
+                f"{fmt(delta['p50_ms'], ' ms')} p50, {fmt(delta['p99_ms'], ' ms')} p99, "
+                f"{cost['cpu_ms_per_request_all_services']:+.2f} ms CPU/request over all "
+                f"services, {off_s.rps:,.0f} -> {on_s.rps:,.0f} req/s",
+                None,
+            )
+        )
+    return result
