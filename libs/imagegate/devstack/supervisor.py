@@ -67,10 +67,14 @@ class Stack:
         return self.env[spec.addr_var]
 
     async def start(self, *, timeout: float = 60.0) -> None:
-        """Starts every process in order and waits until each reports SERVING."""
-        for index, spec in enumerate(self.specs):
-            await self._spawn(spec, _COLOURS[index % len(_COLOURS)])
-            await self._wait_healthy(self.children[spec.name], timeout)
+        """Starts the backends together, then the Router once they all report SERVING."""
+        first, last = self.specs[:-1], self.specs[-1:]
+        for wave in (first, last):
+            for spec in wave:
+                await self._spawn(spec, _COLOURS[self.specs.index(spec) % len(_COLOURS)])
+            await asyncio.gather(
+                *(self._wait_healthy(self.children[s.name], timeout) for s in wave)
+            )
 
     async def _spawn(self, spec: ServiceSpec, colour: str) -> None:
         proc = await asyncio.create_subprocess_exec(
@@ -82,6 +86,7 @@ class Stack:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         child = Child(spec, self.env[spec.addr_var], proc)
         self.children[spec.name] = child
@@ -151,6 +156,15 @@ class Stack:
         for pump in self._pumps:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait_for(pump, 2.0)
+
+
+def _die_with_parent() -> None:
+    """Asks Linux to SIGTERM the child when the supervisor dies, so no service is orphaned."""
+    if sys.platform == "linux":
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _humanize(line: str) -> str:
