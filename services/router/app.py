@@ -320,7 +320,8 @@ class RouterApp:
     def tenant_filters(self, plan: RoutePlan, norm: Normalized, caller: Caller) -> None:
         """Removes candidates the plan forbids or that cost more than the ceiling."""
         tiers = set(caller.plan.allowed_tiers)
-        if norm.explicit_model and tiers:
+        # The local stand-in counts as budget, so a substitute is never forbidden by the alias.
+        if norm.explicit_model and tiers and not plan.local_substitute:
             tier = self.catalog.models[norm.explicit_model].tier
             if tier not in tiers:
                 raise ImagegateError(
@@ -809,6 +810,9 @@ class RouterApp:
             elapsed = time.perf_counter() - started
             state.adapter_seconds += elapsed
             self._account(result, permits, pb, mb, elapsed)
+            if result.reason == reasons.PROVIDER_DISABLED:
+                # Lost its credentials since the last describe: stop routing to it right away.
+                adapter.enabled = False
             outcome_name = OUTCOME_NAME.get(result.outcome, "failed")
             aspan.set_attribute("imagegate.outcome", outcome_name)
             aspan.set_attribute("imagegate.error_reason", result.reason)

@@ -11,6 +11,8 @@ from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf import timestamp_pb2
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from imagegate.common.v1 import catalog_pb2
@@ -333,8 +335,19 @@ class RouterStack:
     adapters: dict[str, ControllableAdapter | Adapter]
     spans: InMemorySpanExporter
     telemetry: Telemetry
+    metrics: InMemoryMetricReader
     servers: list[RunningServer] = field(default_factory=list)
     channel: grpc.aio.Channel | None = None
+
+    def metric_points(self) -> dict[str, list[Any]]:
+        """Every recorded metric point, by instrument name."""
+        out: dict[str, list[Any]] = {}
+        data = self.metrics.get_metrics_data()
+        for rm in data.resource_metrics if data else ():
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    out.setdefault(m.name, []).extend(m.data.data_points)
+        return out
 
     @property
     def stub(self) -> router_pb2_grpc.RouterServiceStub:
@@ -364,6 +377,8 @@ async def start_stack(
     """Starts fakes, adapters and a Router configured for them (settings override defaults)."""
     exporter = InMemorySpanExporter()
     telemetry = setup_telemetry("router-test", span_exporters=[exporter])
+    reader = InMemoryMetricReader()
+    telemetry.meter_provider = MeterProvider(metric_readers=[reader])
     quota, metering = FakeQuota(), FakeMetering(prices or [])
     quota.add_key("key-pro", "t_pro", "pro")
     quota.add_key("key-free", "t_free", "free", ("budget",))
@@ -417,6 +432,7 @@ async def start_stack(
         adapters=adapters,
         spans=exporter,
         telemetry=telemetry,
+        metrics=reader,
         servers=servers,
     )
 
