@@ -7,6 +7,8 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from imagegate.telemetry.setup import env_key
+
 
 @dataclass(frozen=True)
 class ServiceSpec:
@@ -69,8 +71,11 @@ def plan_stack(
     enabled = [a for a in ADAPTERS if env.get(a.key_var)]
     specs = [*CORE, *enabled, ROUTER]
     for spec in specs:
+        metrics_var = f"IMAGEGATE_{env_key(spec.name)}_METRICS_ADDR"
         if auto_ports:
             out[spec.addr_var] = f"127.0.0.1:{free_port()}"
+            # Side-by-side stacks (tests, benchmarks) must not fight over the fixed metrics ports.
+            out[metrics_var] = f"127.0.0.1:{free_port()}"
         else:
             out.setdefault(spec.addr_var, f"127.0.0.1:{spec.default_port}")
     out.setdefault(

@@ -13,8 +13,9 @@ from imagegate.grpckit.server import RunningServer, serve_until_signal, start_se
 from imagegate.provider.v1 import provider_pb2, provider_pb2_grpc
 from imagegate.providerkit.adapter import Adapter
 from imagegate.providerkit.servicer import ProviderServicer
-from imagegate.telemetry import Telemetry, setup_telemetry
+from imagegate.telemetry import Telemetry, metrics_address, setup_telemetry
 from imagegate.telemetry.logs import configure_logging
+from imagegate.telemetry.metrics import register_adapter_gauges
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,12 @@ async def start_adapter_server(
         else health_pb2.HealthCheckResponse.NOT_SERVING
     )
     await running.health.set(f"provider.{adapter.name}", status)
+    register_adapter_gauges(
+        telemetry,
+        adapter.name,
+        in_flight=lambda: servicer.in_flight,
+        limit=lambda: adapter.max_concurrency,
+    )
     return running, servicer
 
 
@@ -50,7 +57,9 @@ def run_adapter(
     configure_logging(f"adapter-{name}", level=common.log_level, fmt=common.log_format)
 
     async def main() -> None:
-        telemetry = setup_telemetry(f"adapter-{name}")
+        telemetry = setup_telemetry(
+            f"adapter-{name}", metrics_addr=metrics_address(f"adapter-{name}")
+        )
         adapter = build(telemetry)
         running, _ = await start_adapter_server(adapter, address=address, telemetry=telemetry)
         log.info(
