@@ -1,4 +1,4 @@
-"""One Together images/generations call, shared by this adapter and the HF router's partner route."""
+"""One Together images/generations call, shared with the HF router's partner route."""
 
 from __future__ import annotations
 

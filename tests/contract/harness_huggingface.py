@@ -1,8 +1,4 @@
-"""Contract harness for the Hugging Face adapter: FLUX.1 schnell through the router to Together.
-
-The native hf-inference route has no result URL that could expire, so the suite's one model is
-the partner route; services/huggingface/tests runs every fault against hf-inference as well.
-"""
+"""Contract harness for the Hugging Face adapter: FLUX.1 schnell through the router to Together."""
 
 from __future__ import annotations
 
@@ -24,6 +20,8 @@ async def create_harness(telemetry: Telemetry, *, enabled: bool = True) -> Harne
     emulator = HuggingFaceEmulator(key=KEY)
     base_url = await emulator.start()
     settings = HuggingFaceSettings(key=SecretStr(KEY) if enabled else None, base_url=base_url)
+    # The suite's one model is the partner route: hf-inference answers bytes inline, so it has no
+    # result URL that could expire. services/huggingface/tests runs every fault on hf-inference.
     return Harness(
         provider="huggingface",
         emulator=emulator,

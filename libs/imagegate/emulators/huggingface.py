@@ -1,4 +1,4 @@
-"""Emulator of the Hugging Face router: hf-inference raw-bytes text-to-image and the Together route."""
+"""Emulator of the Hugging Face router: hf-inference raw image bytes and the Together route."""
 
 from __future__ import annotations
 
