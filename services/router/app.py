@@ -516,7 +516,9 @@ class RouterApp:
             earlier = self.idempotency.lookup(caller.tenant_id, request_id, fp)
             if earlier is not None:
                 span.set_attribute("imagegate.idempotent_replay", True)
-                return await self._await_earlier(earlier, deadline, request_id, events)
+                replay = await self._await_earlier(earlier, deadline, request_id, events)
+                state.provider, state.model = replay.provider, replay.model
+                return replay
             if reservation is not None and reservation.state != quota_pb2.RESERVATION_STATE_PENDING:
                 raise self.idempotency.expired_error(request_id)
             self.idempotency.begin(caller.tenant_id, request_id, fp)
@@ -536,9 +538,9 @@ class RouterApp:
                     await self._settle_failure(norm, caller, reservation, deadline, state)
                 result = (None, err)
                 raise
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, Exception):
                 if not state.settled and reservation is not None:
-                    # The caller left; return the hold now instead of waiting for the lease.
+                    # The caller left (or we failed): return the hold now, not at lease expiry.
                     task = asyncio.create_task(
                         self._settle_failure(norm, caller, reservation, Deadline.after(5.0), state)
                     )
@@ -547,7 +549,7 @@ class RouterApp:
                 raise
         finally:
             if dedupe:
-                if result == (None, None):
+                if result[0] is None and result[1] is None:
                     self.idempotency.forget(caller.tenant_id, request_id)
                 else:
                     self.idempotency.finish(caller.tenant_id, request_id, result)
@@ -691,7 +693,16 @@ class RouterApp:
                 ),
                 avail,
             )
-            nxt = queue[i] if i < len(queue) else None
+            # Hold time back only for a follower that could actually be called.
+            nxt = next(
+                (
+                    c
+                    for c in queue[i:]
+                    if self.breakers.get(c.provider).retry_at is None
+                    and self.breakers.get(c.provider, c.provider_model).retry_at is None
+                ),
+                None,
+            )
             if nxt is not None:
                 nxt_typical = self.breakers.get(nxt.provider, nxt.provider_model).latency_quantile(
                     0.95, min_samples=5

@@ -147,12 +147,14 @@ class CircuitBreaker:
 
     @property
     def retry_at(self) -> float | None:
-        """Clock time an open breaker admits its next probe."""
+        """Clock time an open breaker admits its next probe (None unless open now)."""
+        self._advance(self._clock())
         return self._open_until if self._state is BreakerState.OPEN else None
 
     @property
     def rate_limited(self) -> bool:
         """Whether it is open because the provider asked us to back off (429 + Retry-After)."""
+        self._advance(self._clock())
         return self._state is BreakerState.OPEN and self._rate_limited
 
     def try_acquire(self, *, force: bool = False) -> Permit | None:
