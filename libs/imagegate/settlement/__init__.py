@@ -163,7 +163,9 @@ class Settler:
         # In-flight parts are not due for replay until this call has had its chance.
         hold_until = time.time() + timeout + self._retry_interval
         ids = await self._db_call(self._insert, parts, hold_until)
-        written = [_Part(row_id, kind, payload) for row_id, (kind, payload) in zip(ids, parts)]
+        written = [
+            _Part(row_id, kind, payload) for row_id, (kind, payload) in zip(ids, parts, strict=True)
+        ]
         self._pending.update(ids)
         self._in_flight.update(ids)
         try:
@@ -173,7 +175,7 @@ class Settler:
         finally:
             self._in_flight.difference_update(ids)
         record: metering_pb2.UsageRecord | None = None
-        for part, result in zip(written, results):
+        for result in results:
             if isinstance(result, metering_pb2.RecordUsageResponse):
                 record = result.record
             elif isinstance(result, BaseException) and not isinstance(result, grpc.RpcError):
