@@ -55,7 +55,7 @@ async def test_two_processes_on_one_postgres_grant_exactly_the_limit(
                 "IMAGEGATE_LOG_LEVEL": "WARNING",
             }
             procs.append(
-                subprocess.Popen(
+                subprocess.Popen(  # noqa: ASYNC220 - a long-lived server, not awaited
                     [sys.executable, "-m", "services.quota"],
                     cwd=ROOT,
                     env=env,
