@@ -34,6 +34,7 @@ from services.router.config import RouterSettings
 from services.router.idempotency import IdempotencyCache, Outcome, fingerprint
 from services.router.observability import RouterMetrics
 from services.router.seams import PriceMirror, SettlementOrder, SettlerLike
+from services.router.throttle import RetryThrottle
 from services.router.validation import Normalized, capability_gaps, normalize
 
 log = logging.getLogger("services.router")
@@ -158,6 +159,7 @@ class RouterApp:
             max_entries=settings.idempotency_max_entries,
             max_bytes=settings.idempotency_max_bytes,
         )
+        self.throttle = RetryThrottle(settings.failover_max_tokens, settings.failover_token_ratio)
         self._auth_cache: OrderedDict[str, tuple[Caller, float]] = OrderedDict()
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
@@ -712,6 +714,7 @@ class RouterApp:
             result = await self._attempt(cand, norm, permits, budget, events, span, state)
             if result.outcome == router_pb2.ATTEMPT_OUTCOME_SUCCEEDED:
                 assert result.response is not None
+                self.throttle.on_success()
                 success = (cand, result.response)
                 break
             if not result.failover or (
@@ -719,6 +722,12 @@ class RouterApp:
                 and not norm.request.allow_moderation_failover
             ):
                 stop = result
+                break
+            if result.scope and not self.throttle.on_failure() and i < len(queue):
+                # Most attempts are failing everywhere: stop multiplying load on the fleet.
+                plan.notices.append("failover budget exhausted")
+                stop = result
+                stop.message += " (failover budget exhausted; not trying further providers)"
                 break
             nxt_cand = next((c for c in queue[i:]), None)
             if nxt_cand is not None:

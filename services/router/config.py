@@ -79,6 +79,15 @@ class RouterSettings(BaseSettings):
     maximum_concurrent_rpcs: int | None = Field(
         4096, description="Calls beyond this get RESOURCE_EXHAUSTED at once (load shedding)."
     )
+    failover_max_tokens: float = Field(
+        100.0, description="Failover budget size (gRPC A6 retry throttling, Router-wide)."
+    )
+    failover_token_ratio: float = Field(
+        0.5, description="Tokens a successful attempt returns to the failover budget."
+    )
+    quota_retry_attempts: int = Field(
+        3, description="Attempts (A6, UNAVAILABLE only) for the idempotent Quota auth/reserve."
+    )
     breaker_window: int = Field(20, description="Calls in the breaker's sliding window.")
     breaker_minimum_calls: int = Field(10, description="Calls needed before the rate rule applies.")
     breaker_failure_rate: float = Field(0.5, description="Failure rate that opens the breaker.")

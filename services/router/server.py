@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 import grpc
 
 from imagegate.grpckit.channel import create_channel
+from imagegate.grpckit.options import CHANNEL_OPTIONS
 from imagegate.grpckit.server import RunningServer, start_server
 from imagegate.metering.v1 import metering_pb2_grpc
 from imagegate.quota.v1 import quota_pb2_grpc
@@ -40,6 +42,36 @@ def breaker_config(settings: RouterSettings) -> BreakerConfig:
         half_open_probes=settings.breaker_half_open_probes,
         probe_max_seconds=settings.breaker_probe_max_seconds,
     )
+
+
+def quota_service_config(settings: RouterSettings) -> str:
+    """gRPC A6 retries for the two idempotent Quota calls on the hot path, UNAVAILABLE only.
+
+    ReserveQuota is idempotent on (tenant, request_id) and AuthenticateApiKey reads, so a
+    transient UNAVAILABLE (a Quota restart) is retried by the channel, honouring server pushback.
+    """
+    names = [
+        {"service": "imagegate.quota.v1.QuotaService", "method": m}
+        for m in ("ReserveQuota", "AuthenticateApiKey")
+    ]
+    if settings.quota_retry_attempts < 2:
+        return json.dumps({})
+    config = {
+        "methodConfig": [
+            {
+                "name": names,
+                "retryPolicy": {
+                    "maxAttempts": max(2, min(5, settings.quota_retry_attempts)),
+                    "initialBackoff": "0.02s",
+                    "maxBackoff": "0.2s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ],
+        "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
+    }
+    return json.dumps(config)
 
 
 @dataclass
@@ -74,7 +106,11 @@ async def start_router(
     """
     catalog = load_catalog(settings.catalog)
     interceptors = telemetry.client_interceptors()
-    quota_channel = create_channel(settings.quota_addr, interceptors)
+    quota_channel = grpc.aio.insecure_channel(
+        settings.quota_addr,
+        options=[*CHANNEL_OPTIONS, ("grpc.service_config", quota_service_config(settings))],
+        interceptors=interceptors,
+    )
     metering_channel = create_channel(settings.metering_addr, interceptors)
     quota = quota_pb2_grpc.QuotaServiceStub(quota_channel)
     metering = metering_pb2_grpc.MeteringServiceStub(metering_channel)

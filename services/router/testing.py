@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,6 +73,7 @@ class ControllableAdapter(Adapter):
         self.script: list[Action] = []
         self.calls: list[GenerationRequest] = []
         self.cancelled = 0
+        self.deadlines: list[float] = []
         self.progress_steps = 2
 
     @property
@@ -94,6 +96,7 @@ class ControllableAdapter(Adapter):
         self, request: GenerationRequest, deadline: Deadline, progress: ProgressSink | None
     ) -> GenerationResult:
         self.calls.append(request)
+        self.deadlines.append(deadline.remaining())
         action = self.script.pop(0) if self.script else self.default
         try:
             if progress is not None:
@@ -122,6 +125,60 @@ class ControllableAdapter(Adapter):
                 GeneratedImage(data, request.output_format, request.width, request.height, seed)
             )
         return GenerationResult(images=images, provider_job_id=f"{self.name}-{len(self.calls)}")
+
+
+class FaultInjector(grpc.aio.ServerInterceptor):
+    """gRFC A33-style faults on a server: abort with a code and/or delay a share of calls."""
+
+    def __init__(self) -> None:
+        self.abort_code: grpc.StatusCode | None = None
+        self.abort_percent = 0
+        self.delay_seconds = 0.0
+        self.delay_percent = 0
+        self.max_active = 1_000_000
+        self.active = 0
+        self.injected = 0
+        self._rng = random.Random(7)
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None or "Describe" in details.method:
+            return handler
+        inner = handler.unary_unary
+
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            # Each fault draws its own number, as A33 specifies.
+            delay = self._rng.random() * 100 < self.delay_percent
+            abort = self.abort_code is not None and self._rng.random() * 100 < self.abort_percent
+            if (delay or abort) and self.active < self.max_active:
+                self.active += 1
+                self.injected += 1
+                try:
+                    if delay:
+                        await asyncio.sleep(self.delay_seconds)
+                    if abort:
+                        assert self.abort_code is not None
+                        await context.abort(self.abort_code, "injected fault")
+                finally:
+                    self.active -= 1
+            return await inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            wrapper,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+@dataclass
+class FaultyTelemetry(Telemetry):
+    """Telemetry whose server interceptors put a FaultInjector first."""
+
+    injector: FaultInjector | None = None
+
+    def server_interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+        inner = super().server_interceptors()
+        return [self.injector, *inner] if self.injector is not None else inner
 
 
 def price(
@@ -158,6 +215,11 @@ class FakeQuota(quota_pb2_grpc.QuotaServiceServicer):
         self._ids = itertools.count(1)
         self.down = False
         self.calls: dict[str, int] = {}
+        self.fail_next = 0
+        """Answer this many next ReserveQuota calls with UNAVAILABLE."""
+        self.pushback_ms: str | None = None
+        """grpc-retry-pushback-ms trailer sent with those failures."""
+        self.reserve_metadata: list[dict[str, str]] = []
 
     def add_key(
         self, key: str, tenant_id: str, plan: str = "pro", tiers: tuple[str, ...] = ()
@@ -198,6 +260,14 @@ class FakeQuota(quota_pb2_grpc.QuotaServiceServicer):
 
     async def ReserveQuota(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         self._count("ReserveQuota", context)
+        self.reserve_metadata.append(
+            {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        )
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            if self.pushback_ms is not None:
+                context.set_trailing_metadata((("grpc-retry-pushback-ms", self.pushback_ms),))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "quota restarting (test)")
         await self._check_up(context)
         t = self._auth(request.api_key)
         key = (t.tenant.id, request.request_id)
@@ -372,6 +442,7 @@ async def start_stack(
     prices: list[metering_pb2.Price] | None = None,
     clock: Callable[[], float] | None = None,
     dead_adapters: dict[str, str] | None = None,
+    faults: dict[str, FaultInjector] | None = None,
     **settings: Any,
 ) -> RouterStack:
     """Starts fakes, adapters and a Router configured for them (settings override defaults)."""
@@ -401,9 +472,15 @@ async def start_stack(
     adapter_telemetry = setup_telemetry("adapter-test", span_exporters=[exporter])
     targets = []
     for name, adapter in adapters.items():
-        running, _ = await start_adapter_server(
-            adapter, address="127.0.0.1:0", telemetry=adapter_telemetry
-        )
+        tel: Telemetry = adapter_telemetry
+        if faults and name in faults:
+            tel = FaultyTelemetry(
+                adapter_telemetry.service_name,
+                adapter_telemetry.tracer_provider,
+                adapter_telemetry.meter_provider,
+                injector=faults[name],
+            )
+        running, _ = await start_adapter_server(adapter, address="127.0.0.1:0", telemetry=tel)
         servers.append(running)
         targets.append(f"{name}={running.address}")
     for name, target in (dead_adapters or {}).items():

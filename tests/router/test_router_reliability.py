@@ -1,0 +1,242 @@
+"""reliability.md section 3 items 7-11, 22, 25 against the Router over real gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import pytest
+
+from imagegate.grpckit import reasons
+from imagegate.grpckit.errors import parse_rpc_error
+from imagegate.providerkit.errors import ProviderError
+from imagegate.router.v1 import router_pb2
+from services.router.testing import (
+    HANG,
+    ControllableAdapter,
+    FaultInjector,
+    bearer,
+    spec,
+    start_stack,
+)
+
+FAL = "fal-ai/flux/schnell"
+REP = "black-forest-labs/flux-schnell"
+PRO = bearer("key-pro")
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def req(rid: str = "") -> router_pb2.GenerateImageRequest:
+    return router_pb2.GenerateImageRequest(
+        request_id=rid, prompt="fox", model="flux-schnell", width=256, height=256
+    )
+
+
+async def pair(**settings: object):
+    fal = ControllableAdapter("fal", [spec(FAL)])
+    rep = ControllableAdapter("replicate", [spec(REP)])
+    stack = await start_stack({"fal": fal, "replicate": rep}, **settings)  # type: ignore[arg-type]
+    return stack, fal, rep
+
+
+async def test_item8_invalid_argument_is_one_call_and_leaves_the_budget_alone() -> None:
+    stack, fal, rep = await pair()
+    try:
+        before = stack.app.throttle.tokens
+        fal.then(ProviderError(reasons.PROVIDER_INVALID_REQUEST, "bad"))
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stack.stub.GenerateImage(req(), metadata=PRO, timeout=5)
+        assert (len(fal.calls), len(rep.calls)) == (1, 0)
+        assert stack.app.throttle.tokens == before
+    finally:
+        await stack.stop()
+
+
+async def test_item8_quota_unavailable_twice_then_ok_is_retried_by_the_channel() -> None:
+    stack, _fal, _ = await pair()
+    try:
+        stack.quota.fail_next = 2
+        resp = await stack.stub.GenerateImage(req("qr"), metadata=PRO, timeout=5)
+        assert resp.provider == "fal"
+        assert stack.quota.calls["ReserveQuota"] == 3
+        assert stack.quota.reserve_metadata[-1].get("grpc-previous-rpc-attempts") == "2"
+    finally:
+        await stack.stop()
+
+
+async def test_item9_pushback_minus_one_stops_channel_retries() -> None:
+    stack, _fal, _ = await pair()
+    try:
+        stack.quota.fail_next = 5
+        stack.quota.pushback_ms = "-1"
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stack.stub.GenerateImage(req("pb"), metadata=PRO, timeout=5)
+        assert parse_rpc_error(info.value).reason == reasons.DEPENDENCY_UNAVAILABLE
+        assert stack.quota.calls["ReserveQuota"] == 1
+    finally:
+        await stack.stop()
+
+
+async def test_item9_pushback_delays_the_retry() -> None:
+    stack, _fal, _ = await pair()
+    try:
+        stack.quota.fail_next = 1
+        stack.quota.pushback_ms = "200"
+        started = time.monotonic()
+        await stack.stub.GenerateImage(req("pb2"), metadata=PRO, timeout=5)
+        assert time.monotonic() - started >= 0.2
+        assert stack.quota.calls["ReserveQuota"] == 2
+    finally:
+        await stack.stop()
+
+
+async def test_item10_deadline_budget_across_hops() -> None:
+    fal = ControllableAdapter("fal", [spec(FAL)], default=HANG)
+    stack = await start_stack({"fal": fal})
+    try:
+        started = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stack.stub.GenerateImage(req("dl"), metadata=PRO, timeout=0.5)
+        elapsed = time.monotonic() - started
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert elapsed < 0.5 + 0.15
+        assert fal.deadlines and fal.deadlines[0] <= 0.5
+        for _ in range(50):
+            if fal.cancelled:
+                break
+            await asyncio.sleep(0.01)
+        assert fal.cancelled == 1, "the adapter saw the cancellation and stopped"
+        assert stack.quota.tenant("t_pro").reserved_images == 0
+    finally:
+        await stack.stop()
+
+
+async def test_item11_priority_fallback_charges_once() -> None:
+    stack, fal, _rep = await pair()
+    try:
+        fal.then(ProviderError(reasons.PROVIDER_UNAVAILABLE, "503"))
+        resp = await stack.stub.GenerateImage(req("once"), metadata=PRO, timeout=5)
+        assert resp.provider == "replicate"
+        assert stack.quota.calls["CommitReservation"] == 1
+        assert stack.quota.calls.get("ReleaseReservation", 0) == 0
+        record = stack.metering.records[("t_pro", "once")]
+        assert [a.provider for a in record.attempts] == ["replicate"]
+    finally:
+        await stack.stop()
+
+
+async def test_item22_injected_abort_trips_breaker_and_heals_after_open_wait() -> None:
+    clock = FakeClock()
+    fault = FaultInjector()
+    fal = ControllableAdapter("fal", [spec(FAL)])
+    rep = ControllableAdapter("replicate", [spec(REP)])
+    stack = await start_stack(
+        {"fal": fal, "replicate": rep},
+        faults={"fal": fault},
+        clock=clock,
+        breaker_consecutive_failures=3,
+        breaker_open_seconds=10.0,
+    )
+    try:
+        fault.abort_code, fault.abort_percent = grpc.StatusCode.UNAVAILABLE, 100
+        for i in range(6):
+            resp = await stack.stub.GenerateImage(req(f"fi{i}"), metadata=PRO, timeout=5)
+            assert resp.provider == "replicate"
+        assert fault.injected == 3, "after 3 injected failures the breaker stops calling fal"
+        fault.abort_percent = 0
+        clock.now += 10.5
+        resp = await stack.stub.GenerateImage(req("healed"), metadata=PRO, timeout=5)
+        assert resp.provider == "fal" and len(resp.attempts) == 1
+        assert stack.app.breakers.get("fal").state.value == "closed"
+    finally:
+        await stack.stop()
+
+
+async def test_item22_delay_fault_share_is_drawn_per_call() -> None:
+    fault = FaultInjector()
+    fault.delay_seconds, fault.delay_percent = 0.0, 20
+    fault.abort_code, fault.abort_percent = grpc.StatusCode.UNAVAILABLE, 5
+    fal = ControllableAdapter("fal", [spec(FAL)])
+    rep = ControllableAdapter("replicate", [spec(REP)])
+    stack = await start_stack(
+        {"fal": fal, "replicate": rep},
+        faults={"fal": fault},
+        breaker_consecutive_failures=100,
+        breaker_minimum_calls=1000,
+    )
+    try:
+        for i in range(200):
+            await stack.stub.GenerateImage(req(f"d{i}"), metadata=PRO, timeout=5)
+        # 20% delay + 5% abort drawn independently: about 24% of calls affected.
+        assert 30 <= fault.injected <= 70
+        # Aborted calls never reached fal's adapter; each one failed over to replicate.
+        assert len(fal.calls) + len(rep.calls) == 200 and 3 <= len(rep.calls) <= 25
+    finally:
+        await stack.stop()
+
+
+async def test_item25_load_shedding_is_immediate_and_not_a_provider_failure() -> None:
+    fal = ControllableAdapter("fal", [spec(FAL)], default=("sleep", 0.5))
+    stack = await start_stack({"fal": fal}, maximum_concurrent_rpcs=2)
+    try:
+        calls = [stack.stub.GenerateImage(req(f"s{i}"), metadata=PRO, timeout=5) for i in range(5)]
+        started = time.monotonic()
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        shed = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+        served = [r for r in results if not isinstance(r, BaseException)]
+        assert len(served) == 2 and len(shed) == 3
+        assert all(e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for e in shed)
+        assert time.monotonic() - started < 1.5
+        snap = stack.app.breakers.get("fal", FAL).snapshot()
+        assert snap.error_rate == 0 and snap.window_calls == 2
+    finally:
+        await stack.stop()
+
+
+async def test_item25_adapter_concurrency_limit_fails_over_without_tripping() -> None:
+    fal = ControllableAdapter("fal", [spec(FAL)])
+    rep = ControllableAdapter("replicate", [spec(REP)])
+    stack = await start_stack({"fal": fal, "replicate": rep}, breaker_consecutive_failures=1)
+    try:
+        fal.default = ProviderError(
+            reasons.PROVIDER_CONCURRENCY_LIMITED, "full", retry_after_seconds=1
+        )
+        for i in range(3):
+            resp = await stack.stub.GenerateImage(req(f"c{i}"), metadata=PRO, timeout=5)
+            assert resp.provider == "replicate"
+            assert resp.attempts[0].outcome == router_pb2.ATTEMPT_OUTCOME_OVERLOADED
+        assert len(fal.calls) == 3
+        assert stack.app.breakers.get("fal").state.value == "closed"
+    finally:
+        await stack.stop()
+
+
+async def test_failover_budget_stops_amplification_when_everything_fails() -> None:
+    stack, fal, rep = await pair(
+        failover_max_tokens=4,
+        failover_token_ratio=1.6,
+        breaker_consecutive_failures=1000,
+        breaker_minimum_calls=1000,
+    )
+    try:
+        fal.default = rep.default = ProviderError(reasons.PROVIDER_UNAVAILABLE, "503")
+        for i in range(4):
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stack.stub.GenerateImage(req(f"a{i}"), metadata=PRO, timeout=5)
+        # First request: fal fails (3 left, may fail over), replicate fails (2 left).
+        # Later requests: fal fails and the budget forbids failing over.
+        assert len(fal.calls) == 4 and len(rep.calls) == 1
+        rep.default = "ok"
+        fal.default = "ok"
+        resp = await stack.stub.GenerateImage(req("a-ok"), metadata=PRO, timeout=5)
+        assert resp.provider == "fal"
+    finally:
+        await stack.stop()
