@@ -224,12 +224,15 @@ class ReplicateAdapter(Adapter):
     ) -> dict[str, Any]:
         """One create, never retried: a create that may have been accepted may be billed."""
         remaining = deadline.remaining()
-        wait = int(max(1, min(_MAX_WAIT, remaining - _WAIT_MARGIN)))
         headers = {
-            "Prefer": f"wait={wait}",
             # Replicate aborts (unbilled) a prediction that has not started by our deadline.
             "Cancel-After": f"{max(1, int(remaining))}s",
         }
+        wait = min(_MAX_WAIT, int(remaining - _WAIT_MARGIN))
+        if wait >= 1:
+            # Without time for a whole second of waiting, answer at once and poll instead: a
+            # create held past our deadline would leave a billable prediction we cannot cancel.
+            headers["Prefer"] = f"wait={wait}"
         if request.model == SDXL:
             path, body = "/v1/predictions", {"version": self._settings.sdxl_version, "input": inp}
         else:

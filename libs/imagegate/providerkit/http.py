@@ -23,7 +23,7 @@ T = TypeVar("T")
 # Request headers that carry credentials: never forwarded to result hosts, scrubbed from messages.
 SECRET_HEADERS = ("authorization", "x-key", "x-api-key", "api-key", "proxy-authorization")
 # Seconds before the deadline at which a send gives up.
-SEND_MARGIN = 0.02
+SEND_MARGIN = 0.1
 # How much of a provider's error text is quoted in our messages.
 _DETAIL_LIMIT = 300
 # Retry-After values above this are treated as "do not retry soon", not as a precise delay.
@@ -368,7 +368,8 @@ async def poll_until(
             try:
                 step = await fn(inner)
             except ProviderError as err:
-                if err.reason != reasons.PROVIDER_TIMEOUT or not inner.expired():
+                # A step given `inner` that times out means polling time is up: go cancel.
+                if err.reason != reasons.PROVIDER_TIMEOUT:
                     raise
                 break
             if not isinstance(step, Pending):

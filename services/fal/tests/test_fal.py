@@ -115,7 +115,7 @@ async def test_polls_the_returned_urls_and_reports_inference_time(stack: Stack) 
 async def test_cancels_with_put_when_the_deadline_passes(stack: Stack) -> None:
     stack.emulator.faults.set(Fault("never_complete"))
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stack.stub.GenerateImage(request(), timeout=1.0)
+        await stack.stub.GenerateImage(request(), timeout=1.5)
     err = parse_rpc_error(info.value)
     assert (err.code, err.reason) == (grpc.StatusCode.DEADLINE_EXCEEDED, reasons.PROVIDER_TIMEOUT)
     job = next(iter(stack.emulator.jobs.values()))
