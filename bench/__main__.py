@@ -20,6 +20,13 @@ from bench import report
 from bench.context import Ctx, Result, cleanup, new_ctx
 from bench.scenarios import capacity, failover, overhead, quota, tracing
 
+TITLES = {
+    "overhead": "1. Overhead",
+    "capacity": "2. Slow provider capacity",
+    "failover": "3. Failover",
+    "quota": "4. Quota and metering",
+    "tracing": "5. Tracing cost",
+}
 SCENARIOS: dict[str, Callable[[Ctx], Awaitable[Result]]] = {
     "overhead": overhead.run,
     "capacity": capacity.run,
@@ -54,8 +61,7 @@ async def run(ctx: Ctx, names: list[str]) -> dict[str, Any]:
             doc = res.as_dict()
         except Exception as err:
             traceback.print_exc()
-            doc = Result(name, "failed").as_dict()
-            doc["notes"].append(f"scenario failed: {type(err).__name__}: {err}")
+            doc = Result(TITLES[name], "n/a (the scenario failed)").as_dict()
             doc["error"] = f"{type(err).__name__}: {err}"
         doc["key"] = name
         doc["duration_s"] = round(time.perf_counter() - t0, 1)
@@ -84,6 +90,9 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, default=None, help="output folder (default bench/results)"
     )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the scratch folder (service logs, databases)"
+    )
     args = parser.parse_args()
     names = [n for n in args.only.split(",") if n] or list(SCENARIOS)
     unknown = set(names) - set(SCENARIOS)
@@ -94,7 +103,10 @@ def main() -> None:
     try:
         doc = asyncio.run(run(ctx, names))
     finally:
-        cleanup(ctx)
+        if args.keep:
+            print(f"kept {ctx.work}", file=sys.stderr)
+        else:
+            cleanup(ctx)
     stem = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d") + ("-smoke" if args.smoke else "")
     for path in report.write(doc, out, stem):
         print(path)

@@ -40,13 +40,16 @@ def markdown(doc: dict[str, Any]) -> str:
         "|---|---|---|---|",
     ]
     for sc in doc["scenarios"]:
+        if sc.get("error"):
+            first = sc["error"].splitlines()[0][:160]
+            lines.append(f"| {sc['name']} | (all) | scenario failed: {first} | not measured |")
         for t in sc["targets"]:
             met = {True: "met", False: "**not met**", None: "not measured"}[t["met"]]
             lines.append(f"| {t['name']} | {t['goal']} | {t['measured']} | {met} |")
     for sc in doc["scenarios"]:
         lines += ["", f"## {sc['name']}", "", f"Path: {sc['path']}", ""]
         if sc.get("error"):
-            lines += [f"**Scenario failed:** {sc['error']}", ""]
+            lines += ["**Scenario failed:**", "", "```", sc["error"][-3000:], "```", ""]
         runs = sc["runs"]
         if runs:
             cols = _columns(runs)

@@ -7,7 +7,7 @@ from bench.context import Ctx, Result, Target
 from bench.emulator import adapter_env, available, set_latency, start_emulator
 from bench.loadgen import Call, closed_loop
 from bench.procs import Proc
-from bench.scenarios.common import fmt
+from bench.scenarios.common import fmt, note_deaths
 from bench.stack import start_stack
 from bench.stats import RunStats
 
@@ -70,6 +70,7 @@ async def _run(ctx: Ctx, *, emulated: bool) -> Result:
         for ch in chans:
             await ch.close()
     finally:
+        note_deaths(result, procs)
         await stack.stop()
         if emu is not None:
             await emu.stop()

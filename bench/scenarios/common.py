@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bench.context import Ctx
+from bench.context import Ctx, Result
 from bench.loadgen import Call, closed_loop
 from bench.procs import Proc, loopback, python_module, spawn, wait_port
 from bench.stats import RunStats
@@ -74,6 +74,15 @@ async def start_echo(ctx: Ctx, reply_bytes: int, name: str = "echo") -> Proc:
     )
     await wait_port(proc)
     return proc
+
+
+def note_deaths(result: Result, procs: Sequence[Proc]) -> None:
+    """Records in the result any process that exited before the bench stopped it."""
+    for p in procs:
+        code = p.process.returncode
+        if code is not None:
+            last = p.tail(3).replace("\n", " / ")[-400:]
+            result.notes.append(f"{p.name} exited with code {code} during the run: {last}")
 
 
 def rss_table(procs: Sequence[Proc]) -> dict[str, Any]:

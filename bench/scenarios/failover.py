@@ -13,6 +13,7 @@ from bench.context import Ctx, Result, Target
 from bench.emulator import adapter_env, available, set_fault, start_emulator
 from bench.loadgen import error_name
 from bench.procs import Proc
+from bench.scenarios.common import note_deaths
 from bench.stack import start_stack
 from bench.stats import percentile
 from imagegate.router.v1 import router_pb2, router_pb2_grpc
@@ -103,6 +104,7 @@ async def run(ctx: Ctx) -> Result:
             phases[kind] = phase
             result.runs.append({"label": f"primary {kind}", **_row(phase)})
     finally:
+        note_deaths(result, list(stack.services.procs.values()))
         await client.channel.close()
         await stack.stop()
         await primary.stop()

@@ -5,7 +5,14 @@ from __future__ import annotations
 from bench.clients import channels, direct_call, echo_call, provider_request, router_call
 from bench.context import Ctx, Result, Target
 from bench.provider_pb import response_size
-from bench.scenarios.common import added, fmt, interleaved, rss_table, start_echo
+from bench.scenarios.common import (
+    added,
+    fmt,
+    interleaved,
+    note_deaths,
+    rss_table,
+    start_echo,
+)
 from bench.stack import start_stack
 from bench.stats import RunStats
 
@@ -70,6 +77,7 @@ async def run(ctx: Ctx) -> Result:
                     await ch.close()
         result.extra["peak_rss_mb"] = rss_table(procs)
     finally:
+        note_deaths(result, procs)
         await echo.stop()
         await stack.stop()
     judge(result, by_c)

@@ -8,7 +8,7 @@ from pathlib import Path
 from bench.clients import channels, direct_call, router_call
 from bench.context import Ctx, Result, Target
 from bench.procs import Proc, loopback, python_module, spawn, wait_port
-from bench.scenarios.common import added, fmt, interleaved
+from bench.scenarios.common import added, fmt, interleaved, note_deaths
 from bench.stack import start_stack
 from bench.stats import RunStats
 
@@ -88,6 +88,7 @@ async def run(ctx: Ctx) -> Result:
                 for ch in group:
                     await ch.close()
     finally:
+        note_deaths(result, [*on.services.procs.values(), *off.services.procs.values(), sink])
         await on.stop()
         await off.stop()
         await sink.stop()

@@ -1,0 +1,113 @@
+"""`python -m bench.profile [--path router|capacity] [--seconds S]`: py-spy every service under load."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import sys
+from collections import Counter
+from pathlib import Path
+
+from bench.clients import channels, router_call
+from bench.context import cleanup, new_ctx
+from bench.emulator import adapter_env, start_emulator
+from bench.loadgen import closed_loop
+from bench.procs import Proc
+from bench.stack import start_stack
+
+
+def top_functions(raw: Path, limit: int = 12) -> list[tuple[str, float]]:
+    """Functions by share of on-CPU samples they appear in (inclusive), from py-spy raw output."""
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        for frame in set(stack.split(";")):
+            inclusive[frame] += n
+    return [(f, c / total) for f, c in inclusive.most_common(limit)] if total else []
+
+
+async def record(proc: Proc, seconds: float, out: Path) -> Path:
+    """Runs py-spy against one process (GIL-holding samples only) and returns the raw file."""
+    pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    raw = out / f"{proc.name}.txt"
+    spy = await asyncio.create_subprocess_exec(
+        pyspy,
+        "record",
+        "--pid",
+        str(proc.pid),
+        "--duration",
+        str(int(seconds)),
+        "--rate",
+        "200",
+        "--gil",
+        "--nonblocking",
+        "--format",
+        "raw",
+        "--output",
+        str(raw),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    await spy.wait()
+    return raw
+
+
+async def main_async(path: str, seconds: float, concurrency: int, out: Path) -> None:
+    """Starts the stack, warms it, then loads it while py-spy samples every process."""
+    ctx = new_ctx(smoke=False)
+    emu: Proc | None = None
+    try:
+        if path == "capacity":
+            emu = await start_emulator(ctx, "together", latency=0.5)
+            stack = await start_stack(ctx, "profile", extra=adapter_env("together", emu))
+            model, side = "flux-schnell", 256
+            providers: tuple[str, ...] = ("together",)
+        else:
+            stack = await start_stack(ctx, "profile")
+            model, side, providers = "local", 64, ()
+        chans = channels(stack.services.address("router"), 4)
+        call = router_call(chans, stack.api_key, model=model, side=side, providers=providers)
+        await closed_loop("warmup", call, concurrency=concurrency, requests=200)
+        procs = [*stack.services.procs.values(), *([emu] if emu else [])]
+        out.mkdir(parents=True, exist_ok=True)
+        load = asyncio.create_task(
+            closed_loop("load", call, concurrency=concurrency, requests=10**9, duration=seconds + 2)
+        )
+        raws = await asyncio.gather(*(record(p, seconds, out) for p in procs))
+        stats = await load
+        print(
+            f"load: {stats.rps:.0f} req/s, p50 {stats.pct_ms(50):.1f} ms, errors {dict(stats.errors)}"
+        )
+        for proc, raw in zip(procs, raws, strict=True):
+            print(f"\n== {proc.name} (pid {proc.pid}) top functions, % of GIL-holding samples")
+            if raw.exists():
+                for frame, share in top_functions(raw):
+                    print(f"  {share * 100:5.1f}%  {frame}")
+        for ch in chans:
+            await ch.close()
+        await stack.stop()
+    finally:
+        if emu is not None:
+            await emu.stop()
+        cleanup(ctx)
+
+
+def main() -> None:
+    """Entry point."""
+    parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
+    parser.add_argument("--path", choices=("router", "capacity"), default="router")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--out", type=Path, default=Path("/tmp/imagegate-profile"))
+    args = parser.parse_args()
+    asyncio.run(main_async(args.path, args.seconds, args.concurrency, args.out))
+
+
+if __name__ == "__main__":
+    main()
