@@ -9,7 +9,7 @@ import grpc
 from imagegate.grpckit.errors import FieldViolation, invalid_argument
 from imagegate.metering.v1 import metering_pb2, metering_pb2_grpc
 from imagegate.pricing import quote_micros
-from services.metering.periods import PERIOD_RE, period_of
+from imagegate.persistence.periods import PERIOD_RE, period_of
 from services.metering.store import DOMAIN, MeteringStore
 
 MAX_ID = 255

@@ -8,8 +8,8 @@ import grpc
 
 from imagegate.grpckit.auth import require_admin
 from imagegate.grpckit.errors import FieldViolation, invalid_argument, timestamp
+from imagegate.persistence.periods import from_us
 from imagegate.quota.v1 import quota_pb2, quota_pb2_grpc
-from services.quota.periods import from_us
 from services.quota.store import DOMAIN, QuotaStore, ReserveArgs
 
 MAX_ID = 255

@@ -17,17 +17,14 @@ as BEGIN IMMEDIATE. Idempotency is carried by the unique (tenant_id, request_id)
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import secrets
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 import grpc
-from sqlalchemy import Connection, Engine, Row, Table, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from google.protobuf import timestamp_pb2
+from sqlalchemy import Engine, Row, Table, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from imagegate.grpckit import reasons
@@ -38,11 +35,11 @@ from imagegate.grpckit.errors import (
     invalid_argument,
     timestamp,
 )
+from imagegate.persistence import DbRunner, Tx, make_engine, migrate
+from imagegate.persistence.periods import Clock, period_end, period_of, to_us, utc_now
 from imagegate.quota.v1 import quota_pb2
 from services.quota import keys
-from services.quota.db import make_engine, migrate
-from services.quota.models import ApiKey, QuotaPeriod, Reservation, Tenant
-from services.quota.periods import Clock, from_us, period_end, period_of, to_us, utc_now
+from services.quota.models import ApiKey, Tenant
 from services.quota.plans import DEFAULT_PLAN
 
 DOMAIN = "imagegate.quota"
@@ -54,9 +51,6 @@ EXPIRED = quota_pb2.RESERVATION_STATE_EXPIRED
 _T = TypeVar("_T")
 _tenants: Table = cast(Table, Tenant.__table__)
 _keys: Table = cast(Table, ApiKey.__table__)
-_periods: Table = cast(Table, QuotaPeriod.__table__)
-_res: Table = cast(Table, Reservation.__table__)
-_SWEEP_BATCH = 500
 
 
 def pixels_of(megapixels: float) -> int:
@@ -100,6 +94,97 @@ class ReserveResult:
     """False when the request_id had been seen and nothing changed."""
 
 
+_TENANT_BY_ID = "SELECT id, name, plan, create_us FROM tenants WHERE id = ?"
+_KEY_BY_ID = (
+    "SELECT k.secret_hash, k.revoke_us, t.id, t.name, t.plan, t.create_us"
+    " FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.key_id = ?"
+)
+_INSERT_RES = (
+    "INSERT INTO reservations (id, tenant_id, request_id, period, images, pixels, cost_micros,"
+    " state, create_us, expire_us, charged_images, charged_pixels, charged_cost_micros)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, 0)"
+    " ON CONFLICT (tenant_id, request_id) DO NOTHING RETURNING id"
+)
+_RES_BY_REQUEST = (
+    "SELECT id, tenant_id, request_id, period, images, pixels, cost_micros, state, expire_us,"
+    " charged_images, charged_pixels, charged_cost_micros"
+    " FROM reservations WHERE tenant_id = ? AND request_id = ?"
+)
+_RES_BY_ID = (
+    "SELECT id, tenant_id, request_id, period, images, pixels, cost_micros, state, expire_us,"
+    " charged_images, charged_pixels, charged_cost_micros FROM reservations WHERE id = ?"
+)
+# One statement for every plan: a limit of 0 means unlimited.
+_HOLD = (
+    "UPDATE quota_periods SET reserved_images = reserved_images + ?,"
+    " reserved_pixels = reserved_pixels + ?, reserved_cost_micros = reserved_cost_micros + ?"
+    " WHERE tenant_id = ? AND period = ?"
+    " AND (? = 0 OR used_images + reserved_images + ? <= ?)"
+    " AND (? = 0 OR used_pixels + reserved_pixels + ? <= ?)"
+    " AND (? = 0 OR used_cost_micros + reserved_cost_micros + ? <= ?)"
+)
+_ENSURE_PERIOD = (
+    "INSERT INTO quota_periods (tenant_id, period, used_images, reserved_images, used_pixels,"
+    " reserved_pixels, used_cost_micros, reserved_cost_micros) VALUES (?, ?, 0, 0, 0, 0, 0, 0)"
+    " ON CONFLICT (tenant_id, period) DO NOTHING"
+)
+_PERIOD_ROW = (
+    "SELECT used_images, reserved_images, used_pixels, reserved_pixels, used_cost_micros,"
+    " reserved_cost_micros FROM quota_periods WHERE tenant_id = ? AND period = ?"
+)
+# Commit of a pending reservation: one conditional UPDATE that returns the row.
+_COMMIT_PENDING = (
+    "UPDATE reservations SET state = ?, settle_us = ?, charged_images = ?, charged_pixels = ?,"
+    " charged_cost_micros = ? WHERE id = ? AND state = ? AND images >= ?"
+    " RETURNING id, tenant_id, request_id, period, images, pixels, cost_micros, state, expire_us,"
+    " charged_images, charged_pixels, charged_cost_micros"
+)
+_SETTLE_FROM = (
+    "UPDATE reservations SET state = ?, settle_us = ?, charged_images = ?, charged_pixels = ?,"
+    " charged_cost_micros = ? WHERE id = ? AND state = ?"
+)
+_CHARGE = (
+    "UPDATE quota_periods SET reserved_images = reserved_images - ?,"
+    " reserved_pixels = reserved_pixels - ?, reserved_cost_micros = reserved_cost_micros - ?,"
+    " used_images = used_images + ?, used_pixels = used_pixels + ?,"
+    " used_cost_micros = used_cost_micros + ? WHERE tenant_id = ? AND period = ?"
+)
+_RESOLVE_PENDING = (
+    "UPDATE reservations SET state = ?, settle_us = ? WHERE id = ? AND state = ?"
+    " RETURNING id, tenant_id, request_id, period, images, pixels, cost_micros, state, expire_us,"
+    " charged_images, charged_pixels, charged_cost_micros"
+)
+_RETURN_UNITS = (
+    "UPDATE quota_periods SET reserved_images = reserved_images - ?,"
+    " reserved_pixels = reserved_pixels - ?, reserved_cost_micros = reserved_cost_micros - ?"
+    " WHERE tenant_id = ? AND period = ?"
+)
+_EXPIRED_ALL = (
+    "SELECT id FROM reservations WHERE state = ? AND expire_us <= ? ORDER BY expire_us LIMIT 500"
+)
+_EXPIRED_OF_TENANT = (
+    "SELECT id FROM reservations WHERE state = ? AND expire_us <= ? AND tenant_id = ?"
+    " ORDER BY expire_us LIMIT 500"
+)
+
+
+class ResRow(NamedTuple):
+    """A reservations row as the hot path reads it (the columns the statements below select)."""
+
+    id: str
+    tenant_id: str
+    request_id: str
+    period: str
+    images: int
+    pixels: int
+    cost_micros: int
+    state: quota_pb2.ReservationState.ValueType
+    expire_us: int
+    charged_images: int
+    charged_pixels: int
+    charged_cost_micros: int
+
+
 class QuotaStore:
     """Tenants, keys, plans and reservations over one SQLAlchemy engine (SQLite or PostgreSQL)."""
 
@@ -118,9 +203,33 @@ class QuotaStore:
         self.clock = clock
         self.lease_seconds = lease_seconds
         self._pepper = pepper.encode()
-        # SQLite has one writer at a time: one thread avoids lock waits inside this process.
-        workers = 1 if engine.dialect.name == "sqlite" else threads
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="quota-db")
+        # SQLite: one thread and one connection for every transaction (no busy waits);
+        # PostgreSQL: `threads` threads, each with its own connection.
+        self._db = DbRunner(engine, threads=threads, name="quota-db")
+        self._integrity_error = self._db.integrity_error
+        q = self._db.sql
+        self._q_tenant = q(_TENANT_BY_ID)
+        self._q_key = q(_KEY_BY_ID)
+        self._q_insert_res = q(_INSERT_RES)
+        self._q_res_by_request = q(_RES_BY_REQUEST)
+        self._q_res_by_id = q(_RES_BY_ID)
+        self._q_hold = q(_HOLD)
+        self._q_ensure_period = q(_ENSURE_PERIOD)
+        self._q_period_row = q(_PERIOD_ROW)
+        self._q_commit_pending = q(_COMMIT_PENDING)
+        self._q_settle_from = q(_SETTLE_FROM)
+        self._q_charge = q(_CHARGE)
+        self._q_resolve_pending = q(_RESOLVE_PENDING)
+        self._q_return_units = q(_RETURN_UNITS)
+        self._q_expired_all = q(_EXPIRED_ALL)
+        self._q_expired_tenant = q(_EXPIRED_OF_TENANT)
+        # Limits per plan id, in counter units: (images, pixels, cost_micros); 0 = unlimited.
+        self._limits = {
+            pid: (p.monthly_images, pixels_of(p.monthly_megapixels), p.monthly_cost_micros)
+            for pid, p in plans.items()
+        }
+        # Tenant messages by their (immutable) row tuple; bounded.
+        self._tenant_cache: dict[tuple[Any, ...], quota_pb2.Tenant] = {}
         self._dummy_hash = keys.hash_key("ig_000000000000_" + "0" * 43, self._pepper)
 
     @classmethod
@@ -149,14 +258,11 @@ class QuotaStore:
 
     async def close(self) -> None:
         """Stops the worker threads and disposes of the connection pool."""
-        self._executor.shutdown(wait=True)
+        self._db.close()
         self.engine.dispose()
 
     async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
-        ctx = contextvars.copy_context()
-        return await asyncio.get_running_loop().run_in_executor(
-            self._executor, lambda: ctx.run(fn, *args)
-        )
+        return await self._db.run(fn, *args)
 
     # ---- async API (one thread hop, one transaction each) ----
 
@@ -210,16 +316,16 @@ class QuotaStore:
 
     def authenticate_sync(self, api_key: str) -> tuple[quota_pb2.Tenant, quota_pb2.Plan, str]:
         """See `authenticate`."""
-        with self.engine.begin() as conn:
-            tenant_row, key_id = self._authenticate(conn, api_key)
-        tenant = _tenant_pb(tenant_row)
+        with self._db.tx() as tx:
+            tenant_row, key_id = self._authenticate(tx, api_key)
+        tenant = self._tenant_pb(tenant_row)
         return tenant, self._plan(tenant.plan), key_id
 
     def reserve_sync(self, args: ReserveArgs) -> ReserveResult:
         """See `reserve`."""
         try:
             return self._reserve_once(args)
-        except IntegrityError:
+        except self._integrity_error:
             # A concurrent twin with the same request_id won the insert; return its reservation.
             return self._reserve_once(args)
 
@@ -228,45 +334,37 @@ class QuotaStore:
         now_us = to_us(now)
         lease = self.lease_seconds if args.lease_seconds is None else args.lease_seconds
         pixels = pixels_of(args.megapixels)
-        with self.engine.begin() as conn:
+        period = period_of(now)
+        expire_us = now_us + int(lease * 1_000_000)
+        with self._db.tx() as tx:
             key_id = ""
-            tenant_row: Row[Any] | None
             if args.api_key:
-                tenant_row, key_id = self._authenticate(conn, args.api_key)
+                tenant_row, key_id = self._authenticate(tx, args.api_key)
             else:
-                tenant_row = conn.execute(
-                    select(_tenants).where(_tenants.c.id == args.tenant_id)
-                ).first()
+                tenant_row = tx.one(self._q_tenant, (args.tenant_id,))
                 if tenant_row is None:
                     raise _tenant_not_found(args.tenant_id)
-            tenant = _tenant_pb(tenant_row)
-            plan = self._plan(tenant.plan)
-            period = period_of(now)
+            tenant = self._tenant_pb(tenant_row)
+            tenant_id = tenant_row[0]
+            plan = self._plan(tenant_row[2])
             reservation_id = "r_" + secrets.token_hex(12)
-            expire_us = now_us + int(lease * 1_000_000)
-            inserted = conn.execute(
-                _insert(conn)(_res)
-                .values(
-                    id=reservation_id,
-                    tenant_id=tenant.id,
-                    request_id=args.request_id,
-                    period=period,
-                    images=args.images,
-                    pixels=pixels,
-                    cost_micros=args.cost_micros,
-                    state=PENDING,
-                    create_us=now_us,
-                    expire_us=expire_us,
-                )
-                .on_conflict_do_nothing(index_elements=["tenant_id", "request_id"])
-                .returning(_res.c.id)
-            ).scalar_one_or_none()
+            inserted = tx.one(
+                self._q_insert_res,
+                (
+                    reservation_id,
+                    tenant_id,
+                    args.request_id,
+                    period,
+                    args.images,
+                    pixels,
+                    args.cost_micros,
+                    PENDING,
+                    now_us,
+                    expire_us,
+                ),
+            )
             if inserted is None:
-                row = conn.execute(
-                    select(_res).where(
-                        _res.c.tenant_id == tenant.id, _res.c.request_id == args.request_id
-                    )
-                ).one()
+                row = ResRow(*tx.one(self._q_res_by_request, (tenant_id, args.request_id)))
                 if (row.images, row.pixels, row.cost_micros) != (
                     args.images,
                     pixels,
@@ -283,112 +381,82 @@ class QuotaStore:
                 return ReserveResult(
                     _reservation_pb(row), tenant, plan, key_id=key_id, created=False
                 )
-            if not self._hold_or_retry(conn, tenant.id, period, plan, pixels, args, now_us):
-                raise self._exhausted(conn, tenant, plan, period, args, pixels)
+            hold = self._hold_params(tenant_id, period, plan.id, args.images, pixels, args)
+            if not self._hold_or_retry(tx, tenant_id, period, hold, now_us):
+                raise self._exhausted(tx, tenant, plan, period, args, pixels)
         reservation = quota_pb2.Reservation(
             id=reservation_id,
-            tenant_id=tenant.id,
+            tenant_id=tenant_id,
             request_id=args.request_id,
             images=args.images,
             megapixels=pixels / 1_000_000,
             cost_micros=args.cost_micros,
             period=period,
             state=PENDING,
-            expire_time=timestamp(from_us(expire_us)),
+            expire_time=_ts(expire_us),
         )
         return ReserveResult(reservation, tenant, plan, key_id=key_id)
 
+    def _hold_params(
+        self, tenant_id: str, period: str, plan_id: str, images: int, pixels: int, args: ReserveArgs
+    ) -> tuple[Any, ...]:
+        lim_images, lim_pixels, lim_cost = self._limits[plan_id]
+        cost = args.cost_micros
+        return (
+            images,
+            pixels,
+            cost,
+            tenant_id,
+            period,
+            lim_images,
+            images,
+            lim_images,
+            lim_pixels,
+            pixels,
+            lim_pixels,
+            lim_cost,
+            cost,
+            lim_cost,
+        )
+
     def _hold_or_retry(
-        self,
-        conn: Connection,
-        tenant_id: str,
-        period: str,
-        plan: quota_pb2.Plan,
-        pixels: int,
-        args: ReserveArgs,
-        now_us: int,
+        self, tx: Tx, tenant_id: str, period: str, hold: tuple[Any, ...], now_us: int
     ) -> bool:
-        if self._hold(conn, tenant_id, period, plan, args.images, pixels, args):
+        if tx.rowcount(self._q_hold, hold) == 1:
             return True
         # First reservation of the month: create the period row, then try again.
-        self._ensure_period(conn, tenant_id, period)
-        if self._hold(conn, tenant_id, period, plan, args.images, pixels, args):
+        tx.rowcount(self._q_ensure_period, (tenant_id, period))
+        if tx.rowcount(self._q_hold, hold) == 1:
             return True
         # Leases that ran out but were not swept yet must not refuse this request.
-        return bool(self._expire(conn, now_us, tenant_id=tenant_id)) and self._hold(
-            conn, tenant_id, period, plan, args.images, pixels, args
-        )
-
-    def _hold(
-        self,
-        conn: Connection,
-        tenant_id: str,
-        period: str,
-        plan: quota_pb2.Plan,
-        images: int,
-        pixels: int,
-        args: ReserveArgs,
-    ) -> bool:
-        c = _periods.c
-        conditions = [c.tenant_id == tenant_id, c.period == period]
-        if plan.monthly_images > 0:
-            conditions.append(c.used_images + c.reserved_images + images <= plan.monthly_images)
-        if plan.monthly_megapixels > 0:
-            limit = pixels_of(plan.monthly_megapixels)
-            conditions.append(c.used_pixels + c.reserved_pixels + pixels <= limit)
-        if plan.monthly_cost_micros > 0:
-            conditions.append(
-                c.used_cost_micros + c.reserved_cost_micros + args.cost_micros
-                <= plan.monthly_cost_micros
-            )
-        result = conn.execute(
-            update(_periods)
-            .where(*conditions)
-            .values(
-                reserved_images=c.reserved_images + images,
-                reserved_pixels=c.reserved_pixels + pixels,
-                reserved_cost_micros=c.reserved_cost_micros + args.cost_micros,
-            )
-        )
-        return result.rowcount == 1
-
-    def _ensure_period(self, conn: Connection, tenant_id: str, period: str) -> None:
-        conn.execute(
-            _insert(conn)(_periods)
-            .values(tenant_id=tenant_id, period=period)
-            .on_conflict_do_nothing(index_elements=["tenant_id", "period"])
+        return bool(self._expire(tx, now_us, tenant_id=tenant_id)) and (
+            tx.rowcount(self._q_hold, hold) == 1
         )
 
     def _exhausted(
         self,
-        conn: Connection,
+        tx: Tx,
         tenant: quota_pb2.Tenant,
         plan: quota_pb2.Plan,
         period: str,
         args: ReserveArgs,
         pixels: int,
     ) -> ImagegateError:
-        row = conn.execute(
-            select(_periods).where(_periods.c.tenant_id == tenant.id, _periods.c.period == period)
-        ).one()
+        used_images, reserved_images, used_pixels, reserved_pixels, used_cost, reserved_cost = (
+            tx.one(self._q_period_row, (tenant.id, period))
+        )
         reset = period_end(period)
         reset_text = reset.strftime("%Y-%m-%dT%H:%M:%SZ")
         checks = [
-            ("images", plan.monthly_images, row.used_images, row.reserved_images, args.images),
+            ("images", plan.monthly_images, used_images, reserved_images, args.images),
             (
                 "megapixels",
                 pixels_of(plan.monthly_megapixels),
-                row.used_pixels,
-                row.reserved_pixels,
+                used_pixels,
+                reserved_pixels,
                 pixels,
             ),
-            (
-                "cost_micros",
-                plan.monthly_cost_micros,
-                row.used_cost_micros,
-                row.reserved_cost_micros,
-                args.cost_micros,
-            ),
+            ("cost_micros", plan.monthly_cost_micros, used_cost, reserved_cost, args.cost_micros),
         ]
         name, *numbers = next(
             (c for c in checks if c[1] > 0 and c[2] + c[3] + c[4] > c[1]), checks[0]
@@ -429,9 +497,27 @@ class QuotaStore:
         """See `commit`."""
         pixels = pixels_of(megapixels)
         now_us = to_us(self.clock())
-        with self.engine.begin() as conn:
+        with self._db.tx() as tx:
+            # Fast path: a pending reservation within its hold; one UPDATE returns the row.
+            done = tx.one(
+                self._q_commit_pending,
+                (
+                    COMMITTED,
+                    now_us,
+                    images,
+                    pixels,
+                    cost_micros,
+                    reservation_id,
+                    PENDING,
+                    images,
+                ),
+            )
+            if done is not None:
+                row = ResRow(*done)
+                self._charge(tx, row, held=True, images=images, pixels=pixels, cost=cost_micros)
+                return _reservation_pb(row)
             for _ in range(3):
-                row = self._reservation_row(conn, reservation_id)
+                row = self._reservation_row(tx, reservation_id)
                 if row.state == COMMITTED:
                     if (row.charged_images, row.charged_pixels, row.charged_cost_micros) == (
                         images,
@@ -457,66 +543,71 @@ class QuotaStore:
                             FieldViolation("images", f"at most {row.images} (the reserved amount)")
                         ],
                     )
-                moved = conn.execute(
-                    update(_res)
-                    .where(_res.c.id == row.id, _res.c.state == row.state)
-                    .values(
+                moved = tx.rowcount(
+                    self._q_settle_from,
+                    (COMMITTED, now_us, images, pixels, cost_micros, row.id, row.state),
+                )
+                if moved != 1:
+                    continue  # resolved concurrently; look again
+                # An expired lease already gave its units back; the work was done, so charge it.
+                self._charge(
+                    tx,
+                    row,
+                    held=row.state == PENDING,
+                    images=images,
+                    pixels=pixels,
+                    cost=cost_micros,
+                )
+                return _reservation_pb(
+                    row._replace(
                         state=COMMITTED,
-                        settle_us=now_us,
                         charged_images=images,
                         charged_pixels=pixels,
                         charged_cost_micros=cost_micros,
                     )
-                ).rowcount
-                if moved != 1:
-                    continue  # resolved concurrently; look again
-                c = _periods.c
-                held = row.state == PENDING
-                # An expired lease already gave its units back; the work was done, so charge it.
-                conn.execute(
-                    update(_periods)
-                    .where(c.tenant_id == row.tenant_id, c.period == row.period)
-                    .values(
-                        reserved_images=c.reserved_images - (row.images if held else 0),
-                        reserved_pixels=c.reserved_pixels - (row.pixels if held else 0),
-                        reserved_cost_micros=c.reserved_cost_micros
-                        - (row.cost_micros if held else 0),
-                        used_images=c.used_images + images,
-                        used_pixels=c.used_pixels + pixels,
-                        used_cost_micros=c.used_cost_micros + cost_micros,
-                    )
                 )
-                return _reservation_pb(self._reservation_row(conn, reservation_id))
         raise RuntimeError("reservation kept changing under commit")
+
+    def _charge(
+        self, tx: Tx, row: ResRow, *, held: bool, images: int, pixels: int, cost: int
+    ) -> None:
+        tx.rowcount(
+            self._q_charge,
+            (
+                row.images if held else 0,
+                row.pixels if held else 0,
+                row.cost_micros if held else 0,
+                images,
+                pixels,
+                cost,
+                row.tenant_id,
+                row.period,
+            ),
+        )
 
     def release_sync(self, reservation_id: str) -> quota_pb2.Reservation:
         """See `release`."""
         now_us = to_us(self.clock())
-        with self.engine.begin() as conn:
-            row = self._reservation_row(conn, reservation_id)
-            if row.state == PENDING:
-                self._return_units(conn, row, RELEASED, now_us)
-                row = self._reservation_row(conn, reservation_id)
-            return _reservation_pb(row)
+        with self._db.tx() as tx:
+            moved = self._resolve_pending(tx, reservation_id, RELEASED, now_us)
+            if moved is not None:
+                return _reservation_pb(moved)
+            return _reservation_pb(self._reservation_row(tx, reservation_id))
 
     def get_quota_sync(self, tenant_id: str) -> quota_pb2.QuotaStatus:
         """See `get_quota`."""
         now = self.clock()
         period = period_of(now)
-        with self.engine.begin() as conn:
-            tenant_row = conn.execute(select(_tenants).where(_tenants.c.id == tenant_id)).first()
+        with self._db.tx() as tx:
+            tenant_row = tx.one(self._q_tenant, (tenant_id,))
             if tenant_row is None:
                 raise _tenant_not_found(tenant_id)
-            self._expire(conn, to_us(now), tenant_id=tenant_id)
-            row = conn.execute(
-                select(_periods).where(
-                    _periods.c.tenant_id == tenant_id, _periods.c.period == period
-                )
-            ).first()
-        tenant = _tenant_pb(tenant_row)
+            self._expire(tx, to_us(now), tenant_id=tenant_id)
+            row = tx.one(self._q_period_row, (tenant_id, period))
+        tenant = self._tenant_pb(tenant_row)
         plan = self._plan(tenant.plan)
-        used = row.used_images if row else 0
-        reserved = row.reserved_images if row else 0
+        used = row[0] if row else 0
+        reserved = row[1] if row else 0
         return quota_pb2.QuotaStatus(
             tenant=tenant,
             plan=plan,
@@ -526,44 +617,36 @@ class QuotaStore:
             remaining_images=-1
             if plan.monthly_images == 0
             else max(0, plan.monthly_images - used - reserved),
-            used_megapixels=(row.used_pixels if row else 0) / 1_000_000,
-            used_cost_micros=row.used_cost_micros if row else 0,
+            used_megapixels=(row[2] if row else 0) / 1_000_000,
+            used_cost_micros=row[4] if row else 0,
             reset_time=timestamp(period_end(period)),
         )
 
     def expire_leases_sync(self) -> int:
         """See `expire_leases`."""
-        with self.engine.begin() as conn:
-            return self._expire(conn, to_us(self.clock()), tenant_id=None)
+        with self._db.tx() as tx:
+            return self._expire(tx, to_us(self.clock()), tenant_id=None)
 
-    def _expire(self, conn: Connection, now_us: int, *, tenant_id: str | None) -> int:
-        query = select(_res).where(_res.c.state == PENDING, _res.c.expire_us <= now_us)
-        if tenant_id is not None:
-            query = query.where(_res.c.tenant_id == tenant_id)
-        count = 0
-        for row in conn.execute(query.limit(_SWEEP_BATCH)).all():
-            count += self._return_units(conn, row, EXPIRED, now_us)
-        return count
+    def _expire(self, tx: Tx, now_us: int, *, tenant_id: str | None) -> int:
+        if tenant_id is None:
+            ids = tx.all(self._q_expired_all, (PENDING, now_us))
+        else:
+            ids = tx.all(self._q_expired_tenant, (PENDING, now_us, tenant_id))
+        return sum(self._resolve_pending(tx, rid, EXPIRED, now_us) is not None for (rid,) in ids)
 
-    def _return_units(self, conn: Connection, row: Row[Any], state: int, now_us: int) -> int:
-        moved = conn.execute(
-            update(_res)
-            .where(_res.c.id == row.id, _res.c.state == PENDING)
-            .values(state=state, settle_us=now_us)
-        ).rowcount
-        if moved != 1:
-            return 0
-        c = _periods.c
-        conn.execute(
-            update(_periods)
-            .where(c.tenant_id == row.tenant_id, c.period == row.period)
-            .values(
-                reserved_images=c.reserved_images - row.images,
-                reserved_pixels=c.reserved_pixels - row.pixels,
-                reserved_cost_micros=c.reserved_cost_micros - row.cost_micros,
-            )
+    def _resolve_pending(
+        self, tx: Tx, reservation_id: str, state: int, now_us: int
+    ) -> ResRow | None:
+        """Moves a pending reservation to `state` and returns its units; None if not pending."""
+        done = tx.one(self._q_resolve_pending, (state, now_us, reservation_id, PENDING))
+        if done is None:
+            return None
+        row = ResRow(*done)
+        tx.rowcount(
+            self._q_return_units,
+            (row.images, row.pixels, row.cost_micros, row.tenant_id, row.period),
         )
-        return 1
+        return row
 
     def create_tenant_sync(self, request_id: str, name: str, plan: str) -> quota_pb2.Tenant:
         """See `create_tenant`."""
@@ -592,7 +675,7 @@ class QuotaStore:
                             domain=DOMAIN,
                             metadata={"request_id": request_id, "tenant_id": row.id},
                         )
-                    return _tenant_pb(row)
+                    return _tenant_row_pb(row)
             if conn.execute(select(_tenants.c.id).where(_tenants.c.name == name)).first():
                 raise ImagegateError(
                     grpc.StatusCode.ALREADY_EXISTS,
@@ -611,7 +694,7 @@ class QuotaStore:
                     create_us=to_us(self.clock()),
                 )
             )
-            return _tenant_pb(
+            return _tenant_row_pb(
                 conn.execute(select(_tenants).where(_tenants.c.id == tenant_id)).one()
             )
 
@@ -626,7 +709,7 @@ class QuotaStore:
                 != 1
             ):
                 raise _tenant_not_found(tenant_id)
-            return _tenant_pb(
+            return _tenant_row_pb(
                 conn.execute(select(_tenants).where(_tenants.c.id == tenant_id)).one()
             )
 
@@ -676,21 +759,18 @@ class QuotaStore:
         """See `list_tenants`."""
         with self.engine.begin() as conn:
             rows = conn.execute(select(_tenants).order_by(_tenants.c.name)).all()
-        return [_tenant_pb(r) for r in rows]
+        return [_tenant_row_pb(r) for r in rows]
 
     # ---- helpers ----
 
-    def _authenticate(self, conn: Connection, api_key: str) -> tuple[Row[Any], str]:
+    def _authenticate(self, tx: Tx, api_key: str) -> tuple[tuple[Any, ...], str]:
+        """(tenant row (id, name, plan, create_us), key id) of a key, in the open transaction."""
         key_id = keys.key_id_of(api_key)
         row = None
         if key_id is not None:
-            row = conn.execute(
-                select(_keys.c.secret_hash, _keys.c.revoke_us, _tenants)
-                .join(_tenants, _tenants.c.id == _keys.c.tenant_id)
-                .where(_keys.c.key_id == key_id)
-            ).first()
+            row = tx.one(self._q_key, (key_id,))
         # Hash even when the prefix is unknown so timing does not reveal which prefixes exist.
-        stored = row.secret_hash if row is not None else self._dummy_hash
+        stored = row[0] if row is not None else self._dummy_hash
         if not keys.matches(api_key, stored, self._pepper) or row is None or key_id is None:
             raise ImagegateError(
                 grpc.StatusCode.UNAUTHENTICATED,
@@ -698,7 +778,7 @@ class QuotaStore:
                 "the API key is not valid",
                 domain=DOMAIN,
             )
-        if row.revoke_us is not None:
+        if row[1] is not None:
             raise ImagegateError(
                 grpc.StatusCode.UNAUTHENTICATED,
                 reasons.API_KEY_REVOKED,
@@ -706,7 +786,17 @@ class QuotaStore:
                 domain=DOMAIN,
                 metadata={"key_id": key_id},
             )
-        return row, key_id
+        return row[2:], key_id
+
+    def _tenant_pb(self, row: tuple[Any, ...]) -> quota_pb2.Tenant:
+        """The Tenant message of a (id, name, plan, create_us) row, built once per row value."""
+        cached = self._tenant_cache.get(row)
+        if cached is None:
+            if len(self._tenant_cache) >= 10_000:
+                self._tenant_cache.clear()
+            cached = quota_pb2.Tenant(id=row[0], name=row[1], plan=row[2], create_time=_ts(row[3]))
+            self._tenant_cache[row] = cached
+        return cached
 
     def _plan(self, plan_id: str, *, field: str = "") -> quota_pb2.Plan:
         plan = self.plans.get(plan_id)
@@ -725,8 +815,8 @@ class QuotaStore:
             )
         return plan
 
-    def _reservation_row(self, conn: Connection, reservation_id: str) -> Row[Any]:
-        row = conn.execute(select(_res).where(_res.c.id == reservation_id)).first()
+    def _reservation_row(self, tx: Tx, reservation_id: str) -> ResRow:
+        row = tx.one(self._q_res_by_id, (reservation_id,))
         if row is None:
             raise ImagegateError(
                 grpc.StatusCode.NOT_FOUND,
@@ -735,11 +825,7 @@ class QuotaStore:
                 domain=DOMAIN,
                 metadata={"reservation_id": reservation_id},
             )
-        return row
-
-
-def _insert(conn: Connection) -> Any:
-    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        return ResRow(*row)
 
 
 def _tenant_not_found(tenant_id: str) -> ImagegateError:
@@ -752,7 +838,7 @@ def _tenant_not_found(tenant_id: str) -> ImagegateError:
     )
 
 
-def _not_pending(row: Row[Any], why: str) -> ImagegateError:
+def _not_pending(row: ResRow, why: str) -> ImagegateError:
     state = quota_pb2.ReservationState.Name(row.state)
     return ImagegateError(
         grpc.StatusCode.FAILED_PRECONDITION,
@@ -763,13 +849,16 @@ def _not_pending(row: Row[Any], why: str) -> ImagegateError:
     )
 
 
-def _tenant_pb(row: Row[Any]) -> quota_pb2.Tenant:
-    return quota_pb2.Tenant(
-        id=row.id, name=row.name, plan=row.plan, create_time=timestamp(from_us(row.create_us))
-    )
+def _ts(us: int) -> timestamp_pb2.Timestamp:
+    """A Timestamp from epoch microseconds (same value as timestamp(from_us(us)))."""
+    return timestamp_pb2.Timestamp(seconds=us // 1_000_000, nanos=(us % 1_000_000) * 1000)
 
 
-def _reservation_pb(row: Row[Any]) -> quota_pb2.Reservation:
+def _tenant_row_pb(row: Row[Any]) -> quota_pb2.Tenant:
+    return quota_pb2.Tenant(id=row.id, name=row.name, plan=row.plan, create_time=_ts(row.create_us))
+
+
+def _reservation_pb(row: ResRow) -> quota_pb2.Reservation:
     return quota_pb2.Reservation(
         id=row.id,
         tenant_id=row.tenant_id,
@@ -779,5 +868,5 @@ def _reservation_pb(row: Row[Any]) -> quota_pb2.Reservation:
         cost_micros=row.cost_micros,
         period=row.period,
         state=row.state,
-        expire_time=timestamp(from_us(row.expire_us)),
+        expire_time=_ts(row.expire_us),
     )
