@@ -391,7 +391,10 @@ class RouterApp:
         plan.candidates = within
 
     def _no_candidate(self, plan: RoutePlan, norm: Normalized) -> ImagegateError:
-        kinds = {s.kind for s in plan.skipped}
+        # Candidates filtered out statically (not enabled, lists, capabilities) do not explain
+        # why the ones that passed were not called; breakers and the deadline do.
+        dynamic = {s.kind for s in plan.skipped if s.kind in ("breaker", "deadline")}
+        kinds = dynamic or {s.kind for s in plan.skipped}
         detail = "; ".join(f"{s.candidate.key}: {s.text}" for s in plan.skipped[:12])
         meta = {"skipped": json.dumps([[s.candidate.key, s.kind] for s in plan.skipped])[:2000]}
         if kinds == {"deadline"}:
@@ -402,7 +405,7 @@ class RouterApp:
                 domain=DOMAIN,
                 metadata=meta,
             )
-        if kinds and kinds <= {"breaker", "deadline"}:
+        if dynamic:
             retry = [s.retry_at for s in plan.skipped if s.retry_at is not None]
             wait = max(0.0, min(retry) - self.clock()) if retry else 1.0
             return ImagegateError(

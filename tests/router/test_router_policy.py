@@ -252,3 +252,22 @@ async def test_rate_limited_without_retry_after_counts_as_failure() -> None:
         assert s.app.breakers.get("fal").state.value == "open"
     finally:
         await s.stop()
+
+
+async def test_only_candidate_backing_off_is_unavailable_with_retry_info() -> None:
+    fal = ControllableAdapter("fal", [spec(FAL)])
+    s = await start_stack({"fal": fal})
+    try:
+        fal.then(ProviderError(reasons.PROVIDER_RATE_LIMITED, "429", retry_after_seconds=30))
+        r = router_pb2.GenerateImageRequest(prompt="x", model="flux-schnell", width=256, height=256)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await s.stub.GenerateImage(r, metadata=PRO)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await s.stub.GenerateImage(r, metadata=PRO)
+        parsed = parse_rpc_error(info.value)
+        # Other flux-schnell providers are simply not configured; the reason is the back-off.
+        assert parsed.code == grpc.StatusCode.UNAVAILABLE and parsed.reason == reasons.NO_CANDIDATE
+        assert parsed.retry_after_seconds is not None and 29 <= parsed.retry_after_seconds <= 30
+        assert len(fal.calls) == 1
+    finally:
+        await s.stop()
