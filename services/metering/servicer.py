@@ -8,8 +8,8 @@ import grpc
 
 from imagegate.grpckit.errors import FieldViolation, invalid_argument
 from imagegate.metering.v1 import metering_pb2, metering_pb2_grpc
-from imagegate.pricing import quote_micros
 from imagegate.persistence.periods import PERIOD_RE, period_of
+from imagegate.pricing import quote_micros
 from services.metering.store import DOMAIN, MeteringStore
 
 MAX_ID = 255
@@ -77,6 +77,10 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
 
     def __init__(self, store: MeteringStore) -> None:
         self._store = store
+        # The catalog is immutable for the life of the process: build its answer once.
+        self._list_prices = metering_pb2.ListPricesResponse(
+            catalog_version=store.catalog.version, prices=store.catalog.prices
+        )
 
     def _period(self, violations: list[FieldViolation], period: str) -> str:
         if not period:
@@ -150,7 +154,4 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         self, request: metering_pb2.ListPricesRequest, context: grpc.aio.ServicerContext
     ) -> metering_pb2.ListPricesResponse:
         """The whole catalog and its version."""
-        catalog = self._store.catalog
-        return metering_pb2.ListPricesResponse(
-            catalog_version=catalog.version, prices=catalog.prices
-        )
+        return self._list_prices

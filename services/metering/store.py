@@ -14,33 +14,42 @@ duplicate whose content hash differs is refused with IDEMPOTENCY_KEY_REUSED.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextvars
 import hashlib
 import json
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC
 from typing import Any, TypeVar, cast
 
 import grpc
-from sqlalchemy import Connection, Engine, Table, and_, case, func, insert, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Engine, Table, and_, case, func, or_, select
 
 from imagegate.grpckit import reasons
 from imagegate.grpckit.errors import FieldViolation, ImagegateError, invalid_argument
 from imagegate.metering.v1 import metering_pb2
+from imagegate.persistence import DbRunner, Tx, make_engine, migrate
+from imagegate.persistence.periods import Clock, period_of, to_us, utc_now
 from imagegate.pricing import usage_micros
 from services.metering.catalog import Catalog
-from services.metering.db import make_engine, migrate
 from services.metering.models import BilledAttemptRow, UsageRecordRow
-from services.metering.periods import Clock, period_of, to_us, utc_now
 
 DOMAIN = "imagegate.metering"
 _T = TypeVar("_T")
 _records: Table = cast(Table, UsageRecordRow.__table__)
 _attempts: Table = cast(Table, BilledAttemptRow.__table__)
+_INSERT_RECORD = (
+    "INSERT INTO usage_records (tenant_id, request_id, period, occurred_us, model, provider,"
+    " provider_model, outcome, images, pixels, cost_micros, content_hash, record, create_us)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (tenant_id, request_id) DO NOTHING RETURNING id"
+)
+_INSERT_ATTEMPT = (
+    "INSERT INTO usage_attempts (record_id, tenant_id, period, attempt_number, provider,"
+    " provider_model, succeeded, images, pixels, provider_seconds, input_tokens, output_tokens,"
+    " provider_job_id, note, price_id, cost_micros)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_EXISTING = "SELECT content_hash, record FROM usage_records WHERE tenant_id = ? AND request_id = ?"
 
 
 def _pixels(megapixels: float) -> int:
@@ -66,9 +75,12 @@ class MeteringStore:
         self.engine = engine
         self.catalog = catalog
         self.clock = clock
-        # SQLite has one writer at a time: one thread avoids lock waits inside this process.
-        workers = 1 if engine.dialect.name == "sqlite" else threads
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="metering-db")
+        # SQLite: one thread and one connection for every transaction (no busy waits);
+        # PostgreSQL: `threads` threads, each with its own connection.
+        self._db = DbRunner(engine, threads=threads, name="metering-db")
+        self._q_insert_record = self._db.sql(_INSERT_RECORD)
+        self._q_insert_attempt = self._db.sql(_INSERT_ATTEMPT)
+        self._q_existing = self._db.sql(_EXISTING)
 
     @classmethod
     def open(
@@ -92,14 +104,11 @@ class MeteringStore:
 
     async def close(self) -> None:
         """Stops the worker threads and disposes of the connection pool."""
-        self._executor.shutdown(wait=True)
+        self._db.close()
         self.engine.dispose()
 
     async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
-        ctx = contextvars.copy_context()
-        return await asyncio.get_running_loop().run_in_executor(
-            self._executor, lambda: ctx.run(fn, *args)
-        )
+        return await self._db.run(fn, *args)
 
     def price(self, provider: str, provider_model: str) -> metering_pb2.Price:
         """The catalog entry of a provider's model; FAILED_PRECONDITION PRICE_NOT_FOUND if none."""
@@ -170,68 +179,62 @@ class MeteringStore:
         """See `record_usage`."""
         record = self.price_record(request)
         digest = content_hash(request)
-        ins = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
-        with self.engine.begin() as conn:
-            record_id = conn.execute(
-                ins(_records)
-                .values(
-                    tenant_id=record.tenant_id,
-                    request_id=record.request_id,
-                    period=record.period,
-                    occurred_us=to_us(record.occurred_at.ToDatetime().replace(tzinfo=UTC)),
-                    model=record.model,
-                    provider=record.provider,
-                    provider_model=record.provider_model,
-                    outcome=record.outcome,
-                    images=record.images,
-                    pixels=_pixels(record.megapixels),
-                    cost_micros=record.cost_micros,
-                    content_hash=digest,
-                    record=record.SerializeToString(deterministic=True),
-                    create_us=to_us(self.clock()),
-                )
-                .on_conflict_do_nothing(index_elements=["tenant_id", "request_id"])
-                .returning(_records.c.id)
-            ).scalar_one_or_none()
-            if record_id is None:
-                return self._existing(conn, request, digest), False
+        occurred_us = to_us(record.occurred_at.ToDatetime().replace(tzinfo=UTC))
+        with self._db.tx() as tx:
+            inserted = tx.one(
+                self._q_insert_record,
+                (
+                    record.tenant_id,
+                    record.request_id,
+                    record.period,
+                    occurred_us,
+                    record.model,
+                    record.provider,
+                    record.provider_model,
+                    record.outcome,
+                    record.images,
+                    _pixels(record.megapixels),
+                    record.cost_micros,
+                    digest,
+                    record.SerializeToString(deterministic=True),
+                    to_us(self.clock()),
+                ),
+            )
+            if inserted is None:
+                return self._existing(tx, request, digest), False
+            record_id = inserted[0]
             if record.attempts:
-                conn.execute(
-                    insert(_attempts),
+                tx.many(
+                    self._q_insert_attempt,
                     [
-                        {
-                            "record_id": record_id,
-                            "tenant_id": record.tenant_id,
-                            "period": record.period,
-                            "attempt_number": a.attempt_number,
-                            "provider": a.provider,
-                            "provider_model": a.provider_model,
-                            "succeeded": a.succeeded,
-                            "images": a.usage.images,
-                            "pixels": _pixels(a.usage.megapixels),
-                            "provider_seconds": a.usage.provider_seconds,
-                            "input_tokens": a.usage.input_tokens,
-                            "output_tokens": a.usage.output_tokens,
-                            "provider_job_id": a.usage.provider_job_id,
-                            "note": a.note,
-                            "price_id": a.price_id,
-                            "cost_micros": a.cost_micros,
-                        }
+                        (
+                            record_id,
+                            record.tenant_id,
+                            record.period,
+                            a.attempt_number,
+                            a.provider,
+                            a.provider_model,
+                            a.succeeded,
+                            a.usage.images,
+                            _pixels(a.usage.megapixels),
+                            a.usage.provider_seconds,
+                            a.usage.input_tokens,
+                            a.usage.output_tokens,
+                            a.usage.provider_job_id,
+                            a.note,
+                            a.price_id,
+                            a.cost_micros,
+                        )
                         for a in record.attempts
                     ],
                 )
         return record, True
 
     def _existing(
-        self, conn: Connection, request: metering_pb2.RecordUsageRequest, digest: str
+        self, tx: Tx, request: metering_pb2.RecordUsageRequest, digest: str
     ) -> metering_pb2.UsageRecord:
-        row = conn.execute(
-            select(_records.c.content_hash, _records.c.record).where(
-                _records.c.tenant_id == request.tenant_id,
-                _records.c.request_id == request.request_id,
-            )
-        ).one()
-        if row.content_hash != digest:
+        stored_hash, stored = tx.one(self._q_existing, (request.tenant_id, request.request_id))
+        if stored_hash != digest:
             raise ImagegateError(
                 grpc.StatusCode.ALREADY_EXISTS,
                 reasons.IDEMPOTENCY_KEY_REUSED,
@@ -239,7 +242,7 @@ class MeteringStore:
                 domain=DOMAIN,
                 metadata={"request_id": request.request_id, "tenant_id": request.tenant_id},
             )
-        return metering_pb2.UsageRecord.FromString(row.record)
+        return metering_pb2.UsageRecord.FromString(bytes(stored))
 
     def usage_summary_sync(self, tenant_id: str, period: str) -> metering_pb2.UsageSummary:
         """See `usage_summary`."""

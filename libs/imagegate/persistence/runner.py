@@ -51,6 +51,13 @@ class Tx:
         """Every row, as tuples."""
         return [tuple(r) for r in self._exec(sql, params).fetchall()]
 
+    def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Runs one statement for each parameter row (executemany)."""
+        if self._conn is not None:
+            self._conn.exec_driver_sql(sql, [tuple(r) for r in rows])
+        else:
+            self._cursor.executemany(sql, rows)
+
     def rowcount(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Runs a statement without RETURNING; how many rows it changed."""
         return int(self._exec(sql, params).rowcount)
