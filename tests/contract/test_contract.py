@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import grpc
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 from PIL import Image
 
 from imagegate.common.v1 import image_pb2
@@ -242,3 +243,16 @@ async def test_key_never_in_logs_spans_or_errors(
         for event in span.events:
             assert key not in repr(dict(event.attributes or {}))
     assert key not in repr(stack.harness.adapter.__dict__)
+
+
+async def test_provider_calls_are_child_spans_of_the_rpc(stack: Stack) -> None:
+    await stack.stub.GenerateImage(stack.request(), timeout=DEADLINE)
+    spans = stack.spans.get_finished_spans()
+    servers = [s for s in spans if s.kind is SpanKind.SERVER and "GenerateImage" in s.name]
+    assert len(servers) == 1
+    server = servers[0].context
+    clients = [s for s in spans if s.kind is SpanKind.CLIENT]
+    assert clients, "provider HTTP calls are traced"
+    for span in clients:
+        assert span.context.trace_id == server.trace_id
+        assert span.parent is not None and span.parent.span_id == server.span_id
