@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -77,6 +78,7 @@ class Stack:
             )
 
     async def _spawn(self, spec: ServiceSpec, colour: str) -> None:
+        _prctl()
         proc = await asyncio.create_subprocess_exec(
             self._python,
             "-m",
@@ -158,13 +160,21 @@ class Stack:
                 await asyncio.wait_for(pump, 2.0)
 
 
+@functools.cache
+def _prctl() -> Callable[..., int] | None:
+    """libc's prctl, looked up in the parent: the child must not import anything after fork."""
+    if sys.platform != "linux":
+        return None
+    import ctypes
+
+    return ctypes.CDLL("libc.so.6", use_errno=True).prctl  # type: ignore[no-any-return]
+
+
 def _die_with_parent() -> None:
     """Asks Linux to SIGTERM the child when the supervisor dies, so no service is orphaned."""
-    if sys.platform == "linux":
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    prctl = _prctl()
+    if prctl is not None:
+        prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def _humanize(line: str) -> str:
