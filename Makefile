@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto' | sort)
 
-.PHONY: help install run test lint fmt gen gen-check bench bench-smoke drill up down postgres-bin clean
+.PHONY: help install run run-emulated test lint fmt gen gen-check bench bench-smoke drill up down postgres-bin clean
 
 # Show the targets.
 help:
@@ -26,6 +26,10 @@ $(STAMP): pyproject.toml requirements.lock
 # Start the whole local stack (router, quota, metering, local adapter; hosted adapters whose keys are set).
 run: install
 	$(PY) -m imagegate.devstack
+
+# The same stack with every hosted provider played by its in-repo HTTP emulator (fault injection demos).
+run-emulated: install
+	$(PY) -m imagegate.devstack --emulators
 
 # Run every test (unit, contract, integration, PostgreSQL); installs PostgreSQL binaries if missing.
 test: install postgres-bin

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import signal
 import sys
 from pathlib import Path
 
 from imagegate.devstack.bootstrap import ensure_admin_token, ensure_dev_key
+from imagegate.devstack.emulated import start_emulators
 from imagegate.devstack.services import default_env
 from imagegate.devstack.supervisor import Stack, StackError
 
 
-async def run() -> int:
+async def run(args: argparse.Namespace) -> int:
     """Starts everything, bootstraps the dev tenant, then waits for Ctrl-C or SIGTERM."""
     env = default_env()
+    emulators = {}
+    if args.emulators:
+        emulators = await start_emulators(env, latency=args.emulator_latency)
     env.setdefault("IMAGEGATE_LOG_FORMAT", "text")
     env.setdefault("PYTHONUNBUFFERED", "1")
     data_dir = Path(env.setdefault("IMAGEGATE_DATA_DIR", ".imagegate")).resolve()
@@ -41,6 +46,10 @@ async def run() -> int:
         return 1
     router = stack.address("router")
     hosted = [s.name for s in stack.specs if s.key_var]
+    for name, emulator in emulators.items():
+        print(
+            f"  {name} emulator: {emulator.base_url} (faults: POST {emulator.base_url}/_emulator/faults)"
+        )
     print(
         "\n"
         f"imagegate is up. Router: {router}\n"
@@ -70,12 +79,23 @@ async def run() -> int:
         exited.cancel()
     print("stopping services…", file=sys.stderr, flush=True)
     await stack.stop()
+    for emulator in emulators.values():
+        await emulator.stop()
     return code
 
 
 def main() -> None:
     """Entry point."""
-    sys.exit(asyncio.run(run()))
+    parser = argparse.ArgumentParser(prog="python -m imagegate.devstack", description=__doc__)
+    parser.add_argument(
+        "--emulators",
+        action="store_true",
+        help="stand in for every hosted provider with its in-repo HTTP emulator (no internet)",
+    )
+    parser.add_argument(
+        "--emulator-latency", type=float, default=0.5, help="seconds each emulated generation takes"
+    )
+    sys.exit(asyncio.run(run(parser.parse_args())))
 
 
 if __name__ == "__main__":
