@@ -134,6 +134,19 @@ class Stack:
             child.tail
         )
 
+    async def kill(self, name: str) -> None:
+        """SIGKILLs one service (failure drills and tests): no graceful stop, no flush."""
+        child = self.children[name]
+        with contextlib.suppress(ProcessLookupError):
+            child.process.kill()
+        await child.process.wait()
+
+    async def respawn(self, name: str, *, timeout: float = 60.0) -> None:
+        """Starts a stopped service again on the same address and waits until it is healthy."""
+        spec = self.children[name].spec
+        await self._spawn(spec, _COLOURS[self.specs.index(spec) % len(_COLOURS)])
+        await self._wait_healthy(self.children[name], timeout)
+
     async def wait_any_exit(self) -> Child:
         """Returns the first child that exits."""
         waits = {asyncio.ensure_future(c.process.wait()): c for c in self.children.values()}
