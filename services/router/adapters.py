@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -14,6 +15,60 @@ from imagegate.grpckit.channel import create_channel
 from imagegate.provider.v1 import provider_pb2, provider_pb2_grpc
 
 log = logging.getLogger(__name__)
+
+
+class Gate:
+    """The adapter's concurrency limit, applied in the Router so bursts queue instead of failing.
+
+    The limit follows DescribeProvider's max_concurrency; 0 means unlimited. Waiters are served
+    in arrival order.
+    """
+
+    def __init__(self, limit: int = 0) -> None:
+        self.limit = limit
+        self.in_flight = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        """Calls queued for a slot."""
+        return len(self._waiters)
+
+    async def acquire(self, timeout: float) -> bool:
+        """Takes a slot, waiting at most `timeout` seconds; False when none came free."""
+        if (not self.limit or self.in_flight < self.limit) and not self._waiters:
+            self.in_flight += 1
+            return True
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        try:
+            await asyncio.wait_for(asyncio.shield(future), timeout=max(0.0, timeout))
+        except TimeoutError:
+            if future.done() and not future.cancelled():
+                # The slot was handed over just as we gave up: pass it on.
+                self.release()
+            else:
+                future.cancel()
+            return False
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release()
+            else:
+                future.cancel()
+            raise
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(future)
+        return True
+
+    def release(self) -> None:
+        """Frees a slot, handing it straight to the oldest live waiter."""
+        while self._waiters:
+            future = self._waiters.popleft()
+            if not future.done():
+                future.set_result(None)
+                return
+        self.in_flight = max(0, self.in_flight - 1)
 
 
 @dataclass
@@ -38,6 +93,8 @@ class AdapterInfo:
     """Its concurrency limit."""
     last_error: str = ""
     """Why the last DescribeProvider failed."""
+    gate: Gate = field(default_factory=Gate)
+    """Concurrency gate sized from max_concurrency."""
 
 
 class AdapterPool:
@@ -106,6 +163,7 @@ class AdapterPool:
         a.enabled = resp.enabled
         a.models = {m.id: m for m in resp.models}
         a.max_concurrency = resp.max_concurrency
+        a.gate.limit = max(0, resp.max_concurrency)
         a.last_error = ""
         if changed:
             log.info(

@@ -24,7 +24,7 @@ from imagegate.grpckit.auth import require_bearer
 from imagegate.grpckit.deadline import Deadline
 from imagegate.grpckit.errors import ImagegateError, from_parsed, parse_rpc_error, timestamp
 from imagegate.metering.v1 import metering_pb2, metering_pb2_grpc
-from imagegate.provider.v1 import provider_pb2
+from imagegate.provider.v1 import provider_pb2, provider_pb2_grpc
 from imagegate.quota.v1 import quota_pb2, quota_pb2_grpc
 from imagegate.router.v1 import router_pb2
 from services.router.adapters import AdapterPool
@@ -68,15 +68,23 @@ class AttemptResult:
     """How one adapter call ended, classified for failover and breakers."""
 
     outcome: int
+    """AttemptOutcome value."""
     reason: str = ""
+    """ErrorInfo reason; empty on success."""
     message: str = ""
+    """Error message."""
     billable: bool = False
+    """The provider may bill the attempt."""
     retry_after: float | None = None
-    # "provider", "model" or "" (does not count against health).
+    """Provider's Retry-After on a rate limit."""
     scope: str = ""
+    """Breaker charged: "provider", "model", or "" (says nothing about health)."""
     failover: bool = True
+    """Whether the next candidate may be tried."""
     code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
+    """Code to return when this attempt ends the request."""
     response: provider_pb2.GenerateImageResponse | None = None
+    """The adapter's answer on success."""
 
 
 @dataclass
@@ -823,9 +831,27 @@ class RouterApp:
                 "imagegate.attempt_budget_s": round(budget, 3),
             },
         ) as aspan:
-            started = time.perf_counter()
+            queued_at = time.perf_counter()
+            started = queued_at
             try:
-                result = await self._call(adapter.stub, preq, budget, events, cand)
+                gate = adapter.gate
+                if await gate.acquire(budget - MIN_USEFUL_ATTEMPT):
+                    started = time.perf_counter()
+                    aspan.set_attribute("imagegate.queue_seconds", round(started - queued_at, 4))
+                    try:
+                        result = await self._call(
+                            adapter.stub, preq, budget - (started - queued_at), events, cand
+                        )
+                    finally:
+                        gate.release()
+                else:
+                    started = time.perf_counter()
+                    result = AttemptResult(
+                        router_pb2.ATTEMPT_OUTCOME_OVERLOADED,
+                        reasons.PROVIDER_CONCURRENCY_LIMITED,
+                        f"{gate.limit} calls already in flight to {cand.provider}; no slot came "
+                        f"free within the attempt budget ({budget:.2f}s)",
+                    )
             except asyncio.CancelledError:
                 for b, p in zip((pb, mb), permits, strict=True):
                     b.release(p)
@@ -864,15 +890,12 @@ class RouterApp:
 
     async def _call(
         self,
-        stub: object,
+        stub: provider_pb2_grpc.ProviderServiceStub,
         preq: provider_pb2.GenerateImageRequest,
         budget: float,
         events: EventSink | None,
         cand: Candidate,
     ) -> AttemptResult:
-        from imagegate.provider.v1 import provider_pb2_grpc
-
-        assert isinstance(stub, provider_pb2_grpc.ProviderServiceStub)
         try:
             if events is None:
                 resp = await stub.GenerateImage(preq, timeout=budget)

@@ -64,9 +64,18 @@ class ControllableAdapter(Adapter):
     """An adapter whose next answers a test scripts: succeed, fail with a reason, hang, sleep."""
 
     def __init__(
-        self, name: str, models: list[ModelSpec], *, enabled: bool = True, default: Action = OK
+        self,
+        name: str,
+        models: list[ModelSpec],
+        *,
+        enabled: bool = True,
+        default: Action = OK,
+        limit: int = 16,
     ) -> None:
         self.name = name
+        self.limit = limit
+        self.active = 0
+        self.peak_active = 0
         self._models = models
         self._enabled = enabled
         self.default: Action = default
@@ -84,6 +93,10 @@ class ControllableAdapter(Adapter):
     def enabled(self, value: bool) -> None:
         self._enabled = value
 
+    @property
+    def max_concurrency(self) -> int:
+        return self.limit
+
     def models(self) -> list[ModelSpec]:
         return self._models
 
@@ -97,6 +110,16 @@ class ControllableAdapter(Adapter):
     ) -> GenerationResult:
         self.calls.append(request)
         self.deadlines.append(deadline.remaining())
+        self.active += 1
+        self.peak_active = max(self.peak_active, self.active)
+        try:
+            return await self._generate(request, progress)
+        finally:
+            self.active -= 1
+
+    async def _generate(
+        self, request: GenerationRequest, progress: ProgressSink | None
+    ) -> GenerationResult:
         action = self.script.pop(0) if self.script else self.default
         try:
             if progress is not None:

@@ -240,3 +240,39 @@ async def test_failover_budget_stops_amplification_when_everything_fails() -> No
         assert resp.provider == "fal"
     finally:
         await stack.stop()
+
+
+async def test_burst_beyond_adapter_limit_queues_in_the_router_instead_of_failing() -> None:
+    fal = ControllableAdapter("fal", [spec(FAL)], default=("sleep", 0.2), limit=2)
+    stack = await start_stack({"fal": fal})
+    try:
+        results = await asyncio.gather(
+            *(stack.stub.GenerateImage(req(f"b{i}"), metadata=PRO, timeout=10) for i in range(8))
+        )
+        assert all(r.provider == "fal" for r in results)
+        assert fal.peak_active == 2 and len(fal.calls) == 8
+        assert all(len(r.attempts) == 1 for r in results)
+    finally:
+        await stack.stop()
+
+
+async def test_no_slot_within_the_budget_is_overloaded_and_fails_over() -> None:
+    fal = ControllableAdapter("fal", [spec(FAL)], default=HANG, limit=1)
+    rep = ControllableAdapter("replicate", [spec(REP)])
+    stack = await start_stack({"fal": fal, "replicate": rep}, breaker_consecutive_failures=1)
+    try:
+        blocker = asyncio.ensure_future(
+            stack.stub.GenerateImage(req("hold"), metadata=PRO, timeout=30)
+        )
+        for _ in range(100):
+            if fal.calls:
+                break
+            await asyncio.sleep(0.01)
+        resp = await stack.stub.GenerateImage(req("next"), metadata=PRO, timeout=3)
+        assert resp.provider == "replicate"
+        assert resp.attempts[0].outcome == router_pb2.ATTEMPT_OUTCOME_OVERLOADED
+        assert len(fal.calls) == 1, "the queued attempt never reached the busy adapter"
+        assert stack.app.breakers.get("fal", FAL).state.value == "closed"
+        blocker.cancel()
+    finally:
+        await stack.stop()
