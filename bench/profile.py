@@ -16,10 +16,19 @@ from bench.loadgen import closed_loop
 from bench.procs import Proc
 from bench.stack import start_stack
 
+# Frames every process has (event loop, thread start-up, entry points): they say nothing.
+_PLUMBING = ("asyncio/", "<frozen runpy>", "threading.py", "concurrent/futures", "__main__.py")
 
-def top_functions(raw: Path, limit: int = 12) -> list[tuple[str, float]]:
-    """Functions by share of on-CPU samples they appear in (inclusive), from py-spy raw output."""
+
+def top_functions(
+    raw: Path, limit: int = 25
+) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+    """(inclusive, self) shares of GIL-holding samples per function, from py-spy raw output.
+
+    Inclusive skips event-loop and start-up plumbing; self is the leaf frame of each sample.
+    """
     inclusive: Counter[str] = Counter()
+    leaf: Counter[str] = Counter()
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -27,9 +36,17 @@ def top_functions(raw: Path, limit: int = 12) -> list[tuple[str, float]]:
             continue
         n = int(count)
         total += n
-        for frame in set(stack.split(";")):
-            inclusive[frame] += n
-    return [(f, c / total) for f, c in inclusive.most_common(limit)] if total else []
+        frames = stack.split(";")
+        leaf[frames[-1]] += n
+        for frame in set(frames):
+            if not any(p in frame for p in _PLUMBING):
+                inclusive[frame] += n
+    if not total:
+        return [], []
+    return (
+        [(f, c / total) for f, c in inclusive.most_common(limit)],
+        [(f, c / total) for f, c in leaf.most_common(limit // 2)],
+    )
 
 
 async def record(proc: Proc, seconds: float, out: Path) -> Path:
@@ -87,7 +104,11 @@ async def main_async(path: str, seconds: float, concurrency: int, out: Path) -> 
         for proc, raw in zip(procs, raws, strict=True):
             print(f"\n== {proc.name} (pid {proc.pid}) top functions, % of GIL-holding samples")
             if raw.exists():
-                for frame, share in top_functions(raw):
+                inclusive, own = top_functions(raw)
+                for frame, share in inclusive:
+                    print(f"  {share * 100:5.1f}%  {frame}")
+                print("  -- self time (leaf frames)")
+                for frame, share in own:
                     print(f"  {share * 100:5.1f}%  {frame}")
         for ch in chans:
             await ch.close()

@@ -20,6 +20,7 @@ from imagegate.router.v1 import router_pb2, router_pb2_grpc
 
 PRIMARY, SECONDARY = "fal", "together"
 OPEN_SECONDS = 2.0
+OPEN_SECONDS_SMOKE = 0.5
 DEADLINE = 5.0
 # Short enough that the hang phase stays quick, long enough for the secondary after it.
 DEADLINE_SMOKE = 2.5
@@ -81,7 +82,8 @@ async def run(ctx: Ctx) -> Result:
         f"client -> Router -> {PRIMARY} adapter -> {PRIMARY} emulator (primary, faults injected) "
         f"and {SECONDARY} adapter -> {SECONDARY} emulator (secondary); sequential requests, "
         f"{DEADLINE_SMOKE if ctx.smoke else DEADLINE:g} s deadline, breaker first open wait "
-        f"{OPEN_SECONDS:g} s (IMAGEGATE_ROUTER_BREAKER_OPEN_SECONDS)",
+        f"{OPEN_SECONDS_SMOKE if ctx.smoke else OPEN_SECONDS:g} s "
+        "(IMAGEGATE_ROUTER_BREAKER_OPEN_SECONDS; it grows on repeated trips)",
     )
     if not (available(PRIMARY) and available(SECONDARY)):
         result.notes.append(f"{PRIMARY}/{SECONDARY} adapters or emulators not landed: not run")
@@ -92,7 +94,9 @@ async def run(ctx: Ctx) -> Result:
     primary = await start_emulator(ctx, PRIMARY)
     secondary = await start_emulator(ctx, SECONDARY)
     env = {**adapter_env(PRIMARY, primary), **adapter_env(SECONDARY, secondary)}
-    env["IMAGEGATE_ROUTER_BREAKER_OPEN_SECONDS"] = str(OPEN_SECONDS)
+    env["IMAGEGATE_ROUTER_BREAKER_OPEN_SECONDS"] = str(
+        OPEN_SECONDS_SMOKE if ctx.smoke else OPEN_SECONDS
+    )
     stack = await start_stack(ctx, "failover", extra=env)
     client = Client(
         stack.services.address("router"), stack.api_key, DEADLINE_SMOKE if ctx.smoke else DEADLINE
@@ -131,7 +135,7 @@ async def _phase(ctx: Ctx, client: Client, primary: Proc, kind: str) -> tuple[Pr
     # Steady state alternates with secondary-only calls, so the difference is not machine noise.
     steady: list[Outcome] = []
     paired: list[Outcome] = []
-    for _ in range(ctx.n(120, 10)):
+    for _ in range(ctx.n(100, 8)):
         steady.append(await client.one())
         paired.append(await client.one((SECONDARY,)))
     # Recovery: the primary comes back; when does traffic return to it?

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any
 
+import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from bench.clients import channels, create_tenant
@@ -14,48 +17,24 @@ from bench.loadgen import Call
 from bench.pg import start_cluster
 from bench.procs import base_env, start_services
 from bench.scenarios.common import interleaved, note_deaths, rss_table
-from bench.stats import RunStats
 from imagegate.common.v1 import image_pb2
 from imagegate.metering.v1 import metering_pb2, metering_pb2_grpc
 from imagegate.quota.v1 import quota_pb2, quota_pb2_grpc
 
 GOALS = {"sqlite": 2000.0, "postgresql": 1500.0}
+# Tenants the "spread" variant cycles through (a gateway serves many tenants at once).
+SPREAD = 16
+
+Reserve = Callable[[str], Awaitable[str]]
+Commit = Callable[[str], Awaitable[None]]
+Record = Callable[[str], Awaitable[None]]
 
 
-def reserve_commit(chans: list, tenant_id: str) -> Call:
-    """ReserveQuota then CommitReservation, as the Router does for one image."""
-    stubs = [quota_pb2_grpc.QuotaServiceStub(c) for c in chans]
-
-    async def call(n: int) -> float | None:
-        stub = stubs[n % len(stubs)]
-        res = await stub.ReserveQuota(
-            quota_pb2.ReserveQuotaRequest(
-                request_id=f"bench-{uuid.uuid4().hex}",
-                tenant_id=tenant_id,
-                images=1,
-                megapixels=0.004,
-            ),
-            timeout=30,
-        )
-        await stub.CommitReservation(
-            quota_pb2.CommitReservationRequest(
-                reservation_id=res.reservation.id, images=1, megapixels=0.004
-            ),
-            timeout=30,
-        )
-        return None
-
-    return call
-
-
-def record_usage(chans: list, tenant_id: str) -> Call:
-    """One RecordUsage (a new ledger record with one billed attempt)."""
-    stubs = [metering_pb2_grpc.MeteringServiceStub(c) for c in chans]
-    now = Timestamp()
-    now.FromDatetime(datetime.now(UTC))
+def reserve_commit(reserve: Reserve, commit: Commit, tenants: list[str]) -> Call:
+    """One reservation then its commit, for tenant n mod len(tenants)."""
 
     async def call(n: int) -> float | None:
-        await stubs[n % len(stubs)].RecordUsage(usage_request(tenant_id, now), timeout=30)
+        await commit(await reserve(tenants[n % len(tenants)]))
         return None
 
     return call
@@ -81,97 +60,99 @@ def usage_request(tenant_id: str, now: Timestamp) -> metering_pb2.RecordUsageReq
     )
 
 
-async def run(ctx: Ctx) -> Result:
-    """Each backend: Quota and Metering processes on it, one hot tenant, concurrency 1 and 16."""
-    result = Result(
-        "4. Quota and metering",
-        "client -> Quota process (ReserveQuota + CommitReservation, one tenant = one hot row) and "
-        "client -> Metering process (RecordUsage, new request_id each), over gRPC on loopback; "
-        "SQLite (WAL, synchronous=NORMAL) and PostgreSQL (throwaway local cluster, fsync and "
-        "synchronous_commit on); rows marked 'direct store' call QuotaStore / MeteringStore "
-        "in the bench process (no gRPC) on separate databases",
+def _now() -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(datetime.now(UTC))
+    return ts
+
+
+async def _measure(
+    ctx: Ctx,
+    result: Result,
+    backend: str,
+    how: str,
+    reserve: Reserve,
+    commit: Commit,
+    record: Record,
+    tenants: list[str],
+) -> None:
+    hot, spread = tenants[:1], tenants
+    for c in (1, 16):
+
+        async def rec(n: int) -> float | None:
+            await record(tenants[n % len(tenants)])
+            return None
+
+        paths = {"reserve+commit, 1 tenant": reserve_commit(reserve, commit, hot)}
+        if c > 1:
+            paths[f"reserve+commit, {SPREAD} tenants"] = reserve_commit(reserve, commit, spread)
+        paths["record_usage"] = rec
+        stats = await interleaved(
+            paths,
+            concurrency=c,
+            requests=ctx.n(4000 if c == 16 else 2000, 16),
+            rounds=1,
+            duration=None if ctx.smoke else 3.0,
+            warmup=ctx.n(40, 2),
+        )
+        for s in stats.values():
+            row = s.summary()
+            row["label"] = f"{s.label} ({backend}, {how})"
+            result.runs.append(row)
+
+
+async def over_grpc(ctx: Ctx, result: Result, backend: str, urls: dict[str, str]) -> None:
+    """Quota and Metering as processes, called over gRPC like the Router calls them."""
+    env = base_env(ctx.data_dir(f"quota-{backend}"), IMAGEGATE_ADMIN_TOKEN=ctx.admin_token, **urls)
+    services = await start_services(
+        env, log_dir=ctx.logs / f"quota-{backend}", names=["quota", "metering"]
     )
-    cluster = await start_cluster()
-    sqlite_dir = ctx.data_dir("quota-direct")
-    backends: dict[str, dict[str, str]] = {"sqlite": {}}
-    direct_urls: dict[str, dict[str, str]] = {
-        "sqlite": {
-            "QUOTA_DATABASE_URL": f"sqlite:///{sqlite_dir / 'quota.db'}",
-            "METERING_DATABASE_URL": f"sqlite:///{sqlite_dir / 'metering.db'}",
-        }
-    }
-    if cluster is None:
-        result.notes.append("no PostgreSQL server binaries (make postgres-bin): PostgreSQL skipped")
-    else:
-        for into in (backends, direct_urls):
-            into["postgresql"] = {
-                "QUOTA_DATABASE_URL": cluster.create_database(),
-                "METERING_DATABASE_URL": cluster.create_database(),
-            }
-    best: dict[str, float] = {}
+    chans: list[grpc.aio.Channel] = []
     try:
-        for backend, urls in backends.items():
-            env = base_env(
-                ctx.data_dir(f"quota-{backend}"), IMAGEGATE_ADMIN_TOKEN=ctx.admin_token, **urls
-            )
-            services = await start_services(
-                env, log_dir=ctx.logs / f"quota-{backend}", names=["quota", "metering"]
-            )
-            try:
-                tenant_id, _ = await create_tenant(
-                    services.address("quota"), ctx.admin_token, f"bench-{backend}", "enterprise"
-                )
-                for c in (1, 16):
-                    qch = channels(services.address("quota"), 1 if c == 1 else 4)
-                    mch = channels(services.address("metering"), 1 if c == 1 else 4)
-                    stats = await interleaved(
-                        {
-                            "reserve+commit": reserve_commit(qch, tenant_id),
-                            "record_usage": record_usage(mch, tenant_id),
-                        },
-                        concurrency=c,
-                        requests=ctx.n(3000 if c == 16 else 1500, 16),
-                        rounds=1 if ctx.smoke else 2,
-                        duration=None if ctx.smoke else 4.0,
-                        warmup=ctx.n(50, 2),
-                    )
-                    for label, s in stats.items():
-                        _row(result, s, backend)
-                        if label == "reserve+commit":
-                            best[backend] = max(best.get(backend, 0.0), s.rps)
-                    for ch in (*qch, *mch):
-                        await ch.close()
-                result.extra[f"peak_rss_mb_{backend}"] = rss_table(list(services.procs.values()))
-            finally:
-                note_deaths(result, list(services.procs.values()))
-                await services.stop()
-            await direct_store(ctx, result, backend, direct_urls[backend])
-    finally:
-        if cluster is not None:
-            cluster.stop()
-    for backend, goal in GOALS.items():
-        name = f"Quota reserve+commit/s on {backend}"
-        if backend not in best:
-            result.targets.append(Target(name, f">= {goal:,.0f}/s", "not measured", None))
-            continue
-        direct = max(
+        tenants = [
             (
-                r["rps"]
-                for r in result.runs
-                if r["label"] == f"reserve+commit, direct store ({backend})"
-            ),
-            default=None,
-        )
-        result.targets.append(
-            Target(
-                name,
-                f">= {goal:,.0f}/s",
-                f"{best[backend]:,.0f}/s over gRPC (best of concurrency 1 and 16, one hot "
-                f"tenant); direct store calls: {'n/a' if direct is None else f'{direct:,.0f}/s'}",
-                best[backend] >= goal,
+                await create_tenant(
+                    services.address("quota"), ctx.admin_token, f"b{i}", "enterprise"
+                )
+            )[0]
+            for i in range(SPREAD)
+        ]
+        chans = channels(services.address("quota"), 4) + channels(services.address("metering"), 4)
+        quota = [quota_pb2_grpc.QuotaServiceStub(c) for c in chans[:4]]
+        metering = [metering_pb2_grpc.MeteringServiceStub(c) for c in chans[4:]]
+        now = _now()
+        turn = iter(range(10**12))
+
+        async def reserve(tenant: str) -> str:
+            resp = await quota[next(turn) % 4].ReserveQuota(
+                quota_pb2.ReserveQuotaRequest(
+                    request_id=f"bench-{uuid.uuid4().hex}",
+                    tenant_id=tenant,
+                    images=1,
+                    megapixels=0.004,
+                ),
+                timeout=30,
             )
-        )
-    return result
+            return str(resp.reservation.id)
+
+        async def commit(reservation_id: str) -> None:
+            await quota[next(turn) % 4].CommitReservation(
+                quota_pb2.CommitReservationRequest(
+                    reservation_id=reservation_id, images=1, megapixels=0.004
+                ),
+                timeout=30,
+            )
+
+        async def record(tenant: str) -> None:
+            await metering[next(turn) % 4].RecordUsage(usage_request(tenant, now), timeout=30)
+
+        await _measure(ctx, result, backend, "gRPC", reserve, commit, record, tenants)
+        result.extra[f"peak_rss_mb_{backend}"] = rss_table(list(services.procs.values()))
+    finally:
+        for ch in chans:
+            await ch.close()
+        note_deaths(result, list(services.procs.values()))
+        await services.stop()
 
 
 async def direct_store(ctx: Ctx, result: Result, backend: str, urls: dict[str, str]) -> None:
@@ -192,48 +173,105 @@ async def direct_store(ctx: Ctx, result: Result, backend: str, urls: dict[str, s
         MeteringStore.open, urls["METERING_DATABASE_URL"], catalog=load_catalog(), threads=16
     )
     try:
-        tenant = await qstore.create_tenant(
-            request_id=f"bench-{uuid.uuid4().hex}", name="bench-direct", plan="enterprise"
-        )
-        now = Timestamp()
-        now.FromDatetime(datetime.now(UTC))
+        tenants = [
+            (
+                await qstore.create_tenant(
+                    request_id=f"bench-{uuid.uuid4().hex}", name=f"d{i}", plan="enterprise"
+                )
+            ).id
+            for i in range(SPREAD)
+        ]
+        now = _now()
 
-        async def reserve_commit_direct(n: int) -> float | None:
+        async def reserve(tenant: str) -> str:
             res = await qstore.reserve(
                 ReserveArgs(
                     request_id=f"bench-{uuid.uuid4().hex}",
-                    tenant_id=tenant.id,
+                    tenant_id=tenant,
                     images=1,
                     megapixels=0.004,
                 )
             )
-            await qstore.commit(res.reservation.id, images=1, megapixels=0.004)
-            return None
+            return str(res.reservation.id)
 
-        async def record_usage_direct(n: int) -> float | None:
-            await mstore.record_usage(usage_request(tenant.id, now))
-            return None
+        async def commit(reservation_id: str) -> None:
+            await qstore.commit(reservation_id, images=1, megapixels=0.004)
 
-        for c in (1, 16):
-            stats = await interleaved(
-                {
-                    "reserve+commit, direct store": reserve_commit_direct,
-                    "record_usage, direct store": record_usage_direct,
-                },
-                concurrency=c,
-                requests=ctx.n(3000 if c == 16 else 1500, 16),
-                rounds=1,
-                warmup=ctx.n(20, 2),
-                duration=None if ctx.smoke else 3.0,
-            )
-            for s in stats.values():
-                _row(result, s, backend)
+        async def record(tenant: str) -> None:
+            await mstore.record_usage(usage_request(tenant, now))
+
+        await _measure(ctx, result, backend, "direct store", reserve, commit, record, tenants)
     finally:
         await qstore.close()
         await mstore.close()
 
 
-def _row(result: Result, stats: RunStats, backend: str) -> None:
-    row = stats.summary()
-    row["label"] = f"{stats.label} ({backend})"
-    result.runs.append(row)
+async def run(ctx: Ctx) -> Result:
+    """Each backend: over gRPC to the services, then the stores called in-process."""
+    result = Result(
+        "4. Quota and metering",
+        "client -> Quota process (ReserveQuota + CommitReservation by tenant id) and client -> "
+        "Metering process (RecordUsage, fresh request_id), over gRPC on loopback; then the same "
+        "calls on QuotaStore / MeteringStore in the bench process ('direct store', fresh "
+        "databases). '1 tenant' = one hot quota row; "
+        f"'{SPREAD} tenants' = the calls cycle over {SPREAD} tenants. SQLite: WAL, "
+        "synchronous=NORMAL. PostgreSQL: throwaway local cluster, fsync and synchronous_commit on",
+    )
+    cluster = await start_cluster()
+    urls: dict[str, dict[str, dict[str, str]]] = {}
+    for how in ("gRPC", "direct store"):
+        folder = ctx.data_dir(f"sqlite-{how.replace(' ', '-')}")
+        urls.setdefault("sqlite", {})[how] = {
+            "QUOTA_DATABASE_URL": f"sqlite:///{folder / 'quota.db'}",
+            "METERING_DATABASE_URL": f"sqlite:///{folder / 'metering.db'}",
+        }
+        if cluster is not None:
+            urls.setdefault("postgresql", {})[how] = {
+                "QUOTA_DATABASE_URL": cluster.create_database(),
+                "METERING_DATABASE_URL": cluster.create_database(),
+            }
+    if cluster is None:
+        result.notes.append("no PostgreSQL server binaries (make postgres-bin): PostgreSQL skipped")
+    try:
+        for backend, by_how in urls.items():
+            await over_grpc(ctx, result, backend, by_how["gRPC"])
+            await direct_store(ctx, result, backend, by_how["direct store"])
+    finally:
+        if cluster is not None:
+            await asyncio.to_thread(cluster.stop)
+    _judge(result)
+    return result
+
+
+def _best(result: Result, backend: str, how: str) -> tuple[float, str] | None:
+    rows = [
+        r
+        for r in result.runs
+        if r["label"].startswith("reserve+commit") and r["label"].endswith(f"({backend}, {how})")
+    ]
+    if not rows:
+        return None
+    top: dict[str, Any] = max(rows, key=lambda r: r["rps"])
+    return float(
+        top["rps"]
+    ), f"{top['label'].split(' (')[0].split(', ')[1]}, c={top['concurrency']}"
+
+
+def _judge(result: Result) -> None:
+    for backend, goal in GOALS.items():
+        name = f"Quota reserve+commit/s on {backend}"
+        grpc_best = _best(result, backend, "gRPC")
+        direct = _best(result, backend, "direct store")
+        if grpc_best is None:
+            result.targets.append(Target(name, f">= {goal:,.0f}/s", "not measured", None))
+            continue
+        direct_text = "n/a" if direct is None else f"{direct[0]:,.0f}/s ({direct[1]})"
+        result.targets.append(
+            Target(
+                name,
+                f">= {goal:,.0f}/s",
+                f"{grpc_best[0]:,.0f}/s through the Quota service ({grpc_best[1]}); "
+                f"store alone {direct_text}",
+                grpc_best[0] >= goal,
+            )
+        )
