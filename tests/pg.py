@@ -85,7 +85,8 @@ def _bin_dir() -> Path:
 class _LocalCluster:
     """initdb + pg_ctl in a temp dir, run as the `postgres` user when we are root."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = False) -> None:
+        self.durable = durable
         self.bin = _bin_dir()
         self.root = Path(tempfile.mkdtemp(prefix="imagegate-pg-"))
         self.data = self.root / "data"
@@ -121,9 +122,10 @@ class _LocalCluster:
         )
         options = (
             f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
             "-c max_connections=300 -c shared_buffers=64MB"
         )
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(
             str(self.bin / "pg_ctl"),
             "-D",
@@ -143,6 +145,17 @@ class _LocalCluster:
         with contextlib.suppress(Exception):
             self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def local_cluster(*, durable: bool = True) -> Iterator[PostgresServer]:
+    """A throwaway cluster for benchmarks; durable=True keeps fsync and synchronous_commit on
+    (the settings of ../shared/reference/reliability.md section 1.4)."""
+    cluster = _LocalCluster(durable=durable)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
 
 
 _lock = threading.Lock()
