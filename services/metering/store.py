@@ -107,8 +107,8 @@ class MeteringStore:
         self._db.close()
         self.engine.dispose()
 
-    async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
-        return await self._db.run(fn, *args)
+    async def _run(self, fn: Callable[..., _T], *args: Any, batch: bool = False) -> _T:
+        return await self._db.run(fn, *args, batch=batch)
 
     def price(self, provider: str, provider_model: str) -> metering_pb2.Price:
         """The catalog entry of a provider's model; FAILED_PRECONDITION PRICE_NOT_FOUND if none."""
@@ -159,7 +159,7 @@ class MeteringStore:
         self, request: metering_pb2.RecordUsageRequest
     ) -> tuple[metering_pb2.UsageRecord, bool]:
         """Stores a request's usage once; (record, created)."""
-        return await self._run(self.record_usage_sync, request)
+        return await self._run(self.record_usage_sync, request, batch=True)
 
     async def usage_summary(self, tenant_id: str, period: str) -> metering_pb2.UsageSummary:
         """Totals of a tenant's period, grouped by provider and model."""

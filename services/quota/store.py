@@ -264,25 +264,31 @@ class QuotaStore:
     async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
         return await self._db.run(fn, *args)
 
+    async def _run_batched(self, fn: Callable[..., _T], *args: Any) -> _T:
+        # fn only touches the runner's transaction, so SQLite may group-commit it.
+        return await self._db.run(fn, *args, batch=True)
+
     # ---- async API (one thread hop, one transaction each) ----
 
     async def authenticate(self, api_key: str) -> tuple[quota_pb2.Tenant, quota_pb2.Plan, str]:
         """Tenant, plan and key id of a key; UNAUTHENTICATED when unknown or revoked."""
-        return await self._run(self.authenticate_sync, api_key)
+        return await self._run_batched(self.authenticate_sync, api_key)
 
     async def reserve(self, args: ReserveArgs) -> ReserveResult:
         """Holds units atomically; idempotent on (tenant, request_id)."""
-        return await self._run(self.reserve_sync, args)
+        return await self._run_batched(self.reserve_sync, args)
 
     async def commit(
         self, reservation_id: str, *, images: int, megapixels: float = 0.0, cost_micros: int = 0
     ) -> quota_pb2.Reservation:
         """Charges the actual amount and returns the rest; idempotent."""
-        return await self._run(self.commit_sync, reservation_id, images, megapixels, cost_micros)
+        return await self._run_batched(
+            self.commit_sync, reservation_id, images, megapixels, cost_micros
+        )
 
     async def release(self, reservation_id: str) -> quota_pb2.Reservation:
         """Returns every unit of a pending reservation; a no-op once resolved."""
-        return await self._run(self.release_sync, reservation_id)
+        return await self._run_batched(self.release_sync, reservation_id)
 
     async def get_quota(self, tenant_id: str) -> quota_pb2.QuotaStatus:
         """The tenant's counters for the current period (expired leases returned first)."""

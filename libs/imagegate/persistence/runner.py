@@ -4,6 +4,12 @@ SQLite allows one writer at a time, so every transaction of a store runs on ONE 
 with ONE long-lived connection: nothing in this process ever waits in SQLite's busy handler.
 PostgreSQL gets `threads` worker threads, each with its own long-lived connection.
 
+Group commit on SQLite: calls submitted with `batch=True` that are waiting together are run in
+one BEGIN IMMEDIATE ... COMMIT, each inside its own SAVEPOINT (a failing call rolls back only
+its own changes); their callers are answered only after the COMMIT, with one wake-up of the
+event loop per batch. Calls that open other connections (admin paths through SQLAlchemy) are
+never batched.
+
 Hot paths use `Tx` with SQL strings written once (`?` placeholders, converted to the driver's
 style by `DbRunner.sql`) and run straight on the DBAPI cursor, with no per-call statement
 construction or compilation. When an engine has cursor-execute listeners (OpenTelemetry's
@@ -16,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +32,39 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import Connection, Engine
 
 _T = TypeVar("_T")
+_MAX_BATCH = 64
+_STOP = object()
+
+
+class _Job:
+    """One call queued for the SQLite writer thread."""
+
+    __slots__ = ("args", "batch", "ctx", "fn", "future", "loop")
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        loop: asyncio.AbstractEventLoop,
+        future: asyncio.Future[Any],
+        batch: bool,
+    ) -> None:
+        self.fn = fn
+        self.args = args
+        self.ctx = contextvars.copy_context()
+        self.loop = loop
+        self.future = future
+        self.batch = batch
+
+
+def _deliver(outcomes: list[tuple[_Job, bool, Any]]) -> None:
+    for job, ok, value in outcomes:
+        if job.future.cancelled():
+            continue
+        if ok:
+            job.future.set_result(value)
+        else:
+            job.future.set_exception(value)
 
 
 class Tx:
@@ -70,12 +110,20 @@ class DbRunner:
         self.engine = engine
         self.dialect = engine.dialect.name
         self.sqlite = self.dialect == "sqlite"
-        workers = 1 if self.sqlite else max(1, threads)
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._fairies: list[Any] = []
         self._integrity_error: type[Exception] = engine.dialect.loaded_dbapi.IntegrityError
+        self._executor: ThreadPoolExecutor | None = None
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        if self.sqlite:
+            self._writer = threading.Thread(target=self._write_loop, name=name, daemon=True)
+            self._writer.start()
+        else:
+            self._executor = ThreadPoolExecutor(
+                max_workers=max(1, threads), thread_name_prefix=name
+            )
 
     @property
     def integrity_error(self) -> type[Exception]:
@@ -86,19 +134,86 @@ class DbRunner:
         """A statement written with `?` placeholders, in the driver's parameter style."""
         return text if self.sqlite else text.replace("?", "%s")
 
-    async def run(self, fn: Callable[..., _T], *args: Any) -> _T:
-        """Runs fn(*args) on a worker thread, with the caller's context (trace parent)."""
-        ctx = contextvars.copy_context()
-        return await asyncio.get_running_loop().run_in_executor(self._executor, ctx.run, fn, *args)
+    async def run(self, fn: Callable[..., _T], *args: Any, batch: bool = False) -> _T:
+        """Runs fn(*args) on a worker thread, with the caller's context (trace parent).
+
+        batch=True: fn only uses `tx()` (no other connection), so on SQLite it may share one
+        transaction with other waiting calls (group commit, see the module docstring)."""
+        loop = asyncio.get_running_loop()
+        if self._executor is not None:
+            ctx = contextvars.copy_context()
+            return await loop.run_in_executor(self._executor, ctx.run, fn, *args)
+        future: asyncio.Future[_T] = loop.create_future()
+        self._queue.put(_Job(fn, args, loop, future, batch))
+        return await future
 
     def close(self) -> None:
         """Stops the workers and returns their connections."""
-        self._executor.shutdown(wait=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        if self._writer is not None:
+            self._queue.put(_STOP)
+            self._writer.join()
         with self._lock:
             fairies, self._fairies = self._fairies, []
         for fairy in fairies:
             with contextlib.suppress(Exception):  # best effort on shutdown
                 fairy.close()
+
+    def _write_loop(self) -> None:
+        held: Any = None
+        while True:
+            job = held if held is not None else self._queue.get()
+            held = None
+            if job is _STOP:
+                return
+            jobs = [job]
+            if job.batch and not self._traced():
+                while len(jobs) < _MAX_BATCH:
+                    try:
+                        nxt = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is _STOP or not nxt.batch:
+                        held = nxt
+                        break
+                    jobs.append(nxt)
+            outcomes = self._run_one(job) if len(jobs) == 1 else self._run_batch(jobs)
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, bool, Any]]] = {}
+            for outcome in outcomes:
+                by_loop.setdefault(outcome[0].loop, []).append(outcome)
+            for loop, items in by_loop.items():
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                    loop.call_soon_threadsafe(_deliver, items)
+
+    @staticmethod
+    def _run_one(job: _Job) -> list[tuple[_Job, bool, Any]]:
+        try:
+            return [(job, True, job.ctx.run(job.fn, *job.args))]
+        except BaseException as err:
+            return [(job, False, err)]
+
+    def _run_batch(self, jobs: list[_Job]) -> list[tuple[_Job, bool, Any]]:
+        fairy = self._fairy()
+        cursor = self._local.cursor
+        outcomes: list[tuple[_Job, bool, Any]] = []
+        try:
+            cursor.execute("BEGIN IMMEDIATE")
+            self._local.batch = True
+            try:
+                for job in jobs:
+                    outcomes.extend(self._run_one(job))
+            finally:
+                self._local.batch = False
+            cursor.execute("COMMIT")
+        except BaseException as err:
+            try:
+                if fairy.dbapi_connection.in_transaction:
+                    cursor.execute("ROLLBACK")
+            except Exception:  # broken connection: replace it next time
+                self._drop(fairy)
+            return [(job, False, err) for job in jobs]
+        return outcomes
 
     def _traced(self) -> bool:
         dispatch = self.engine.dispatch
@@ -133,6 +248,17 @@ class DbRunner:
         fairy = self._fairy()
         dbapi = fairy.dbapi_connection
         cursor = self._local.cursor
+        if getattr(self._local, "batch", False):
+            # Inside a group commit: this call's changes live in a savepoint.
+            cursor.execute("SAVEPOINT op")
+            try:
+                yield Tx(cursor=cursor)
+            except BaseException:
+                cursor.execute("ROLLBACK TO op")
+                cursor.execute("RELEASE op")
+                raise
+            cursor.execute("RELEASE op")
+            return
         try:
             if self.sqlite:
                 cursor.execute("BEGIN IMMEDIATE")
