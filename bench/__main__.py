@@ -52,9 +52,11 @@ def machine() -> str:
 async def run(ctx: Ctx, names: list[str]) -> dict[str, Any]:
     """Runs the chosen scenarios in order; a failing scenario is recorded, the rest still run."""
     started = time.perf_counter()
+    load_start = os.getloadavg()
     results: list[dict[str, Any]] = []
     for name in names:
         t0 = time.perf_counter()
+        load_before = os.getloadavg()[0]
         print(f"bench: {name} ...", file=sys.stderr, flush=True)
         try:
             res = await SCENARIOS[name](ctx)
@@ -65,6 +67,8 @@ async def run(ctx: Ctx, names: list[str]) -> dict[str, Any]:
             doc["error"] = f"{type(err).__name__}: {err}"
         doc["key"] = name
         doc["duration_s"] = round(time.perf_counter() - t0, 1)
+        # Other work on the machine shows up here; it explains runs that differ.
+        doc["loadavg_1m"] = {"before": load_before, "after": os.getloadavg()[0]}
         print(f"bench: {name} done in {doc['duration_s']} s", file=sys.stderr, flush=True)
         results.append(doc)
     return {
@@ -75,6 +79,7 @@ async def run(ctx: Ctx, names: list[str]) -> dict[str, Any]:
             "python": platform.python_version(),
             "grpcio": grpc.__version__,
             "duration_s": round(time.perf_counter() - started, 1),
+            "loadavg_at_start": [round(x, 2) for x in load_start],
         },
         "scenarios": results,
     }

@@ -15,6 +15,13 @@ from bench.stats import RunStats
 Call = Callable[[int], Awaitable[float | None]]
 
 
+def error_detail(err: BaseException) -> str:
+    """The status message of a failed call (first 300 characters)."""
+    if isinstance(err, grpc.aio.AioRpcError):
+        return (err.details() or "")[:300]
+    return str(err)[:300]
+
+
 def error_name(err: BaseException) -> str:
     """A short label for a failed call: the gRPC status code, else the exception type."""
     if isinstance(err, grpc.aio.AioRpcError):
@@ -73,7 +80,9 @@ async def _drive(
                 raise
             except Exception as err:
                 if stats is not None:
-                    stats.errors[error_name(err)] += 1
+                    name = error_name(err)
+                    stats.errors[name] += 1
+                    stats.error_samples.setdefault(name, error_detail(err))
                 continue
             if stats is not None:
                 stats.latencies.append(time.perf_counter() - t0)

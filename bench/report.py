@@ -32,7 +32,9 @@ def markdown(doc: dict[str, Any]) -> str:
         f"# imagegate bench {meta['date']}{' (smoke)' if meta['smoke'] else ''}",
         "",
         f"{meta['machine']}; Python {meta['python']}, grpcio {meta['grpcio']}; "
-        f"total {meta['duration_s']:.0f} s. Latencies in ms, client-side, closed loop.",
+        f"total {meta['duration_s']:.0f} s. Latencies in ms, client-side, closed loop. "
+        f"Load average at start {meta.get('loadavg_at_start')} (1/5/15 min; anything above "
+        "~1 means other work shared the 2 cores).",
         "",
         "## Targets (issue 7)",
         "",
@@ -48,6 +50,13 @@ def markdown(doc: dict[str, Any]) -> str:
             lines.append(f"| {t['name']} | {t['goal']} | {t['measured']} | {met} |")
     for sc in doc["scenarios"]:
         lines += ["", f"## {sc['name']}", "", f"Path: {sc['path']}", ""]
+        if sc.get("loadavg_1m"):
+            load = sc["loadavg_1m"]
+            lines += [
+                f"Took {sc.get('duration_s')} s; 1-min load average {load['before']:.1f} before, "
+                f"{load['after']:.1f} after.",
+                "",
+            ]
         if sc.get("error"):
             lines += ["**Scenario failed:**", "", "```", sc["error"][-3000:], "```", ""]
         runs = sc["runs"]
@@ -57,6 +66,13 @@ def markdown(doc: dict[str, Any]) -> str:
             lines.append("|" + "---|" * len(cols))
             for r in runs:
                 lines.append("| " + " | ".join(_cell(_get(r, c)) for c in cols) + " |")
+        samples = {
+            f"{code} ({r.get('label')}, c={r.get('concurrency')})": text
+            for r in runs
+            for code, text in (r.get("error_samples") or {}).items()
+        }
+        for what, text in samples.items():
+            lines.append(f"- error sample {what}: {text}")
         for key, value in sc.get("extra", {}).items():
             if key == "phases":
                 continue  # in the JSON; the table and the first-20 lines carry the gist
@@ -99,7 +115,7 @@ def _columns(runs: list[dict[str, Any]]) -> list[str]:
         for key, value in r.items():
             if key in present or key in extra or isinstance(value, dict | list):
                 continue
-            if key in ("elapsed_s", "added_over_echo"):
+            if key in ("elapsed_s", "added_over_echo", "error_samples"):
                 continue
             extra.append(key)
     return present + extra

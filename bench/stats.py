@@ -28,6 +28,8 @@ class RunStats:
     """Client-side latency of every successful call."""
     errors: Counter[str] = field(default_factory=Counter)
     """Failed calls by gRPC status code name."""
+    error_samples: dict[str, str] = field(default_factory=dict)
+    """The first message seen for each error code."""
     elapsed: float = 0.0
     """Wall time of the measured part of the run."""
     reported_overhead_ms: list[float] = field(default_factory=list)
@@ -64,6 +66,7 @@ class RunStats:
             "requests": self.requests,
             "ok": self.ok,
             "errors": dict(self.errors),
+            "error_samples": dict(self.error_samples),
             "elapsed_s": round(self.elapsed, 4),
             "rps": round(self.rps, 1),
         }

@@ -46,6 +46,8 @@ async def interleaved(
                 into.cpu_seconds[p.name] = into.cpu_seconds.get(p.name, 0.0) + p.cpu_seconds() - b
             into.latencies.extend(stats.latencies)
             into.errors.update(stats.errors)
+            for code, text in stats.error_samples.items():
+                into.error_samples.setdefault(code, text)
             into.elapsed += stats.elapsed
             into.reported_overhead_ms.extend(stats.reported_overhead_ms)
     return merged
