@@ -457,6 +457,9 @@ class RouterApp:
                 outcome = err.reason.lower()
                 err.metadata.setdefault(reasons.META_TRACE_ID, trace_id)
                 raise
+            except asyncio.CancelledError:
+                outcome = "cancelled"
+                raise
             finally:
                 elapsed = time.perf_counter() - t0
                 overhead = max(0.0, elapsed - state.adapter_seconds)
@@ -621,7 +624,10 @@ class RouterApp:
             megapixels=norm.megapixels,
             cost_micros=cost,
         )
-        timeout = max(0.001, min(self.settings.dependency_timeout_seconds, deadline.remaining()))
+        # Bounded by the caller's deadline, not a short fixed timeout: under a burst Quota queues,
+        # and a caller with time left would rather wait than fail.
+        left = deadline.remaining() - self.settings.settle_margin_seconds - MIN_USEFUL_ATTEMPT
+        timeout = max(0.001, min(self.settings.reserve_timeout_seconds, left))
         try:
             resp = await self.quota.ReserveQuota(req, timeout=timeout)
         except grpc.aio.AioRpcError as err:
@@ -858,6 +864,11 @@ class RouterApp:
                 raise
             elapsed = time.perf_counter() - started
             state.adapter_seconds += elapsed
+            if result.outcome == router_pb2.ATTEMPT_OUTCOME_TIMEOUT and self._short_budget(
+                mb, budget, cand
+            ):
+                # We gave it less than it normally needs: that timeout is ours, not its health.
+                result.scope = ""
             self._account(result, permits, pb, mb, elapsed)
             if result.reason == reasons.PROVIDER_DISABLED:
                 # Lost its credentials since the last describe: stop routing to it right away.
@@ -934,6 +945,14 @@ class RouterApp:
                 scope="model",
             )
         return AttemptResult(router_pb2.ATTEMPT_OUTCOME_SUCCEEDED, response=resp)
+
+    def _short_budget(self, mb: CircuitBreaker, budget: float, cand: Candidate) -> bool:
+        """Whether an attempt's budget was below twice the model's typical latency."""
+        full = self.catalog.provider_timeouts.get(
+            cand.provider, self.settings.attempt_timeout_seconds
+        )
+        typical = mb.latency_quantile(0.5, min_samples=5)
+        return budget < full and typical is not None and budget < 2 * typical
 
     def _account(
         self,

@@ -48,7 +48,10 @@ class RouterSettings(BaseSettings):
         120.0, description="Longest single attempt unless the catalog sets a provider timeout."
     )
     dependency_timeout_seconds: float = Field(
-        2.0, description="Longest Quota/Metering call on the hot path."
+        2.0, description="Longest Quota/Metering call outside ReserveQuota (auth, settle, prices)."
+    )
+    reserve_timeout_seconds: float = Field(
+        30.0, description="Longest ReserveQuota wait (also bounded by the caller's deadline)."
     )
     settle_before_reply: bool = Field(
         True,

@@ -276,3 +276,22 @@ async def test_no_slot_within_the_budget_is_overloaded_and_fails_over() -> None:
         blocker.cancel()
     finally:
         await stack.stop()
+
+
+async def test_timeout_under_a_squeezed_budget_does_not_count_against_health() -> None:
+    fal = ControllableAdapter("fal", [spec(FAL)], default=("sleep", 0.3))
+    stack = await start_stack({"fal": fal}, breaker_consecutive_failures=1)
+    try:
+        for i in range(5):
+            await stack.stub.GenerateImage(req(f"w{i}"), metadata=PRO, timeout=5)
+        fal.default = HANG
+        with pytest.raises(grpc.aio.AioRpcError):
+            # 0.8 s deadline: about 0.55 s for the attempt, under twice the usual 0.3 s.
+            await stack.stub.GenerateImage(req("short"), metadata=PRO, timeout=0.8)
+        breaker = stack.app.breakers.get("fal", FAL)
+        assert breaker.state.value == "closed"
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stack.stub.GenerateImage(req("long"), metadata=PRO, timeout=2.5)
+        assert breaker.state.value == "open", "a fair budget that times out is a health signal"
+    finally:
+        await stack.stop()
