@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -356,6 +357,8 @@ class RouterApp:
                 )
             else:
                 kept.append(cand)
+        if plan.candidates and not kept and not norm.explicit_model:
+            kept = self._plan_fallback(plan, norm, tiers, caller.plan.id)
         if plan.candidates and not kept:
             raise ImagegateError(
                 grpc.StatusCode.PERMISSION_DENIED,
@@ -397,6 +400,38 @@ class RouterApp:
                 metadata=meta,
             )
         plan.candidates = within
+
+    def _plan_fallback(
+        self, plan: RoutePlan, norm: Normalized, tiers: set[str], plan_id: str
+    ) -> list[Candidate]:
+        """Candidates of the models the plan allows, when the preference named none of them.
+
+        A preference is a wish, not a requirement: a free tenant asking for BALANCED gets the
+        budget models (in BUDGET order) rather than an error. An explicit model stays strict.
+        """
+        order = list(self.catalog.aliases_for(router_pb2.PREFERENCE_BUDGET))
+        order += [a for a in self.catalog.models if a not in order]
+        aliases = tuple(
+            a for a in order if a not in norm.aliases and self.catalog.models[a].tier in tiers
+        )
+        if not aliases:
+            return []
+        extra = self.static_plan(dataclasses.replace(norm, aliases=aliases))
+        kept = [
+            c
+            for c in extra.candidates
+            if c.tier in tiers or c.provider == self.catalog.local_provider
+        ]
+        if kept:
+            wanted = router_pb2.Preference.Name(
+                norm.request.preference or router_pb2.PREFERENCE_BALANCED
+            )
+            plan.notices.append(
+                f"plan {plan_id} allows tiers {', '.join(sorted(tiers))}: "
+                f"{wanted.removeprefix('PREFERENCE_').lower()} models are outside it, so "
+                f"{kept[0].alias} was used"
+            )
+        return kept
 
     def _no_candidate(self, plan: RoutePlan, norm: Normalized) -> ImagegateError:
         # Candidates filtered out statically (not enabled, lists, capabilities) do not explain

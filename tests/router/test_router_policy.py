@@ -271,3 +271,25 @@ async def test_only_candidate_backing_off_is_unavailable_with_retry_info() -> No
         assert len(fal.calls) == 1
     finally:
         await s.stop()
+
+
+async def test_free_tenant_default_preference_falls_back_to_budget_models() -> None:
+    rep = ControllableAdapter("replicate", [spec(REP), spec("stability-ai/sdxl")])
+    hf = ControllableAdapter("huggingface", [spec("stabilityai/stable-diffusion-2-1")])
+    s = await start_stack({"replicate": rep, "huggingface": hf})
+    try:
+        resp = await s.stub.GenerateImage(
+            router_pb2.GenerateImageRequest(prompt="x", width=512, height=512),
+            metadata=bearer("key-free"),
+        )
+        assert resp.model == "sd-2.1" and resp.provider == "huggingface"
+        assert any("plan free" in n for n in resp.notices)
+        assert rep.calls == []
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await s.stub.GenerateImage(
+                router_pb2.GenerateImageRequest(prompt="x", model="sdxl", width=512, height=512),
+                metadata=bearer("key-free"),
+            )
+        assert parse_rpc_error(info.value).reason == reasons.PLAN_FORBIDS_MODEL
+    finally:
+        await s.stop()
