@@ -24,7 +24,7 @@ class MeteringSettings(BaseSettings):
     prices_path: Path | None = Field(
         None, alias="IMAGEGATE_METERING_PRICES", description="Catalog YAML; default: packaged."
     )
-    db_threads: int = Field(8, alias="IMAGEGATE_METERING_DB_THREADS", ge=1)
+    db_threads: int = Field(16, alias="IMAGEGATE_METERING_DB_THREADS", ge=1)
     trace_sql: bool = Field(False, alias="IMAGEGATE_METERING_TRACE_SQL")
 
     def resolved_database_url(self) -> str:

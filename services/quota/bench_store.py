@@ -204,7 +204,7 @@ def main() -> None:
     parser.add_argument("--modes", default="store,grpc")
     parser.add_argument("--concurrency", default="1,16")
     parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--threads", type=int, default=8, help="PostgreSQL worker threads")
+    parser.add_argument("--threads", type=int, default=16, help="PostgreSQL worker threads")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--label", default=os.environ.get("BENCH_LABEL", ""))
     args = parser.parse_args()

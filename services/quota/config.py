@@ -32,7 +32,7 @@ class QuotaSettings(BaseSettings):
         False, alias="IMAGEGATE_QUOTA_TRACE_SQL", description="A span per SQL statement."
     )
     db_threads: int = Field(
-        8, alias="IMAGEGATE_QUOTA_DB_THREADS", ge=1, description="PostgreSQL worker threads."
+        16, alias="IMAGEGATE_QUOTA_DB_THREADS", ge=1, description="PostgreSQL worker threads."
     )
 
     def resolved_database_url(self) -> str:

@@ -139,6 +139,22 @@ _COMMIT_PENDING = (
     " RETURNING id, tenant_id, request_id, period, images, pixels, cost_micros, state, expire_us,"
     " charged_images, charged_pixels, charged_cost_micros"
 )
+# PostgreSQL: the same commit and the charge of its units in one atomic statement.
+_COMMIT_PENDING_PG = (
+    "WITH r AS (UPDATE reservations SET state = ?, settle_us = ?, charged_images = ?,"
+    " charged_pixels = ?, charged_cost_micros = ? WHERE id = ? AND state = ? AND images >= ?"
+    " RETURNING id, tenant_id, request_id, period, images, pixels, cost_micros, state,"
+    " expire_us, charged_images, charged_pixels, charged_cost_micros),"
+    " p AS (UPDATE quota_periods q SET reserved_images = q.reserved_images - r.images,"
+    " reserved_pixels = q.reserved_pixels - r.pixels,"
+    " reserved_cost_micros = q.reserved_cost_micros - r.cost_micros,"
+    " used_images = q.used_images + r.charged_images,"
+    " used_pixels = q.used_pixels + r.charged_pixels,"
+    " used_cost_micros = q.used_cost_micros + r.charged_cost_micros"
+    " FROM r WHERE q.tenant_id = r.tenant_id AND q.period = r.period)"
+    " SELECT id, tenant_id, request_id, period, images, pixels, cost_micros, state, expire_us,"
+    " charged_images, charged_pixels, charged_cost_micros FROM r"
+)
 _SETTLE_FROM = (
     "UPDATE reservations SET state = ?, settle_us = ?, charged_images = ?, charged_pixels = ?,"
     " charged_cost_micros = ? WHERE id = ? AND state = ?"
@@ -217,6 +233,7 @@ class QuotaStore:
         self._q_ensure_period = q(_ENSURE_PERIOD)
         self._q_period_row = q(_PERIOD_ROW)
         self._q_commit_pending = q(_COMMIT_PENDING)
+        self._q_commit_pending_pg = q(_COMMIT_PENDING_PG)
         self._q_settle_from = q(_SETTLE_FROM)
         self._q_charge = q(_CHARGE)
         self._q_resolve_pending = q(_RESOLVE_PENDING)
@@ -503,21 +520,16 @@ class QuotaStore:
         """See `commit`."""
         pixels = pixels_of(megapixels)
         now_us = to_us(self.clock())
+        fast = (COMMITTED, now_us, images, pixels, cost_micros, reservation_id, PENDING, images)
+        if not self._db.sqlite:
+            # Fast path on PostgreSQL: commit and charge in one statement, one round trip.
+            with self._db.one_shot() as shot:
+                done = shot.one(self._q_commit_pending_pg, fast)
+            if done is not None:
+                return _reservation_pb(ResRow(*done))
         with self._db.tx() as tx:
             # Fast path: a pending reservation within its hold; one UPDATE returns the row.
-            done = tx.one(
-                self._q_commit_pending,
-                (
-                    COMMITTED,
-                    now_us,
-                    images,
-                    pixels,
-                    cost_micros,
-                    reservation_id,
-                    PENDING,
-                    images,
-                ),
-            )
+            done = tx.one(self._q_commit_pending, fast) if self._db.sqlite else None
             if done is not None:
                 row = ResRow(*done)
                 self._charge(tx, row, held=True, images=images, pixels=pixels, cost=cost_micros)

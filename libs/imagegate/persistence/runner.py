@@ -93,7 +93,9 @@ class Tx:
 
     def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         """Runs one statement for each parameter row (executemany)."""
-        if self._conn is not None:
+        if len(rows) == 1:
+            self._exec(sql, rows[0])  # executemany of one row costs a pipeline on psycopg
+        elif self._conn is not None:
             self._conn.exec_driver_sql(sql, [tuple(r) for r in rows])
         else:
             self._cursor.executemany(sql, rows)
@@ -158,6 +160,8 @@ class DbRunner:
             fairies, self._fairies = self._fairies, []
         for fairy in fairies:
             with contextlib.suppress(Exception):  # best effort on shutdown
+                if not self.sqlite:
+                    fairy.dbapi_connection.autocommit = False
                 fairy.close()
 
     def _write_loop(self) -> None:
@@ -223,8 +227,14 @@ class DbRunner:
         fairy = getattr(self._local, "fairy", None)
         if fairy is None or fairy.dbapi_connection is None:
             fairy = self.engine.raw_connection()
+            dbapi = cast(Any, fairy.dbapi_connection)
+            if not self.sqlite:
+                # Autocommit: `tx` says BEGIN itself, and `one_shot` runs a single statement as
+                # its own transaction in one round trip.
+                dbapi.rollback()
+                dbapi.autocommit = True
             self._local.fairy = fairy
-            self._local.cursor = cast(Any, fairy.dbapi_connection).cursor()
+            self._local.cursor = dbapi.cursor()
             with self._lock:
                 self._fairies.append(fairy)
         return fairy
@@ -260,20 +270,31 @@ class DbRunner:
             cursor.execute("RELEASE op")
             return
         try:
-            if self.sqlite:
-                cursor.execute("BEGIN IMMEDIATE")
+            cursor.execute("BEGIN IMMEDIATE" if self.sqlite else "BEGIN")
             yield Tx(cursor=cursor)
-            if self.sqlite:
-                cursor.execute("COMMIT")
-            else:
-                dbapi.commit()
+            cursor.execute("COMMIT")
         except BaseException:
             try:
-                if self.sqlite:
-                    if dbapi.in_transaction:
-                        cursor.execute("ROLLBACK")
-                else:
-                    dbapi.rollback()
+                if not self.sqlite or dbapi.in_transaction:
+                    cursor.execute("ROLLBACK")
             except Exception:  # broken connection: replace it next time
+                self._drop(fairy)
+            raise
+
+    @contextmanager
+    def one_shot(self) -> Iterator[Tx]:
+        """PostgreSQL only: each statement is its own transaction (autocommit), one round trip.
+        For single statements that are atomic by themselves (e.g. a data-modifying CTE)."""
+        if self.sqlite:
+            raise RuntimeError("one_shot is for PostgreSQL; SQLite uses tx()")
+        if self._traced():
+            with self.engine.begin() as conn:
+                yield Tx(conn=conn)
+            return
+        fairy = self._fairy()
+        try:
+            yield Tx(cursor=self._local.cursor)
+        except BaseException:
+            if getattr(fairy.dbapi_connection, "closed", False):
                 self._drop(fairy)
             raise
