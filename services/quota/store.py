@@ -17,6 +17,7 @@ as BEGIN IMMEDIATE. Idempotency is carried by the unique (tenant_id, request_id)
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -245,6 +246,7 @@ class QuotaStore:
             pid: (p.monthly_images, pixels_of(p.monthly_megapixels), p.monthly_cost_micros)
             for pid, p in plans.items()
         }
+        self._q_reserve_pg = None if self._db.sqlite else _reserve_pg_sql(self._limits)
         # Tenant messages by their (immutable) row tuple; bounded.
         self._tenant_cache: dict[tuple[Any, ...], quota_pb2.Tenant] = {}
         self._dummy_hash = keys.hash_key("ig_000000000000_" + "0" * 43, self._pepper)
@@ -359,9 +361,48 @@ class QuotaStore:
         pixels = pixels_of(args.megapixels)
         period = period_of(now)
         expire_us = now_us + int(lease * 1_000_000)
+        reservation_id = "r_" + secrets.token_hex(12)
+        values = (
+            reservation_id,
+            args.request_id,
+            period,
+            args.images,
+            pixels,
+            args.cost_micros,
+            PENDING,
+            now_us,
+            expire_us,
+        )
         with self._db.tx() as tx:
             key_id = ""
-            if args.api_key:
+            held = False
+            if self._q_reserve_pg is not None:
+                # PostgreSQL: look-up, insert and hold in one statement (see _reserve_pg_sql).
+                who = args.api_key and keys.key_id_of(args.api_key)
+                got = tx.one(
+                    self._q_reserve_pg,
+                    (
+                        who or "",
+                        "" if args.api_key else args.tenant_id,
+                        *values,
+                        args.images,
+                        pixels,
+                        args.cost_micros,
+                        period,
+                        args.images,
+                        pixels,
+                        args.cost_micros,
+                    ),
+                )
+                if args.api_key:
+                    tenant_row, key_id = self._check_key(args.api_key, who or None, got)
+                elif got is None:
+                    raise _tenant_not_found(args.tenant_id)
+                else:
+                    tenant_row = got[2:6]
+                inserted = None if got is None or got[6] is None else (got[6],)
+                held = bool(got and got[7])
+            elif args.api_key:
                 tenant_row, key_id = self._authenticate(tx, args.api_key)
             else:
                 tenant_row = tx.one(self._q_tenant, (args.tenant_id,))
@@ -370,22 +411,8 @@ class QuotaStore:
             tenant = self._tenant_pb(tenant_row)
             tenant_id = tenant_row[0]
             plan = self._plan(tenant_row[2])
-            reservation_id = "r_" + secrets.token_hex(12)
-            inserted = tx.one(
-                self._q_insert_res,
-                (
-                    reservation_id,
-                    tenant_id,
-                    args.request_id,
-                    period,
-                    args.images,
-                    pixels,
-                    args.cost_micros,
-                    PENDING,
-                    now_us,
-                    expire_us,
-                ),
-            )
+            if self._q_reserve_pg is None:
+                inserted = tx.one(self._q_insert_res, (values[0], tenant_id, *values[1:]))
             if inserted is None:
                 row = ResRow(*tx.one(self._q_res_by_request, (tenant_id, args.request_id)))
                 if (row.images, row.pixels, row.cost_micros) != (
@@ -405,7 +432,7 @@ class QuotaStore:
                     _reservation_pb(row), tenant, plan, key_id=key_id, created=False
                 )
             hold = self._hold_params(tenant_id, period, plan.id, args.images, pixels, args)
-            if not self._hold_or_retry(tx, tenant_id, period, hold, now_us):
+            if not held and not self._hold_or_retry(tx, tenant_id, period, hold, now_us):
                 raise self._exhausted(tx, tenant, plan, period, args, pixels)
         reservation = quota_pb2.Reservation(
             id=reservation_id,
@@ -787,6 +814,12 @@ class QuotaStore:
         row = None
         if key_id is not None:
             row = tx.one(self._q_key, (key_id,))
+        return self._check_key(api_key, key_id, row)
+
+    def _check_key(
+        self, api_key: str, key_id: str | None, row: tuple[Any, ...] | None
+    ) -> tuple[tuple[Any, ...], str]:
+        """Verifies a presented key against its row (secret_hash, revoke_us, tenant columns)."""
         # Hash even when the prefix is unknown so timing does not reveal which prefixes exist.
         stored = row[0] if row is not None else self._dummy_hash
         if not keys.matches(api_key, stored, self._pepper) or row is None or key_id is None:
@@ -804,7 +837,7 @@ class QuotaStore:
                 domain=DOMAIN,
                 metadata={"key_id": key_id},
             )
-        return row[2:], key_id
+        return row[2:6], key_id
 
     def _tenant_pb(self, row: tuple[Any, ...]) -> quota_pb2.Tenant:
         """The Tenant message of a (id, name, plan, create_us) row, built once per row value."""
@@ -844,6 +877,48 @@ class QuotaStore:
                 metadata={"reservation_id": reservation_id},
             )
         return ResRow(*row)
+
+
+_PLAN_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
+
+
+def _reserve_pg_sql(limits: dict[str, tuple[int, int, int]]) -> str | None:
+    """PostgreSQL: find the tenant (by key id, or by tenant id), insert the reservation and hold
+    its units in ONE statement; the caller verifies the key hash and rolls back on any refusal.
+
+    The hold runs only when this statement inserted the reservation (not on a repeated
+    request_id) and only within the plan's limits (a VALUES list of every plan, built once); it
+    is an UPDATE of the period row, so a concurrent hold is re-checked on the newest row version
+    after the row lock, exactly like the separate statement. Returns secret_hash, revoke_us,
+    tenant id, name, plan, create_us, the inserted id (NULL on conflict) and whether it held.
+    None when a plan id cannot be written as a literal (the generic path is used then).
+    """
+    if not limits or not all(_PLAN_ID_RE.match(p) for p in limits):
+        return None
+    plans = ", ".join(f"('{p}', {li}, {lp}, {lc})" for p, (li, lp, lc) in sorted(limits.items()))
+    sql = (
+        f"WITH lim (plan, li, lp, lc) AS (VALUES {plans}),"  # noqa: S608 - ids match _PLAN_ID_RE
+        " w AS (SELECT k.secret_hash, k.revoke_us, t.id, t.name, t.plan, t.create_us"
+        " FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.key_id = ?"
+        " UNION ALL SELECT NULL, NULL, t.id, t.name, t.plan, t.create_us"
+        " FROM tenants t WHERE t.id = ?),"
+        " ins AS (INSERT INTO reservations (id, tenant_id, request_id, period, images, pixels,"
+        " cost_micros, state, create_us, expire_us, charged_images, charged_pixels,"
+        " charged_cost_micros) SELECT ?, w.id, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, 0 FROM w"
+        " WHERE w.revoke_us IS NULL ON CONFLICT (tenant_id, request_id) DO NOTHING RETURNING id),"
+        " h AS (UPDATE quota_periods q SET reserved_images = q.reserved_images + ?,"
+        " reserved_pixels = q.reserved_pixels + ?,"
+        " reserved_cost_micros = q.reserved_cost_micros + ?"
+        " FROM w JOIN lim ON lim.plan = w.plan"
+        " WHERE q.tenant_id = w.id AND q.period = ? AND EXISTS (SELECT 1 FROM ins)"
+        " AND (lim.li = 0 OR q.used_images + q.reserved_images + ? <= lim.li)"
+        " AND (lim.lp = 0 OR q.used_pixels + q.reserved_pixels + ? <= lim.lp)"
+        " AND (lim.lc = 0 OR q.used_cost_micros + q.reserved_cost_micros + ? <= lim.lc)"
+        " RETURNING 1)"
+        " SELECT w.secret_hash, w.revoke_us, w.id, w.name, w.plan, w.create_us,"
+        " (SELECT id FROM ins), EXISTS (SELECT 1 FROM h) FROM w"
+    )
+    return sql.replace("?", "%s")
 
 
 def _tenant_not_found(tenant_id: str) -> ImagegateError:
