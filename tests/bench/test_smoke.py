@@ -71,11 +71,15 @@ def test_capacity_quota_tracing_and_failover_produced_numbers(smoke_results: Pat
     assert len(cap) == 4 and all(r["requests"] > 0 for r in cap)
     assert all(r["peak_rss_mb"]["router"] > 0 for r in cap)
     quota = _scenario(smoke_results, "quota")["runs"]
-    backends = {r["label"].split("(")[1].rstrip(")") for r in quota}
-    assert backends == {"sqlite", "postgresql"}
+    variants = {r["label"].split("(")[1].rstrip(")") for r in quota}
+    assert variants == {
+        f"{db}, {how}" for db in ("sqlite", "postgresql") for how in ("gRPC", "direct store")
+    }
     assert all(r["ok"] > 0 and not r["errors"] for r in quota)
     tracing = _scenario(smoke_results, "tracing")
     assert tracing["extra"]["otlp_sink"]["spans"] > 0
+    labels = {r["label"] for r in tracing["runs"]}
+    assert {"router, tracing on", "router, tracing off", "router, SDK disabled"} <= labels
     failover = _scenario(smoke_results, "failover")["extra"]["phases"]
     assert set(failover) == {"error_503", "hang", "refused"}
     for phase in failover.values():
