@@ -7,7 +7,7 @@ import logging
 
 from imagegate.config import CommonSettings
 from imagegate.grpckit.server import serve_until_signal
-from imagegate.telemetry import setup_telemetry
+from imagegate.telemetry import metrics_address, setup_telemetry
 from imagegate.telemetry.logs import configure_logging
 from services.router.config import RouterSettings
 from services.router.server import start_router
@@ -22,7 +22,7 @@ def main() -> None:
     configure_logging("router", level=common.log_level, fmt=common.log_format)
 
     async def run() -> None:
-        telemetry = setup_telemetry("router")
+        telemetry = setup_telemetry("router", metrics_addr=metrics_address("router"))
         running, app, handle = await start_router(settings, telemetry)
         log.info(
             "router listening",

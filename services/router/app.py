@@ -28,6 +28,7 @@ from imagegate.metering.v1 import metering_pb2, metering_pb2_grpc
 from imagegate.provider.v1 import provider_pb2, provider_pb2_grpc
 from imagegate.quota.v1 import quota_pb2, quota_pb2_grpc
 from imagegate.router.v1 import router_pb2
+from imagegate.telemetry.redact import redact
 from services.router.adapters import AdapterPool
 from services.router.breaker import BreakerRegistry, BreakerState, CircuitBreaker, Permit
 from services.router.catalog import Candidate, Catalog
@@ -545,8 +546,9 @@ class RouterApp:
         span.set_attribute("imagegate.preference", router_pb2.Preference.Name(request.preference))
         span.set_attribute("imagegate.model", request.model or "")
         if self.settings.record_prompts:
+            # Redacted as well as truncated: prompts sometimes carry pasted credentials.
             span.set_attribute(
-                "imagegate.prompt", request.prompt[: self.settings.prompt_record_chars]
+                "imagegate.prompt", redact(request.prompt[: self.settings.prompt_record_chars])
             )
         plan = self.static_plan(norm)
         if not plan.candidates:
