@@ -27,7 +27,7 @@ from imagegate.common.v1 import image_pb2
 from imagegate.metering.v1 import metering_pb2
 from services.metering.catalog import load_catalog
 from services.metering.store import MeteringStore
-from services.quota.bench_store import databases
+from services.quota.bench_store import cpu_seconds, databases
 
 _PROVIDER, _MODEL = "fal", "fal-ai/flux/schnell"
 
@@ -56,7 +56,10 @@ def usage_request(tenant: str, request_id: str) -> metering_pb2.RecordUsageReque
 
 
 async def _drive(
-    concurrency: int, seconds: float, call: Callable[[int, int], Awaitable[object]]
+    concurrency: int,
+    seconds: float,
+    call: Callable[[int, int], Awaitable[object]],
+    pid: int | None = None,
 ) -> dict[str, float]:
     lat: list[float] = []
     done = 0
@@ -75,11 +78,17 @@ async def _drive(
     await asyncio.gather(*(worker(-1 - i) for i in range(concurrency)))
     lat.clear()
     done = 0
+    cpu0 = cpu_seconds(pid)
     start = time.perf_counter()
     end = start + seconds
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
     elapsed = time.perf_counter() - start
-    return {"per_s": done / elapsed, "p50_ms": statistics.median(lat) * 1e3 if lat else 0.0}
+    cpu = cpu_seconds(pid) - cpu0
+    return {
+        "per_s": done / elapsed,
+        "p50_ms": statistics.median(lat) * 1e3 if lat else 0.0,
+        "server_cpu_us_per_call": cpu / done * 1e6 if done else 0.0,
+    }
 
 
 async def measure_store(
@@ -147,7 +156,7 @@ async def measure_grpc(
                 return await stub.QuotePrice(quote, timeout=10)
             return await stub.RecordUsage(usage_request(f"t{i}", f"g{stamp}-{i}-{n}"), timeout=10)
 
-        result = await _drive(concurrency, seconds, call)
+        result = await _drive(concurrency, seconds, call, child.pid)
         await channel.close()
         return result
     finally:
@@ -199,7 +208,8 @@ def main() -> None:
                 results.append({**row, "concurrency": c, **r})
                 print(
                     f"{args.label:8} metering {engine:10} {mode:5} {rpc:11} c={c:<3}"
-                    f" {r['per_s']:8.0f}/s  p50 {r['p50_ms']:.2f} ms",
+                    f" {r['per_s']:8.0f}/s  p50 {r['p50_ms']:.2f} ms"
+                    f"  cpu {r['server_cpu_us_per_call']:.0f} us/call",
                     flush=True,
                 )
     print(json.dumps(results))

@@ -7,6 +7,8 @@ Benchmarks and tests can drive it without gRPC:
     summary = await store.usage_summary("t_1", "2026-11")
     await store.close()
 
+Transactions run on `imagegate.persistence.DbRunner` (one writer thread for SQLite, with group
+commit of concurrent RecordUsage calls; a thread pool for PostgreSQL) with SQL prepared once.
 Idempotency lives in the unique (tenant_id, request_id) constraint: the record is inserted with
 ON CONFLICT DO NOTHING, so duplicates (also concurrent ones) never create a second row; a
 duplicate whose content hash differs is refused with IDEMPOTENCY_KEY_REUSED.

@@ -40,9 +40,12 @@ async def _tenants(store: QuotaStore, n: int) -> list[tuple[str, str]]:
     return out
 
 
-def _summary(done: int, elapsed: float, lat_r: list[float], lat_c: list[float]) -> dict[str, float]:
+def _summary(
+    done: int, elapsed: float, lat_r: list[float], lat_c: list[float], cpu: float
+) -> dict[str, float]:
     return {
         "pairs_per_s": done / elapsed,
+        "server_cpu_us_per_pair": cpu / done * 1e6 if done else 0.0,
         "reserve_p50_ms": statistics.median(lat_r) * 1e3 if lat_r else 0.0,
         "commit_p50_ms": statistics.median(lat_c) * 1e3 if lat_c else 0.0,
     }
@@ -55,6 +58,15 @@ async def measure(
     return (await measure_store(url, seconds=seconds, concurrency=concurrency, threads=threads))[
         "pairs_per_s"
     ]
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time (user + system, all threads) of this process or of `pid`, in seconds."""
+    if pid is None:
+        return time.process_time()
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def measure_store(
@@ -82,12 +94,14 @@ async def measure_store(
             lat_c.append(time.perf_counter() - t1)
             done += 1
 
+    cpu0 = cpu_seconds()
     start = time.perf_counter()
     end = start + seconds
     await asyncio.gather(*(worker(t, k) for t, k in tenants))
     elapsed = time.perf_counter() - start
+    cpu = cpu_seconds() - cpu0  # the whole process: store, event loop and this load generator
     await store.close()
-    return _summary(done, elapsed, lat_r, lat_c)
+    return _summary(done, elapsed, lat_r, lat_c, cpu)
 
 
 async def _serve(url: str, n: int, threads: int) -> None:
@@ -164,12 +178,14 @@ async def measure_grpc(
         end = time.perf_counter() + 0.3
         await asyncio.gather(*(worker(i, k) for i, k in enumerate(info["keys"])))
         done, lat_r, lat_c = 0, [], []
+        cpu0 = cpu_seconds(child.pid)
         start = time.perf_counter()
         end = start + seconds
         await asyncio.gather(*(worker(i, k) for i, k in enumerate(info["keys"])))
         elapsed = time.perf_counter() - start
+        cpu = cpu_seconds(child.pid) - cpu0  # the Quota server process only
         await channel.close()
-        return _summary(done, elapsed, lat_r, lat_c)
+        return _summary(done, elapsed, lat_r, lat_c, cpu)
     finally:
         if child.stdin:
             child.stdin.close()
@@ -242,7 +258,8 @@ def main() -> None:
                         f"{args.label:8} quota {engine:10} {mode:5} c={c:<3}"
                         f" {r['pairs_per_s']:8.0f} reserve+commit/s"
                         f"  p50 reserve {r['reserve_p50_ms']:.2f} ms"
-                        f"  commit {r['commit_p50_ms']:.2f} ms",
+                        f"  commit {r['commit_p50_ms']:.2f} ms"
+                        f"  cpu {r['server_cpu_us_per_pair']:.0f} us/pair",
                         flush=True,
                     )
     print(json.dumps(results))

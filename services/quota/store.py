@@ -8,8 +8,13 @@ Benchmarks and tests can drive it without gRPC:
     await store.commit(res.reservation.id, images=1, megapixels=1.0, cost_micros=3000)
     await store.close()
 
-Each public coroutine makes one thread hop and runs one transaction (`*_sync` are the same
-operations for callers that already run in a thread). Atomicity: the reserve is a conditional
+Each public coroutine makes one thread hop (`imagegate.persistence.DbRunner`: one writer thread
+and connection for SQLite, a pool of threads with their own connections for PostgreSQL) and runs
+one transaction; on SQLite, reserve/commit/release calls that wait together share one
+BEGIN IMMEDIATE ... COMMIT with a SAVEPOINT each (group commit). `*_sync` are the same
+operations for callers that already run in a thread. Hot paths run SQL strings prepared once
+(reserve: 3 statements on SQLite, 1 on PostgreSQL; commit: 2 on SQLite, 1 autocommit statement
+on PostgreSQL). Atomicity: the reserve is a conditional
 `UPDATE quota_periods ... WHERE used + reserved + n <= limit`; PostgreSQL re-checks the condition
 on the newest row version after a row lock wait (READ COMMITTED), SQLite runs every transaction
 as BEGIN IMMEDIATE. Idempotency is carried by the unique (tenant_id, request_id) constraint.
