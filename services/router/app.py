@@ -570,6 +570,7 @@ class RouterApp:
             if earlier is not None:
                 span.set_attribute("imagegate.idempotent_replay", True)
                 replay = await self._await_earlier(earlier, deadline, request_id, events)
+                await self.settled(caller.tenant_id)
                 state.provider, state.model = replay.provider, replay.model
                 return replay
             if reservation is not None and reservation.state != quota_pb2.RESERVATION_STATE_PENDING:
@@ -1084,16 +1085,9 @@ class RouterApp:
             occurred_at=timestamp(state.accepted_at),
             trace_id=state.trace_id,
         )
-        order = SettlementOrder(res_id, commit, record)
-        if self.settings.settle_before_reply:
-            stored = await self._settle(order, deadline, state)
-            if stored is not None and stored.cost_micros:
-                cost = stored.cost_micros
-        else:
-            # The reply carries the locally mirrored price; settlement finishes after it.
-            task = asyncio.create_task(self._settle(order, Deadline.after(30.0), state))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+        stored = await self._settle(SettlementOrder(res_id, commit, record), deadline, state)
+        if stored is not None and stored.cost_micros:
+            cost = stored.cost_micros
         state.provider, state.model, state.cost_micros = cand.provider, cand.alias, cost
         span.set_attribute("imagegate.provider", cand.provider)
         span.set_attribute("imagegate.model", cand.alias)
@@ -1138,20 +1132,43 @@ class RouterApp:
             )
         res_id = reservation.id if reservation is not None else ""
         if res_id or record is not None:
-            await self._settle(SettlementOrder(res_id, None, record), deadline, state)
+            # A failed caller retries at once: its hold must be back before it hears of the
+            # failure, or the retry could be refused for quota it no longer uses.
+            await self._settle(SettlementOrder(res_id, None, record), deadline, state, strict=True)
 
     async def _settle(
-        self, order: SettlementOrder, deadline: Deadline, state: _RequestState
+        self,
+        order: SettlementOrder,
+        deadline: Deadline,
+        state: _RequestState,
+        *,
+        strict: bool = False,
     ) -> metering_pb2.UsageRecord | None:
-        """Commits or releases and records; never raises (the settler keeps what failed)."""
+        """Commits or releases and records; never raises (the settler keeps what failed).
+
+        Strict (setting or argument) waits for delivery and returns Metering's record; otherwise
+        the order is only written ahead to the outbox here and delivered in the background.
+        """
         state.settled = True
         timeout = max(self.settings.settle_margin_seconds, deadline.remaining())
         timeout = min(timeout, self.settings.dependency_timeout_seconds)
         try:
-            return await self.settler.settle(order, timeout=timeout)
+            if strict or self.settings.settle_before_reply:
+                return await self.settler.settle(order, timeout=timeout)
+            await self.settler.settle_in_background(
+                order, key=state.tenant_id, timeout=self.settings.dependency_timeout_seconds
+            )
         except Exception:
             log.exception("settlement failed", extra={"request_id": state.request_id})
-            return None
+        return None
+
+    async def settled(self, tenant_id: str) -> None:
+        """Read-your-writes: waits (bounded) for the tenant's settlements still in delivery."""
+        if not await self.settler.wait_settled(tenant_id, self.settings.read_your_writes_seconds):
+            log.warning(
+                "settlements still in delivery; answering with what the ledgers have",
+                extra={"tenant_id": tenant_id},
+            )
 
     async def _all_failed(
         self,

@@ -54,9 +54,15 @@ class RouterSettings(BaseSettings):
         30.0, description="Longest ReserveQuota wait (also bounded by the caller's deadline)."
     )
     settle_before_reply: bool = Field(
-        True,
-        description="Wait for commit+record before replying (cost from Metering's ledger); "
-        "false replies first with the mirrored price and settles in the background.",
+        False,
+        description="Strict mode: the reply waits until Quota and Metering accepted the "
+        "settlement (cost from Metering's ledger). Default: the settlement is written to the "
+        "outbox, the reply goes out with the mirrored price, delivery follows in the background.",
+    )
+    read_your_writes_seconds: float = Field(
+        2.0,
+        description="GetQuota, GetUsageSummary, ListUsageRecords and idempotent replays first "
+        "wait up to this long for the caller's tenant's settlements still being delivered.",
     )
     fail_open: bool = Field(
         False,

@@ -147,6 +147,12 @@ class SettlerLike(Protocol):
         self, order: SettlementOrder, *, timeout: float
     ) -> metering_pb2.UsageRecord | None: ...
 
+    async def settle_in_background(
+        self, order: SettlementOrder, *, key: str, timeout: float
+    ) -> None: ...
+
+    async def wait_settled(self, key: str, timeout: float) -> bool: ...
+
     def pending(self) -> int: ...
 
     async def close(self) -> None: ...
@@ -169,6 +175,15 @@ class LibrarySettler:
         result: metering_pb2.UsageRecord | None = await self._settler.settle(s, timeout=timeout)
         return result
 
+    async def settle_in_background(
+        self, order: SettlementOrder, *, key: str, timeout: float
+    ) -> None:
+        s = self._module.Settlement(order.reservation_id, order.commit, order.record)
+        await self._settler.settle_in_background(s, key=key, timeout=timeout)
+
+    async def wait_settled(self, key: str, timeout: float) -> bool:
+        return bool(await self._settler.wait_settled(key, timeout))
+
     def pending(self) -> int:
         return int(self._settler.pending())
 
@@ -187,6 +202,7 @@ class DirectSettler:
         self._quota = quota
         self._metering = metering
         self._failed = 0
+        self._tasks: dict[str, set[asyncio.Task[Any]]] = {}
 
     async def start(self) -> None:
         return None
@@ -220,6 +236,21 @@ class DirectSettler:
             elif isinstance(r, metering_pb2.UsageRecord):
                 record = r
         return record
+
+    async def settle_in_background(
+        self, order: SettlementOrder, *, key: str, timeout: float
+    ) -> None:
+        task = asyncio.create_task(self.settle(order, timeout=timeout))
+        tasks = self._tasks.setdefault(key, set())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def wait_settled(self, key: str, timeout: float) -> bool:
+        tasks = self._tasks.get(key)
+        if not tasks:
+            return True
+        _, left = await asyncio.wait(set(tasks), timeout=timeout)
+        return not left
 
     def pending(self) -> int:
         return self._failed

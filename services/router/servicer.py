@@ -181,6 +181,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self, request: router_pb2.GetUsageSummaryRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.GetUsageSummaryResponse:
         caller = await self._app.authenticate(context)
+        await self._app.settled(caller.tenant_id)
         try:
             resp = await self._app.metering.GetUsageSummary(
                 metering_pb2.GetUsageSummaryRequest(
@@ -196,6 +197,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self, request: router_pb2.ListUsageRecordsRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.ListUsageRecordsResponse:
         caller = await self._app.authenticate(context)
+        await self._app.settled(caller.tenant_id)
         try:
             resp = await self._app.metering.ListUsageRecords(
                 metering_pb2.ListUsageRecordsRequest(
@@ -216,6 +218,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self, request: router_pb2.GetQuotaRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.GetQuotaResponse:
         caller = await self._app.authenticate(context)
+        await self._app.settled(caller.tenant_id)
         try:
             resp = await self._app.quota.GetQuota(
                 quota_pb2.GetQuotaRequest(tenant_id=caller.tenant_id),

@@ -515,6 +515,10 @@ async def start_stack(
         "describe_interval_seconds": 3600.0,
         "price_refresh_seconds": 3600.0,
         "data_dir": tempfile.mkdtemp(prefix="imagegate-router-"),
+        # Tests read the fakes' ledgers directly, without the Router's read-your-writes wait;
+        # strict settlement makes them final when the reply arrives. Pass False to test the
+        # background mode.
+        "settle_before_reply": True,
         **settings,
     }
     kwargs: dict[str, Any] = {}

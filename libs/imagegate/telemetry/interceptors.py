@@ -49,10 +49,13 @@ def _split(method: str) -> tuple[str, str]:
     return service, name
 
 
+_PROPAGATION_KEYS = frozenset({"traceparent", "tracestate", "baggage"})
+
+
 def _carrier(context: grpc.aio.ServicerContext) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in context.invocation_metadata() or ():
-        if not key.endswith("-bin"):
+        if key in _PROPAGATION_KEYS:
             out[key] = value.decode() if isinstance(value, bytes) else value
     return out
 
@@ -86,6 +89,8 @@ class ServerTelemetryInterceptor(grpc.aio.ServerInterceptor):
             description="Duration of inbound gRPC calls, by method and status code.",
             explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
         )
+        # Metric attributes per (method, code), built once: a dict per call is measurable.
+        self._attrs: dict[tuple[str, grpc.StatusCode], dict[str, Any]] = {}
 
     async def intercept_service(
         self,
@@ -110,48 +115,59 @@ class ServerTelemetryInterceptor(grpc.aio.ServerInterceptor):
             )
         return handler
 
-    def _start(self, method: str, context: grpc.aio.ServicerContext) -> tuple[Any, dict[str, Any]]:
+    def _start(self, method: str, context: grpc.aio.ServicerContext) -> Any:
         service, name = _split(method)
-        attrs: dict[str, Any] = {
-            "rpc.system": "grpc",
-            "rpc.service": service,
-            "rpc.method": name,
-        }
-        parent = propagate.extract(_carrier(context))
         span = self._tracer.start_span(
             f"{service}/{name}",
-            context=parent,
+            context=propagate.extract(_carrier(context)),
             kind=SpanKind.SERVER,
-            attributes={**attrs, **_peer(context)},
             record_exception=False,
             set_status_on_exception=False,
         )
-        return span, attrs
+        # Unsampled spans are never exported: their attributes would be built for nobody.
+        if span.get_span_context().trace_flags.sampled:
+            span.set_attributes(
+                {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name, **_peer(context)}
+            )
+        return span
+
+    def _metric_attributes(self, method: str, code: grpc.StatusCode) -> dict[str, Any]:
+        key = (method, code)
+        attrs = self._attrs.get(key)
+        if attrs is None:
+            service, name = _split(method)
+            attrs = {
+                "rpc.system": "grpc",
+                "rpc.service": service,
+                "rpc.method": name,
+                "rpc.grpc.status_code": code.value[0],
+            }
+            self._attrs[key] = attrs
+        return attrs
 
     def _finish(
         self,
         span: Any,
-        attrs: dict[str, Any],
+        method: str,
         context: grpc.aio.ServicerContext,
         started: float,
         error: BaseException | None,
     ) -> None:
         code = _final_code(context, error)
-        span.set_attribute("rpc.grpc.status_code", code.value[0])
-        if code in _SERVER_ERROR_CODES:
-            details = context.details() if hasattr(context, "details") else None
-            span.set_status(Status(StatusCode.ERROR, _text(details) or code.name))
-        if error is not None and not isinstance(error, grpc.aio.AbortError | GeneratorExit):
-            span.record_exception(error)
+        if span.get_span_context().trace_flags.sampled:
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            if code in _SERVER_ERROR_CODES:
+                details = context.details() if hasattr(context, "details") else None
+                span.set_status(Status(StatusCode.ERROR, _text(details) or code.name))
+            if error is not None and not isinstance(error, grpc.aio.AbortError | GeneratorExit):
+                span.record_exception(error)
         span.end()
-        self._duration.record(
-            time.perf_counter() - started, {**attrs, "rpc.grpc.status_code": code.value[0]}
-        )
+        self._duration.record(time.perf_counter() - started, self._metric_attributes(method, code))
 
     def _unary(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
-            span, attrs = self._start(method, context)
+            span = self._start(method, context)
             token = otel_context.attach(trace.set_span_in_context(span))
             error: BaseException | None = None
             try:
@@ -161,14 +177,14 @@ class ServerTelemetryInterceptor(grpc.aio.ServerInterceptor):
                 raise
             finally:
                 otel_context.detach(token)
-                self._finish(span, attrs, context, started, error)
+                self._finish(span, method, context, started, error)
 
         return wrapper
 
     def _stream(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             started = time.perf_counter()
-            span, attrs = self._start(method, context)
+            span = self._start(method, context)
             error: BaseException | None = None
             try:
                 # The generator may resume in another context, so attach around each step.
@@ -186,7 +202,7 @@ class ServerTelemetryInterceptor(grpc.aio.ServerInterceptor):
                 error = err
                 raise
             finally:
-                self._finish(span, attrs, context, started, error)
+                self._finish(span, method, context, started, error)
 
         return wrapper
 
@@ -212,27 +228,107 @@ def _text(value: object) -> str:
     return value if isinstance(value, str) else ""
 
 
-class _SemconvName:
-    """Names client spans "pkg.Service/Method" like the server side (no leading slash)."""
+def _traceparent(ctx: trace.SpanContext) -> tuple[tuple[str, str], ...]:
+    parent = f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+    if ctx.trace_state:
+        return (("traceparent", parent), ("tracestate", ctx.trace_state.to_header()))
+    return (("traceparent", parent),)
 
-    def _start_span(self, method: str, **kwargs: Any) -> Any:
-        return super()._start_span(method.lstrip("/"), **kwargs)  # type: ignore[misc]
+
+def _with_metadata(
+    details: grpc.aio.ClientCallDetails, extra: tuple[tuple[str, str], ...]
+) -> grpc.aio.ClientCallDetails:
+    metadata = grpc.aio.Metadata(*tuple(details.metadata or ()), *extra)
+    return details._replace(metadata=metadata)  # type: ignore[attr-defined, no-any-return]
+
+
+class _ClientTracing:
+    """W3C propagation on every call; a CLIENT span only when the current span is sampled.
+
+    Written here rather than taken from opentelemetry-instrumentation-grpc: that one costs
+    ~0.35 ms per call even when nothing is recorded (filters, metadata copies, a span each).
+    """
+
+    def __init__(self, tracer: trace.Tracer) -> None:
+        self._tracer = tracer
+
+    def _begin(self, details: grpc.aio.ClientCallDetails) -> tuple[grpc.aio.ClientCallDetails, Any]:
+        method = details.method
+        if isinstance(method, bytes):
+            method = method.decode()
+        if is_untraced(method):
+            return details, None
+        ctx = trace.get_current_span().get_span_context()
+        if ctx.is_valid and not ctx.trace_flags.sampled:
+            return _with_metadata(details, _traceparent(ctx)), None
+        # Sampled parent (possibly already ended: settlement outlives the request) or none.
+        service, name = _split(method)
+        span = self._tracer.start_span(
+            f"{service}/{name}",
+            kind=SpanKind.CLIENT,
+            record_exception=False,
+            set_status_on_exception=False,
+        )
+        sctx = span.get_span_context()
+        if not sctx.trace_flags.sampled:
+            span.end()
+            return _with_metadata(details, _traceparent(sctx)), None
+        span.set_attributes({"rpc.system": "grpc", "rpc.service": service, "rpc.method": name})
+        return _with_metadata(details, _traceparent(sctx)), span
+
+    @staticmethod
+    def _end(span: Any, code: grpc.StatusCode, details: str | None) -> None:
+        span.set_attribute("rpc.grpc.status_code", code.value[0])
+        if code is not grpc.StatusCode.OK:
+            span.set_status(Status(StatusCode.ERROR, details or code.name))
+        span.end()
+
+
+class _UnaryUnaryTracing(_ClientTracing, grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(
+        self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
+        details, span = self._begin(client_call_details)
+        call = await continuation(details, request)
+        if span is None:
+            return call
+        try:
+            await call
+        except grpc.aio.AioRpcError as err:
+            self._end(span, err.code(), err.details())
+        except BaseException:
+            self._end(span, grpc.StatusCode.CANCELLED, None)
+            raise
+        else:
+            self._end(span, grpc.StatusCode.OK, None)
+        return call
+
+
+class _UnaryStreamTracing(_ClientTracing, grpc.aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(
+        self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
+        details, span = self._begin(client_call_details)
+        call = await continuation(details, request)
+        if span is None:
+            return call
+        return self._stream(call, span)
+
+    async def _stream(self, call: Any, span: Any) -> AsyncIterator[Any]:
+        code, text = grpc.StatusCode.OK, None
+        try:
+            async for response in call:
+                yield response
+        except grpc.aio.AioRpcError as err:
+            code, text = err.code(), err.details()
+            raise
+        except BaseException:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            self._end(span, code, text)
 
 
 def client_interceptors(tracer: trace.Tracer) -> list[grpc.aio.ClientInterceptor]:
-    """OTel's aio client interceptors (inject the current context), health checks skipped."""
-    from opentelemetry.instrumentation.grpc import _aio_client
-    from opentelemetry.instrumentation.grpc import filters as grpc_filters
-
-    untraced = grpc_filters.negate(
-        grpc_filters.any_of(*map(grpc_filters.service_name, UNTRACED_SERVICES))
-    )
-    bases = (
-        _aio_client.UnaryUnaryAioClientInterceptor,
-        _aio_client.UnaryStreamAioClientInterceptor,
-        _aio_client.StreamUnaryAioClientInterceptor,
-        _aio_client.StreamStreamAioClientInterceptor,
-    )
-    return [
-        type(base.__name__, (_SemconvName, base), {})(tracer, filter_=untraced) for base in bases
-    ]
+    """Unary and server-streaming client tracing (the only call shapes imagegate uses)."""
+    return [_UnaryUnaryTracing(tracer), _UnaryStreamTracing(tracer)]

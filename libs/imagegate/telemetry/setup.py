@@ -18,6 +18,12 @@ from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, V
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import (
+    DEFAULT_ON,
+    Decision,
+    Sampler,
+    SamplingResult,
+)
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -99,6 +105,57 @@ def _check_protocol() -> None:
             "OTEL_EXPORTER_OTLP_PROTOCOL=%s is not installed; exporting OTLP/gRPC instead",
             protocol,
         )
+
+
+class ExportAwareSampler(Sampler):
+    """parentbased_always_on while something exports spans; samples nothing while nothing does.
+
+    Without an exporter, an entry span (no parent, or a remote one) is RECORD_ONLY and every
+    span under it is dropped: trace ids still exist, are returned to callers and propagated
+    (flag 00) to every hop for log correlation, but no child spans, client spans or attributes
+    are built for nobody (~15-20 us each). Used only when OTEL_TRACES_SAMPLER is not set.
+    """
+
+    def __init__(self) -> None:
+        self.exporting = False
+        self._inner = DEFAULT_ON
+
+    def should_sample(
+        self,
+        parent_context: Any,
+        trace_id: int,
+        name: str,
+        kind: Any = None,
+        attributes: Any = None,
+        links: Any = None,
+        trace_state: Any = None,
+    ) -> SamplingResult:
+        if self.exporting:
+            return self._inner.should_sample(
+                parent_context, trace_id, name, kind, attributes, links, trace_state
+            )
+        parent = trace.get_current_span(parent_context).get_span_context()
+        if parent.is_valid and not parent.is_remote:
+            return SamplingResult(Decision.DROP, None, parent.trace_state)
+        return SamplingResult(
+            Decision.RECORD_ONLY, None, parent.trace_state if parent.is_valid else None
+        )
+
+    def get_description(self) -> str:
+        return f"ExportAware{{{self._inner.get_description()}}}"
+
+
+class _TracerProvider(TracerProvider):
+    """Tells the export-aware sampler when a span processor (an exporter) is added."""
+
+    def __init__(self, resource: Resource, sampler: ExportAwareSampler | None) -> None:
+        super().__init__(resource=resource, sampler=sampler)
+        self._export_aware = sampler
+
+    def add_span_processor(self, span_processor: SpanProcessor) -> None:
+        super().add_span_processor(span_processor)
+        if self._export_aware is not None:
+            self._export_aware.exporting = True
 
 
 @dataclass
@@ -251,8 +308,9 @@ def setup_telemetry(
     `span_exporters` / `metric_readers` add more (tests pass in-memory ones).
     `metrics_addr` ("host:port", port 0 picks one) serves Prometheus text on /metrics; mains
     pass `metrics_address(name)`, libraries and tests leave it None (no listener).
-    Sampling follows OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG, read by the SDK; the
-    default is parentbased_always_on, so a caller's sampled flag is honoured.
+    Sampling follows OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG, read by the SDK; unset, it
+    is parentbased_always_on while any span exporter is attached (a caller's sampled flag is
+    honoured) and drops everything while none is (trace ids are still made and propagated).
     """
     # Stable HTTP semconv (http.client.request.duration, url.full); process-wide, read once.
     os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
@@ -263,7 +321,10 @@ def setup_telemetry(
             "service.instance.id": str(uuid.uuid4()),
         }
     )
-    tracer_provider = TracerProvider(resource=resource)
+    # An explicit OTEL_TRACES_SAMPLER is honoured as is (read by the SDK); otherwise spans are
+    # recorded only while an exporter is attached.
+    explicit = os.environ.get("OTEL_TRACES_SAMPLER", "").strip()
+    tracer_provider = _TracerProvider(resource, None if explicit else ExportAwareSampler())
     processors: list[SpanProcessor] = []
     if _enabled(
         "OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
