@@ -60,11 +60,6 @@ async def set_fault(emu: Proc, kind: str | None) -> None:
         await asyncio.to_thread(_post, url, {"kind": kind})
 
 
-async def set_latency(emu: Proc, seconds: float) -> None:
-    """Changes the emulated generation time."""
-    await asyncio.to_thread(_post, f"http://{emu.address}/_emulator/latency", {"seconds": seconds})
-
-
 def adapter_env(provider: str, emu: Proc) -> dict[str, str]:
     """Variables that enable `provider`'s adapter against the emulator, without a concurrency cap."""
     prefix = {"huggingface": "HF"}.get(provider, provider.upper())

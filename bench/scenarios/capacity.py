@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from dataclasses import dataclass
+
 from bench.clients import channels, router_call
 from bench.context import Ctx, Result, Target
-from bench.emulator import adapter_env, available, set_latency, start_emulator
+from bench.emulator import adapter_env, available, start_emulator
 from bench.loadgen import Call, closed_loop
 from bench.procs import Proc
 from bench.scenarios.common import fmt, note_deaths
-from bench.stack import start_stack
+from bench.stack import BenchStack, start_stack
 from bench.stats import RunStats
+from imagegate.router.v1 import router_pb2, router_pb2_grpc
 
 PROVIDER = "together"
 
@@ -21,59 +26,121 @@ async def run(ctx: Ctx) -> Result:
     return await _run(ctx, emulated=False)
 
 
-async def _run(ctx: Ctx, *, emulated: bool) -> Result:
+@dataclass
+class Drive:
+    """What one phase drives: model, image side, allowed providers."""
+
+    model: str
+    """Model alias."""
+    side: int
+    """Image width and height."""
+    providers: tuple[str, ...]
+    """allowed_providers of each request."""
+
+
+async def _start(
+    ctx: Ctx, name: str, emulated: bool, latency: float
+) -> tuple[BenchStack, Proc | None]:
     emu: Proc | None = None
     if emulated:
-        emu = await start_emulator(ctx, PROVIDER, latency=0.5)
-        stack = await start_stack(ctx, "capacity", extra=adapter_env(PROVIDER, emu))
-        model, side = "flux-schnell", 256
-        providers: tuple[str, ...] = (PROVIDER,)
-        path = (
-            "client -> Router -> Together adapter -> HTTP -> Together emulator process "
-            "(500 ms, then 2 s; 256x256 base64 PNG), Quota+Metering on SQLite"
-        )
-    else:
-        stack = await start_stack(ctx, "capacity", extra={"IMAGEGATE_LOCAL_LATENCY_MS": "500"})
-        model, side, providers = "local", 64, ()
-        path = (
-            "client -> Router -> local adapter with IMAGEGATE_LOCAL_LATENCY_MS=500 (emulator not "
-            "landed), Quota+Metering on SQLite"
-        )
-    result = Result("2. Slow provider capacity", path)
+        emu = await start_emulator(ctx, PROVIDER, latency=latency, name=f"{name}-emulator")
+        try:
+            return await start_stack(ctx, name, extra=adapter_env(PROVIDER, emu)), emu
+        except BaseException:
+            await emu.stop()
+            raise
+    ms = str(int(latency * 1000))
+    return await start_stack(ctx, name, extra={"IMAGEGATE_LOCAL_LATENCY_MS": ms}), None
+
+
+async def _quiesce(stack: BenchStack, timeout: float = 30.0) -> None:
+    """Waits until the Router reports nothing in flight (abandoned calls of the last level)."""
+    (chan,) = channels(stack.services.address("router"), 1)
+    stub = router_pb2_grpc.RouterServiceStub(chan)
+    auth = (("authorization", f"Bearer {stack.api_key}"),)
+    deadline = time.monotonic() + timeout
+    async with chan:
+        while time.monotonic() < deadline:
+            resp = await stub.GetProviderStatus(
+                router_pb2.GetProviderStatusRequest(), metadata=auth, timeout=5
+            )
+            if all(p.in_flight == 0 for p in resp.providers):
+                return
+            await asyncio.sleep(0.5)
+
+
+async def _phase(
+    ctx: Ctx,
+    result: Result,
+    runs: dict[str, RunStats],
+    *,
+    name: str,
+    emulated: bool,
+    latency: float,
+    plan: list[tuple[str, int, int, float | None]],
+) -> None:
+    """One fresh stack (and emulator) for `plan`: (label, in flight, most requests, duration)."""
+    what = Drive("flux-schnell", 256, (PROVIDER,)) if emulated else Drive("local", 64, ())
+    stack, emu = await _start(ctx, name, emulated, latency)
     procs = [*stack.services.procs.values(), *([emu] if emu else [])]
-    runs: dict[str, RunStats] = {}
+    chans = channels(stack.services.address("router"), 8)
     try:
-        if not stack.has_router:
-            result.notes.append("services.router has not landed yet")
-            return result
-        chans = channels(stack.services.address("router"), 8)
         call = router_call(
-            chans, stack.api_key, model=model, side=side, providers=providers, timeout=30
+            chans,
+            stack.api_key,
+            model=what.model,
+            side=what.side,
+            providers=what.providers,
+            timeout=30,
         )
-        await closed_loop("warmup", call, concurrency=16, requests=ctx.n(64, 4))
-        # (in flight, most requests, seconds after which no new request starts)
-        plan = [(64, 1280, 12.0), (256, 5120, 15.0), (1024, 8192, 15.0)]
-        if ctx.smoke:
-            plan = [(4, 8, 5.0), (8, 16, 5.0), (16, 32, 5.0)]
-        for c, total, duration in plan:
-            runs[f"{c}"] = await _measured(
-                result, procs, "router, 500 ms", call, c, total, duration
-            )
-        if emu is not None:
-            await set_latency(emu, 2.0)
-            burst = ctx.n(1000, 32)
-            runs["burst"] = await _measured(
-                result, procs, "router burst, 2 s", call, burst, burst, None
-            )
-        else:
-            result.notes.append("burst at 2 s needs the emulator (latency switch): not run")
+        await closed_loop("warmup", call, concurrency=8, requests=ctx.n(32, 4))
+        for key, c, total, duration in plan:
+            await _quiesce(stack)
+            label = f"router, {latency * 1000:.0f} ms" if key != "burst" else "router burst, 2 s"
+            runs[key] = await _measured(result, procs, label, call, c, total, duration)
+    finally:
         for ch in chans:
             await ch.close()
-    finally:
         note_deaths(result, procs)
         await stack.stop()
         if emu is not None:
             await emu.stop()
+
+
+async def _run(ctx: Ctx, *, emulated: bool) -> Result:
+    if emulated:
+        path = (
+            "client -> Router -> Together adapter -> HTTP -> Together emulator process "
+            "(256x256 base64 PNG), Quota+Metering on SQLite; the 500 ms levels share one stack "
+            "(the Router is idle again before each level), the burst gets a fresh stack and "
+            "a 2 s emulator"
+        )
+    else:
+        path = (
+            "client -> Router -> local adapter with IMAGEGATE_LOCAL_LATENCY_MS (emulator not "
+            "landed), Quota+Metering on SQLite"
+        )
+    result = Result("2. Slow provider capacity", path)
+    runs: dict[str, RunStats] = {}
+    # (key, in flight, most requests, seconds after which no new request starts)
+    plan: list[tuple[str, int, int, float | None]] = [
+        ("64", 64, 1280, 12.0),
+        ("256", 256, 5120, 15.0),
+        ("1024", 1024, 8192, 15.0),
+    ]
+    if ctx.smoke:
+        plan = [("64", 4, 8, 5.0), ("256", 8, 16, 5.0), ("1024", 16, 32, 5.0)]
+    await _phase(ctx, result, runs, name="capacity", emulated=emulated, latency=0.5, plan=plan)
+    burst = ctx.n(1000, 32)
+    await _phase(
+        ctx,
+        result,
+        runs,
+        name="burst",
+        emulated=emulated,
+        latency=2.0,
+        plan=[("burst", burst, burst, None)],
+    )
     _judge(result, runs)
     return result
 
