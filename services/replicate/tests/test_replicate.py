@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -132,7 +133,9 @@ async def test_unavailable_create_is_not_retried(stack: Stack) -> None:
 
 
 async def test_no_prefer_wait_when_less_than_a_second_would_be_left(stack: Stack) -> None:
-    await stack.stub.GenerateImage(request(), timeout=1.8)
+    # Only the create's headers matter here; on a loaded machine the rest may miss the deadline.
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        await stack.stub.GenerateImage(request(), timeout=1.8)
     create = stack.emulator.calls_to(CREATE, "POST")[0]
     assert "prefer" not in create.headers
     assert create.headers["cancel-after"] == "1s"
