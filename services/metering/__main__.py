@@ -7,7 +7,7 @@ import logging
 
 from imagegate.config import CommonSettings
 from imagegate.grpckit.server import serve_until_signal
-from imagegate.telemetry import setup_telemetry
+from imagegate.telemetry import metrics_address, setup_telemetry
 from imagegate.telemetry.logs import configure_logging
 from services.metering.catalog import load_catalog
 from services.metering.config import MeteringSettings
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 async def serve(settings: MeteringSettings, common: CommonSettings) -> None:
     """Opens the database (migrating it), serves until SIGTERM, then drains."""
-    telemetry = setup_telemetry("metering")
+    telemetry = setup_telemetry("metering", metrics_addr=metrics_address("metering"))
     catalog = load_catalog(settings.prices_path)
     store = await asyncio.to_thread(
         MeteringStore.open,
@@ -28,12 +28,9 @@ async def serve(settings: MeteringSettings, common: CommonSettings) -> None:
         schema=settings.database_schema,
         threads=settings.db_threads,
     )
-    if settings.trace_sql:
-        from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
-
-        SQLAlchemyInstrumentor().instrument(
-            engine=store.engine, tracer_provider=telemetry.tracer_provider
-        )
+    # SQL spans cost the store its batched fast path, so by default only when spans are exported.
+    if settings.trace_sql if settings.trace_sql is not None else bool(telemetry.processors):
+        telemetry.instrument_sqlalchemy(store.engine)
     server = await start_metering_server(store, address=settings.addr, telemetry=telemetry)
     log.info(
         "metering listening",

@@ -25,7 +25,11 @@ class MeteringSettings(BaseSettings):
         None, alias="IMAGEGATE_METERING_PRICES", description="Catalog YAML; default: packaged."
     )
     db_threads: int = Field(16, alias="IMAGEGATE_METERING_DB_THREADS", ge=1)
-    trace_sql: bool = Field(False, alias="IMAGEGATE_METERING_TRACE_SQL")
+    trace_sql: bool | None = Field(
+        None,
+        alias="IMAGEGATE_METERING_TRACE_SQL",
+        description="A span per SQL statement; unset: only when spans are exported.",
+    )
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to a SQLite file in the data directory."""

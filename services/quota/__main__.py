@@ -7,9 +7,10 @@ import logging
 
 from imagegate.config import CommonSettings
 from imagegate.grpckit.server import serve_until_signal
-from imagegate.telemetry import setup_telemetry
+from imagegate.telemetry import metrics_address, setup_telemetry
 from imagegate.telemetry.logs import configure_logging
 from services.quota.config import QuotaSettings
+from services.quota.gauges import QuotaGauges
 from services.quota.plans import load_plans
 from services.quota.server import start_quota_server
 from services.quota.store import QuotaStore
@@ -19,7 +20,7 @@ log = logging.getLogger(__name__)
 
 async def serve(settings: QuotaSettings, common: CommonSettings) -> None:
     """Opens the database (migrating it), serves until SIGTERM, then drains."""
-    telemetry = setup_telemetry("quota")
+    telemetry = setup_telemetry("quota", metrics_addr=metrics_address("quota"))
     store = await asyncio.to_thread(
         QuotaStore.open,
         settings.resolved_database_url(),
@@ -29,12 +30,9 @@ async def serve(settings: QuotaSettings, common: CommonSettings) -> None:
         lease_seconds=settings.lease_seconds,
         threads=settings.db_threads,
     )
-    if settings.trace_sql:
-        from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
-
-        SQLAlchemyInstrumentor().instrument(
-            engine=store.engine, tracer_provider=telemetry.tracer_provider
-        )
+    # SQL spans cost the store its batched fast path, so by default only when spans are exported.
+    if settings.trace_sql if settings.trace_sql is not None else bool(telemetry.processors):
+        telemetry.instrument_sqlalchemy(store.engine)
     server = await start_quota_server(
         store,
         address=settings.addr,
@@ -49,9 +47,12 @@ async def serve(settings: QuotaSettings, common: CommonSettings) -> None:
     )
     if not settings.admin_token:
         log.warning("IMAGEGATE_ADMIN_TOKEN is empty: admin RPCs are refused")
+    gauges = QuotaGauges(store, telemetry)
+    gauges.start()
     try:
         await serve_until_signal(server.running, grace=common.shutdown_grace_seconds)
     finally:
+        await gauges.stop()
         await server.stop(grace=0)
         telemetry.shutdown()
 

@@ -28,8 +28,10 @@ class QuotaSettings(BaseSettings):
     lease_seconds: float = Field(300.0, alias="IMAGEGATE_QUOTA_LEASE_SECONDS", gt=0)
     max_lease_seconds: float = Field(3600.0, alias="IMAGEGATE_QUOTA_MAX_LEASE_SECONDS", gt=0)
     sweep_interval_seconds: float = Field(5.0, alias="IMAGEGATE_QUOTA_SWEEP_SECONDS", gt=0)
-    trace_sql: bool = Field(
-        False, alias="IMAGEGATE_QUOTA_TRACE_SQL", description="A span per SQL statement."
+    trace_sql: bool | None = Field(
+        None,
+        alias="IMAGEGATE_QUOTA_TRACE_SQL",
+        description="A span per SQL statement; unset: only when spans are exported.",
     )
     db_threads: int = Field(
         16, alias="IMAGEGATE_QUOTA_DB_THREADS", ge=1, description="PostgreSQL worker threads."
