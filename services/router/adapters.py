@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -104,7 +104,10 @@ class AdapterPool:
         self,
         targets: dict[str, str],
         *,
-        interceptors: Sequence[grpc.aio.ClientInterceptor],
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+        wrap_stub: Callable[
+            [provider_pb2_grpc.ProviderServiceStub], provider_pb2_grpc.ProviderServiceStub
+        ] = lambda stub: stub,
         describe_interval: float,
         local_provider: str,
     ) -> None:
@@ -117,7 +120,7 @@ class AdapterPool:
                 name=name,
                 target=target,
                 channel=channel,
-                stub=provider_pb2_grpc.ProviderServiceStub(channel),
+                stub=wrap_stub(provider_pb2_grpc.ProviderServiceStub(channel)),
             )
         self._task: asyncio.Task[None] | None = None
 

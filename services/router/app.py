@@ -48,8 +48,8 @@ BREAKER_PROTO = {
     BreakerState.OPEN: router_pb2.BREAKER_STATE_OPEN,
     BreakerState.HALF_OPEN: router_pb2.BREAKER_STATE_HALF_OPEN,
 }
-OUTCOME_NAME = {
-    v: k.removeprefix("ATTEMPT_OUTCOME_").lower() for k, v in router_pb2.AttemptOutcome.items()
+OUTCOME_NAME: dict[int, str] = {
+    int(v): k.removeprefix("ATTEMPT_OUTCOME_").lower() for k, v in router_pb2.AttemptOutcome.items()
 }
 
 

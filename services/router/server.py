@@ -12,8 +12,9 @@ import grpc
 from imagegate.grpckit.channel import create_channel
 from imagegate.grpckit.options import CHANNEL_OPTIONS
 from imagegate.grpckit.server import RunningServer, start_server
-from imagegate.metering.v1 import metering_pb2_grpc
-from imagegate.quota.v1 import quota_pb2_grpc
+from imagegate.metering.v1 import metering_pb2, metering_pb2_grpc
+from imagegate.provider.v1 import provider_pb2
+from imagegate.quota.v1 import quota_pb2, quota_pb2_grpc
 from imagegate.router.v1 import router_pb2, router_pb2_grpc
 from imagegate.telemetry import Telemetry
 from services.router.adapters import AdapterPool
@@ -26,6 +27,9 @@ from services.router.seams import PriceMirror, make_settler
 from services.router.servicer import RouterServicer
 
 SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
+QUOTA_SERVICE = quota_pb2.DESCRIPTOR.services_by_name["QuotaService"].full_name
+METERING_SERVICE = metering_pb2.DESCRIPTOR.services_by_name["MeteringService"].full_name
+PROVIDER_SERVICE = provider_pb2.DESCRIPTOR.services_by_name["ProviderService"].full_name
 
 
 def breaker_config(settings: RouterSettings) -> BreakerConfig:
@@ -105,15 +109,17 @@ async def start_router(
     Pass `address="127.0.0.1:0"` in tests; the bound address is `running.address`.
     """
     catalog = load_catalog(settings.catalog)
-    interceptors = telemetry.client_interceptors()
+    # Tracing is built into the stubs (traced_stub), not the channels: grpc.aio's client
+    # interceptor machinery costs a task and a call wrapper per RPC, five RPCs per request.
     quota_channel = grpc.aio.insecure_channel(
         settings.quota_addr,
         options=[*CHANNEL_OPTIONS, ("grpc.service_config", quota_service_config(settings))],
-        interceptors=interceptors,
     )
-    metering_channel = create_channel(settings.metering_addr, interceptors)
-    quota = quota_pb2_grpc.QuotaServiceStub(quota_channel)
-    metering = metering_pb2_grpc.MeteringServiceStub(metering_channel)
+    metering_channel = create_channel(settings.metering_addr)
+    quota = telemetry.traced_stub(quota_pb2_grpc.QuotaServiceStub(quota_channel), QUOTA_SERVICE)
+    metering = telemetry.traced_stub(
+        metering_pb2_grpc.MeteringServiceStub(metering_channel), METERING_SERVICE
+    )
     holder: dict[str, RouterMetrics] = {}
     breakers = BreakerRegistry(
         breaker_config(settings),
@@ -124,7 +130,7 @@ async def start_router(
     holder["m"] = metrics
     adapters = AdapterPool(
         settings.adapter_targets(),
-        interceptors=interceptors,
+        wrap_stub=lambda stub: telemetry.traced_stub(stub, PROVIDER_SERVICE),
         describe_interval=settings.describe_interval_seconds,
         local_provider=catalog.local_provider,
     )

@@ -473,7 +473,9 @@ async def start_stack(
     telemetry = setup_telemetry("router-test", span_exporters=[exporter])
     reader = InMemoryMetricReader()
     telemetry.meter_provider = MeterProvider(metric_readers=[reader])
-    quota, metering = FakeQuota(), FakeMetering(prices or [])
+    # The fakes implement only the RPCs the Router calls.
+    quota = FakeQuota()  # type: ignore[abstract]
+    metering = FakeMetering(prices or [])  # type: ignore[abstract]
     quota.add_key("key-pro", "t_pro", "pro")
     quota.add_key("key-free", "t_free", "free", ("budget",))
     servers = [

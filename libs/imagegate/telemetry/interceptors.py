@@ -312,23 +312,101 @@ class _UnaryStreamTracing(_ClientTracing, grpc.aio.UnaryStreamClientInterceptor)
         call = await continuation(details, request)
         if span is None:
             return call
-        return self._stream(call, span)
+        return _traced_stream(call, span)
 
-    async def _stream(self, call: Any, span: Any) -> AsyncIterator[Any]:
-        code, text = grpc.StatusCode.OK, None
-        try:
-            async for response in call:
-                yield response
-        except grpc.aio.AioRpcError as err:
-            code, text = err.code(), err.details()
-            raise
-        except BaseException:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        finally:
-            self._end(span, code, text)
+
+async def _traced_stream(call: Any, span: Any) -> AsyncIterator[Any]:
+    code, text = grpc.StatusCode.OK, None
+    try:
+        async for response in call:
+            yield response
+    except grpc.aio.AioRpcError as err:
+        code, text = err.code(), err.details()
+        raise
+    except BaseException:
+        code = grpc.StatusCode.CANCELLED
+        raise
+    finally:
+        _ClientTracing._end(span, code, text)
 
 
 def client_interceptors(tracer: trace.Tracer) -> list[grpc.aio.ClientInterceptor]:
     """Unary and server-streaming client tracing (the only call shapes imagegate uses)."""
     return [_UnaryUnaryTracing(tracer), _UnaryStreamTracing(tracer)]
+
+
+class _TracedMethod:
+    """One stub method with the client tracing of `_ClientTracing`, minus grpc.aio's interceptor
+    machinery (an extra task and call wrapper per RPC)."""
+
+    def __init__(self, tracing: _ClientTracing, method: Any, full_name: str) -> None:
+        self._tracing = tracing
+        self._method = method
+        self._stream = isinstance(method, grpc.aio.UnaryStreamMultiCallable)
+        self._service, self._name = _split(full_name)
+        self._span_name = f"{self._service}/{self._name}"
+
+    def __call__(self, request: Any, *, metadata: Any = None, **kwargs: Any) -> Any:
+        ctx = trace.get_current_span().get_span_context()
+        if ctx.is_valid and not ctx.trace_flags.sampled:
+            return self._method(request, metadata=(*(metadata or ()), *_traceparent(ctx)), **kwargs)
+        span = self._tracing._tracer.start_span(
+            self._span_name,
+            kind=SpanKind.CLIENT,
+            record_exception=False,
+            set_status_on_exception=False,
+        )
+        sctx = span.get_span_context()
+        metadata = (*(metadata or ()), *_traceparent(sctx))
+        if not sctx.trace_flags.sampled:
+            span.end()
+            return self._method(request, metadata=metadata, **kwargs)
+        span.set_attributes(
+            {"rpc.system": "grpc", "rpc.service": self._service, "rpc.method": self._name}
+        )
+        try:
+            call = self._method(request, metadata=metadata, **kwargs)
+        except BaseException:
+            _ClientTracing._end(span, grpc.StatusCode.INTERNAL, None)
+            raise
+        if self._stream:
+            return _traced_stream(call, span)
+        return self._unary(call, span)
+
+    @staticmethod
+    async def _unary(call: Any, span: Any) -> Any:
+        try:
+            response = await call
+        except grpc.aio.AioRpcError as err:
+            _ClientTracing._end(span, err.code(), err.details())
+            raise
+        except BaseException:
+            _ClientTracing._end(span, grpc.StatusCode.CANCELLED, None)
+            raise
+        _ClientTracing._end(span, grpc.StatusCode.OK, None)
+        return response
+
+
+class TracedStub:
+    """Wraps a generated stub: same methods, W3C propagation and client spans built in.
+
+    For hot paths: a channel with interceptors pays grpc.aio's interception machinery on every
+    call even when nothing is traced; this costs one context look-up and a metadata tuple.
+    """
+
+    def __init__(self, stub: Any, service: str, tracer: trace.Tracer) -> None:
+        self._stub = stub
+        self._service = service
+        self._tracing = _ClientTracing(tracer)
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._stub, name)
+        if not callable(method):
+            return method
+        if is_untraced(f"/{self._service}/{name}"):
+            traced: Any = method
+        else:
+            traced = _TracedMethod(self._tracing, method, f"{self._service}/{name}")
+        # Cached on the instance: later look-ups never reach __getattr__ again.
+        setattr(self, name, traced)
+        return traced

@@ -8,7 +8,7 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import grpc
 from opentelemetry import metrics, trace
@@ -30,6 +30,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from imagegate.telemetry.interceptors import (
     DURATION_BUCKETS,
     ServerTelemetryInterceptor,
+    TracedStub,
     client_interceptors,
 )
 from imagegate.telemetry.redact import redact
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
 log = logging.getLogger(__name__)
+StubT = TypeVar("StubT")
 
 # Default Prometheus scrape addresses; the gRPC port table in TEAM-NOTES shifted to 94xx.
 DEFAULT_METRICS_ADDRS: dict[str, str] = {
@@ -239,6 +241,17 @@ class Telemetry:
                 schema_url="https://opentelemetry.io/schemas/1.11.0",
             )
         )
+
+    def traced_stub(self, stub: StubT, service: str) -> StubT:
+        """`stub` with client tracing built in; dial its channel without client_interceptors().
+
+        `service` is the full service name ("imagegate.quota.v1.QuotaService").
+        """
+        tracer = self.tracer_provider.get_tracer(
+            "opentelemetry.instrumentation.grpc",
+            schema_url="https://opentelemetry.io/schemas/1.11.0",
+        )
+        return cast(StubT, TracedStub(stub, service, tracer))
 
     def instrument_httpx(self, client: httpx.AsyncClient | httpx.Client) -> None:
         """Client spans (children of the current span) and http.client.* metrics for `client`."""
