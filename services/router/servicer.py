@@ -188,6 +188,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                     tenant_id=caller.tenant_id, period=request.period
                 ),
                 timeout=_timeout(context, self._app.settings.dependency_timeout_seconds),
+                # A read may wait out a reconnect (e.g. Metering just restarted) within its
+                # timeout instead of failing at once while the channel backs off.
+                wait_for_ready=True,
             )
         except grpc.aio.AioRpcError as err:
             raise from_parsed(parse_rpc_error(err)) from None
@@ -207,6 +210,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                     page_token=request.page_token,
                 ),
                 timeout=_timeout(context, self._app.settings.dependency_timeout_seconds),
+                # A read may wait out a reconnect (e.g. Metering just restarted) within its
+                # timeout instead of failing at once while the channel backs off.
+                wait_for_ready=True,
             )
         except grpc.aio.AioRpcError as err:
             raise from_parsed(parse_rpc_error(err)) from None
@@ -223,6 +229,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             resp = await self._app.quota.GetQuota(
                 quota_pb2.GetQuotaRequest(tenant_id=caller.tenant_id),
                 timeout=_timeout(context, self._app.settings.dependency_timeout_seconds),
+                # A read may wait out a reconnect (e.g. Metering just restarted) within its
+                # timeout instead of failing at once while the channel backs off.
+                wait_for_ready=True,
             )
         except grpc.aio.AioRpcError as err:
             raise from_parsed(parse_rpc_error(err)) from None
