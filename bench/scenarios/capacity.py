@@ -17,6 +17,8 @@ from bench.stats import RunStats
 from imagegate.router.v1 import router_pb2, router_pb2_grpc
 
 PROVIDER = "together"
+# Per-request deadline: 12x the 500 ms provider and 5x the 2 s one; bounds how long a level drains.
+CLIENT_DEADLINE = 10.0
 
 
 async def run(ctx: Ctx) -> Result:
@@ -111,7 +113,8 @@ async def _run(ctx: Ctx, *, emulated: bool) -> Result:
     if emulated:
         path = (
             "client -> Router -> Together adapter -> HTTP -> Together emulator process "
-            "(256x256 base64 PNG), Quota+Metering on SQLite; the 500 ms levels share one stack "
+            "(256x256 base64 PNG), Quota+Metering on SQLite; 10 s client deadline; the 500 ms "
+            "levels share one stack "
             "(the Router is idle again before each level), the burst gets a fresh stack and "
             "a 2 s emulator"
         )
@@ -124,9 +127,9 @@ async def _run(ctx: Ctx, *, emulated: bool) -> Result:
     runs: dict[str, RunStats] = {}
     # (key, in flight, most requests, seconds after which no new request starts)
     plan: list[tuple[str, int, int, float | None]] = [
-        ("64", 64, 1280, 12.0),
-        ("256", 256, 5120, 15.0),
-        ("1024", 1024, 8192, 15.0),
+        ("64", 64, 1280, 8.0),
+        ("256", 256, 4096, 10.0),
+        ("1024", 1024, 8192, 10.0),
     ]
     if ctx.smoke:
         plan = [("64", 4, 8, 5.0), ("256", 8, 16, 5.0), ("1024", 16, 32, 5.0)]

@@ -83,7 +83,7 @@ async def run(ctx: Ctx) -> Result:
         f"and {SECONDARY} adapter -> {SECONDARY} emulator (secondary); sequential requests, "
         f"{DEADLINE_SMOKE if ctx.smoke else DEADLINE:g} s deadline, breaker first open wait "
         f"{OPEN_SECONDS_SMOKE if ctx.smoke else OPEN_SECONDS:g} s "
-        "(IMAGEGATE_ROUTER_BREAKER_OPEN_SECONDS; it grows on repeated trips)",
+        "(IMAGEGATE_ROUTER_BREAKER_OPEN_SECONDS); a fresh stack per fault kind",
     )
     if not (available(PRIMARY) and available(SECONDARY)):
         result.notes.append(f"{PRIMARY}/{SECONDARY} adapters or emulators not landed: not run")
@@ -91,33 +91,44 @@ async def run(ctx: Ctx) -> Result:
             Target("Dead primary, first request", "<= 50 ms", "not measured", None)
         )
         return result
-    primary = await start_emulator(ctx, PRIMARY)
-    secondary = await start_emulator(ctx, SECONDARY)
+    phases: dict[str, dict[str, Any]] = {}
+    for kind in ("error_503", "hang", "refused"):
+        # A fresh stack per fault, so each phase sees the breaker's first trip and first wait.
+        phases[kind] = await _isolated_phase(ctx, result, kind)
+        result.runs.append({"label": f"primary {kind}", **_row(phases[kind])})
+    result.extra["phases"] = phases
+    for kind, ph in phases.items():
+        result.extra[f"first 20 ms ({kind})"] = ph["first20_ms"]
+    _judge(result, phases)
+    return result
+
+
+async def _isolated_phase(ctx: Ctx, result: Result, kind: str) -> dict[str, Any]:
+    """Emulators and stack for one fault kind, torn down afterwards."""
+    primary = await start_emulator(ctx, PRIMARY, name=f"{PRIMARY}-emulator-{kind}")
+    secondary = await start_emulator(ctx, SECONDARY, name=f"{SECONDARY}-emulator-{kind}")
     env = {**adapter_env(PRIMARY, primary), **adapter_env(SECONDARY, secondary)}
     env["IMAGEGATE_ROUTER_BREAKER_OPEN_SECONDS"] = str(
         OPEN_SECONDS_SMOKE if ctx.smoke else OPEN_SECONDS
     )
-    stack = await start_stack(ctx, "failover", extra=env)
+    try:
+        stack = await start_stack(ctx, f"failover-{kind}", extra=env)
+    except BaseException:
+        await primary.stop()
+        await secondary.stop()
+        raise
     client = Client(
         stack.services.address("router"), stack.api_key, DEADLINE_SMOKE if ctx.smoke else DEADLINE
     )
-    phases: dict[str, dict[str, Any]] = {}
     try:
-        for kind in ("error_503", "hang", "refused"):
-            primary, phase = await _phase(ctx, client, primary, kind)
-            phases[kind] = phase
-            result.runs.append({"label": f"primary {kind}", **_row(phase)})
+        primary, phase = await _phase(ctx, client, primary, kind)
     finally:
         note_deaths(result, list(stack.services.procs.values()))
         await client.channel.close()
         await stack.stop()
         await primary.stop()
         await secondary.stop()
-    result.extra["phases"] = phases
-    for kind, ph in phases.items():
-        result.extra[f"first 20 ms ({kind})"] = ph["first20_ms"]
-    _judge(result, phases)
-    return result
+    return phase
 
 
 async def _phase(ctx: Ctx, client: Client, primary: Proc, kind: str) -> tuple[Proc, dict[str, Any]]:
@@ -141,7 +152,7 @@ async def _phase(ctx: Ctx, client: Client, primary: Proc, kind: str) -> tuple[Pr
     # Recovery: the primary comes back; when does traffic return to it?
     if kind == "refused":
         port = int(primary.address.rsplit(":", 1)[1])
-        primary = await start_emulator(ctx, PRIMARY, port=port, name=f"{PRIMARY}-emulator-2")
+        primary = await start_emulator(ctx, PRIMARY, port=port, name=f"{PRIMARY}-emulator-back")
     else:
         await set_fault(primary, None)
     healed = time.perf_counter()

@@ -55,8 +55,8 @@ async def run(ctx: Ctx) -> Result:
                 paths,
                 concurrency=c,
                 requests=total,
-                rounds=1 if ctx.smoke else 3,
-                duration=None if ctx.smoke else 4.0,
+                rounds=1 if ctx.smoke else 2,
+                duration=None if ctx.smoke else 3.5,
                 warmup=ctx.n(max(50, c * 2), 4),
                 cpu={
                     "echo": [echo],

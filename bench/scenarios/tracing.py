@@ -87,7 +87,7 @@ async def run(ctx: Ctx) -> Result:
                 concurrency=c,
                 requests=ctx.n(1500 if c == 1 else 3000, 16),
                 rounds=1 if ctx.smoke else 2,
-                duration=None if ctx.smoke else 3.0,
+                duration=None if ctx.smoke else 2.5,
                 warmup=ctx.n(50, 2),
                 cpu={
                     "router, tracing off": list(off.services.procs.values()),
