@@ -72,6 +72,12 @@ class _Part:
     kind: str
     payload: bytes
     attempts: int = 0
+    message: Any = None
+    """The request itself when this process built it (saves parsing `payload` back)."""
+
+
+def _message(part: _Part, cls: Any) -> Any:
+    return part.message if part.message is not None else cls.FromString(part.payload)
 
 
 class _Outbox:
@@ -314,17 +320,21 @@ class Settler:
 
     async def _write_ahead(self, s: Settlement, timeout: float) -> list[_Part]:
         parts: list[tuple[str, bytes]] = []
+        messages: list[Any] = []
         if s.reservation_id:
             if s.commit is not None:
                 commit = quota_pb2.CommitReservationRequest()
                 commit.CopyFrom(s.commit)
                 commit.reservation_id = s.reservation_id
                 parts.append((COMMIT, commit.SerializeToString()))
+                messages.append(commit)
             else:
                 release = quota_pb2.ReleaseReservationRequest(reservation_id=s.reservation_id)
                 parts.append((RELEASE, release.SerializeToString()))
+                messages.append(release)
         if s.record is not None:
             parts.append((RECORD, s.record.SerializeToString()))
+            messages.append(s.record)
         if not parts:
             return []
         # In-flight parts are not due for replay until this call has had its chance.
@@ -333,7 +343,8 @@ class Settler:
         self._pending.update(ids)
         self._in_flight.update(ids)
         return [
-            _Part(row_id, kind, payload) for row_id, (kind, payload) in zip(ids, parts, strict=True)
+            _Part(row_id, kind, payload, message=message)
+            for row_id, (kind, payload), message in zip(ids, parts, messages, strict=True)
         ]
 
     async def _deliver_all(
@@ -385,14 +396,14 @@ class Settler:
     async def _send(self, part: _Part, timeout: float) -> Any:
         if part.kind == COMMIT:
             return await self._quota.CommitReservation(
-                quota_pb2.CommitReservationRequest.FromString(part.payload), timeout=timeout
+                _message(part, quota_pb2.CommitReservationRequest), timeout=timeout
             )
         if part.kind == RELEASE:
             return await self._quota.ReleaseReservation(
-                quota_pb2.ReleaseReservationRequest.FromString(part.payload), timeout=timeout
+                _message(part, quota_pb2.ReleaseReservationRequest), timeout=timeout
             )
         return await self._metering.RecordUsage(
-            metering_pb2.RecordUsageRequest.FromString(part.payload), timeout=timeout
+            _message(part, metering_pb2.RecordUsageRequest), timeout=timeout
         )
 
     async def _replay_forever(self) -> None:

@@ -76,7 +76,7 @@ async def _measure(mode: str, calls: int) -> list[float]:
 
 async def run(calls: int, rounds: int) -> None:
     """Interleaves the modes `rounds` times so machine noise hits them alike."""
-    results: dict[str, list[float]] = {"off": [], "sampled-out": [], "on": []}
+    results: dict[str, list[float]] = {"off": [], "no-exporter": [], "sampled-out": [], "on": []}
     for _ in range(rounds):
         for mode in results:
             results[mode].extend(await _measure(mode, calls))
