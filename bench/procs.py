@@ -246,3 +246,24 @@ async def start_services(
         await services.stop()
         raise
     return services
+
+
+async def start_services_retrying(
+    env: Mapping[str, str],
+    *,
+    log_dir: Path,
+    names: Sequence[str] | None = None,
+    attempts: int = 3,
+) -> Services:
+    """start_services, again on fresh ports when a port picked as free was taken meanwhile.
+
+    Ports are chosen before the processes bind them; on a shared machine another process can
+    take one in between.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return await start_services(env, log_dir=log_dir, names=names)
+        except StartError as err:
+            if attempt == attempts or "bind" not in str(err).lower():
+                raise
+    raise AssertionError("unreachable")

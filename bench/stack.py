@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from bench.clients import create_tenant
 from bench.context import Ctx, has_module
-from bench.procs import Services, base_env, start_services
+from bench.procs import Services, base_env, start_services_retrying
 
 
 @dataclass
@@ -49,7 +49,7 @@ async def start_stack(
     )
     if names is None and not full_stack_available():
         names = ["local"]
-    services = await start_services(env, log_dir=ctx.logs / name, names=names)
+    services = await start_services_retrying(env, log_dir=ctx.logs / name, names=names)
     tenant_id = api_key = ""
     if "quota" in services.procs:
         tenant_id, api_key = await create_tenant(

@@ -15,7 +15,7 @@ from bench.clients import channels, create_tenant
 from bench.context import Ctx, Result, Target
 from bench.loadgen import Call
 from bench.pg import start_cluster
-from bench.procs import base_env, start_services
+from bench.procs import base_env, start_services_retrying
 from bench.scenarios.common import interleaved, note_deaths, rss_table
 from imagegate.common.v1 import image_pb2
 from imagegate.metering.v1 import metering_pb2, metering_pb2_grpc
@@ -104,7 +104,7 @@ async def _measure(
 async def over_grpc(ctx: Ctx, result: Result, backend: str, urls: dict[str, str]) -> None:
     """Quota and Metering as processes, called over gRPC like the Router calls them."""
     env = base_env(ctx.data_dir(f"quota-{backend}"), IMAGEGATE_ADMIN_TOKEN=ctx.admin_token, **urls)
-    services = await start_services(
+    services = await start_services_retrying(
         env, log_dir=ctx.logs / f"quota-{backend}", names=["quota", "metering"]
     )
     chans: list[grpc.aio.Channel] = []
