@@ -9,9 +9,9 @@ import httpx
 
 from imagegate.grpckit import reasons
 from imagegate.grpckit.deadline import Deadline
-from imagegate.providerkit.adapter import Adapter
 from imagegate.providerkit.download import check_api_url, download_image
 from imagegate.providerkit.errors import ProviderError
+from imagegate.providerkit.hosted import HostedAdapter
 from imagegate.providerkit.http import (
     Pending,
     build_client,
@@ -58,13 +58,13 @@ _MODERATED = ("Request Moderated", "Content Moderated")
 _TRANSIENT = (408, 429, 500, 502, 503, 504)
 
 
-class BflAdapter(Adapter):
+class BflAdapter(HostedAdapter[BflSettings]):
     """Black Forest Labs, `x-key: <BFL_API_KEY>`; one task per image (BFL makes one each)."""
 
     name = "bfl"
 
     def __init__(self, settings: BflSettings, *, telemetry: Telemetry | None = None) -> None:
-        self._settings = settings
+        super().__init__(settings)
         self._client = build_client(
             base_url=settings.effective_base_url,
             headers={"x-key": settings.key_value()},
@@ -74,20 +74,8 @@ class BflAdapter(Adapter):
         self._active_tasks = 0
 
     @property
-    def enabled(self) -> bool:
-        return self._settings.enabled
-
-    @property
-    def base_url(self) -> str:
-        return self._settings.effective_base_url
-
-    @property
     def max_concurrency(self) -> int:
         return min(self._settings.max_concurrency, self._settings.max_active_tasks)
-
-    @property
-    def default_timeout(self) -> float:
-        return self._settings.timeout_seconds
 
     @property
     def active_tasks(self) -> int:

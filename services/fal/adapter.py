@@ -10,9 +10,9 @@ import httpx
 
 from imagegate.grpckit import reasons
 from imagegate.grpckit.deadline import Deadline
-from imagegate.providerkit.adapter import Adapter
 from imagegate.providerkit.download import check_api_url, download_image
 from imagegate.providerkit.errors import ProviderError
+from imagegate.providerkit.hosted import HostedAdapter
 from imagegate.providerkit.http import (
     Pending,
     build_client,
@@ -101,13 +101,13 @@ _ERROR_TYPES = {
 _TRANSIENT = (408, 429, 500, 502, 503, 504)
 
 
-class FalAdapter(Adapter):
+class FalAdapter(HostedAdapter[FalSettings]):
     """fal.ai through its queue API, `Authorization: Key <FAL_KEY>`."""
 
     name = "fal"
 
     def __init__(self, settings: FalSettings, *, telemetry: Telemetry | None = None) -> None:
-        self._settings = settings
+        super().__init__(settings)
         self._client = build_client(
             base_url=settings.effective_base_url,
             headers={"authorization": f"Key {settings.key_value()}"},
@@ -115,22 +115,6 @@ class FalAdapter(Adapter):
             telemetry=telemetry,
         )
         self._background: set[asyncio.Task[Any]] = set()
-
-    @property
-    def enabled(self) -> bool:
-        return self._settings.enabled
-
-    @property
-    def base_url(self) -> str:
-        return self._settings.effective_base_url
-
-    @property
-    def max_concurrency(self) -> int:
-        return self._settings.max_concurrency
-
-    @property
-    def default_timeout(self) -> float:
-        return self._settings.timeout_seconds
 
     def models(self) -> list[ModelSpec]:
         return list(MODELS)

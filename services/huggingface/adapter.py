@@ -9,9 +9,9 @@ import httpx
 
 from imagegate.grpckit import reasons
 from imagegate.grpckit.deadline import Deadline
-from imagegate.providerkit.adapter import Adapter
 from imagegate.providerkit.download import to_image
 from imagegate.providerkit.errors import ProviderError
+from imagegate.providerkit.hosted import HostedAdapter
 from imagegate.providerkit.http import build_client
 from imagegate.providerkit.images import sniff_format
 from imagegate.providerkit.types import (
@@ -32,7 +32,7 @@ from services.together.client import post_sync
 _SEED_RANGE = 2**31
 
 
-class HuggingFaceAdapter(Adapter):
+class HuggingFaceAdapter(HostedAdapter[HuggingFaceSettings]):
     """SD 2.1 and SDXL on hf-inference (compute-second billing); FLUX.1 schnell via Together."""
 
     name = "huggingface"
@@ -40,7 +40,7 @@ class HuggingFaceAdapter(Adapter):
     def __init__(
         self, settings: HuggingFaceSettings, *, telemetry: Telemetry | None = None
     ) -> None:
-        self._settings = settings
+        super().__init__(settings)
         self._base_url = settings.effective_base_url
         headers = {"authorization": f"Bearer {settings.key_value()}"}
         if settings.bill_to:
@@ -53,20 +53,8 @@ class HuggingFaceAdapter(Adapter):
         )
 
     @property
-    def enabled(self) -> bool:
-        return self._settings.enabled
-
-    @property
     def base_url(self) -> str:
         return self._base_url
-
-    @property
-    def max_concurrency(self) -> int:
-        return self._settings.max_concurrency
-
-    @property
-    def default_timeout(self) -> float:
-        return self._settings.timeout_seconds
 
     def models(self) -> list[ModelSpec]:
         return list(wire.MODEL_SPECS)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from imagegate.grpckit.deadline import Deadline
-from imagegate.providerkit.adapter import Adapter
+from imagegate.providerkit.hosted import HostedAdapter
 from imagegate.providerkit.http import build_client, json_body
 from imagegate.providerkit.types import (
     GenerationRequest,
@@ -19,13 +19,13 @@ from services.together.client import post_sync
 GENERATIONS_PATH = "/v1/images/generations"
 
 
-class OpenAIAdapter(Adapter):
+class OpenAIAdapter(HostedAdapter[OpenAISettings]):
     """gpt-image-1 and gpt-image-1-mini: fixed sizes, base64 output, token usage."""
 
     name = "openai"
 
     def __init__(self, settings: OpenAISettings, *, telemetry: Telemetry | None = None) -> None:
-        self._settings = settings
+        super().__init__(settings)
         # OPENAI_BASE_URL is conventionally given with /v1; accept both forms.
         self._base_url = settings.effective_base_url.removesuffix("/v1")
         headers = {"authorization": f"Bearer {settings.key_value()}"}
@@ -41,20 +41,8 @@ class OpenAIAdapter(Adapter):
         )
 
     @property
-    def enabled(self) -> bool:
-        return self._settings.enabled
-
-    @property
     def base_url(self) -> str:
         return self._base_url
-
-    @property
-    def max_concurrency(self) -> int:
-        return self._settings.max_concurrency
-
-    @property
-    def default_timeout(self) -> float:
-        return self._settings.timeout_seconds
 
     def models(self) -> list[ModelSpec]:
         return list(wire.MODEL_SPECS)

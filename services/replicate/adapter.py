@@ -11,9 +11,9 @@ import httpx
 
 from imagegate.grpckit import reasons
 from imagegate.grpckit.deadline import Deadline
-from imagegate.providerkit.adapter import Adapter
 from imagegate.providerkit.download import check_api_url, download_image
 from imagegate.providerkit.errors import ProviderError
+from imagegate.providerkit.hosted import HostedAdapter
 from imagegate.providerkit.http import (
     Pending,
     build_client,
@@ -109,13 +109,13 @@ _MAX_WAIT = 60
 _WAIT_MARGIN = 1.0
 
 
-class ReplicateAdapter(Adapter):
+class ReplicateAdapter(HostedAdapter[ReplicateSettings]):
     """Replicate predictions, `Authorization: Bearer <REPLICATE_API_TOKEN>`."""
 
     name = "replicate"
 
     def __init__(self, settings: ReplicateSettings, *, telemetry: Telemetry | None = None) -> None:
-        self._settings = settings
+        super().__init__(settings)
         self._client = build_client(
             base_url=settings.effective_base_url,
             headers={"authorization": f"Bearer {settings.key_value()}"},
@@ -123,22 +123,6 @@ class ReplicateAdapter(Adapter):
             telemetry=telemetry,
         )
         self._background: set[asyncio.Task[Any]] = set()
-
-    @property
-    def enabled(self) -> bool:
-        return self._settings.enabled
-
-    @property
-    def base_url(self) -> str:
-        return self._settings.effective_base_url
-
-    @property
-    def max_concurrency(self) -> int:
-        return self._settings.max_concurrency
-
-    @property
-    def default_timeout(self) -> float:
-        return self._settings.timeout_seconds
 
     def models(self) -> list[ModelSpec]:
         return list(MODELS)

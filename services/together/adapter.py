@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from imagegate.grpckit.deadline import Deadline
-from imagegate.providerkit.adapter import Adapter
+from imagegate.providerkit.hosted import HostedAdapter
 from imagegate.providerkit.http import build_client
 from imagegate.providerkit.types import (
     GenerationRequest,
@@ -19,13 +19,13 @@ from services.together.config import TogetherSettings
 GENERATIONS_PATH = "/v1/images/generations"
 
 
-class TogetherAdapter(Adapter):
+class TogetherAdapter(HostedAdapter[TogetherSettings]):
     """FLUX.1 schnell/dev and SDXL on Together, base64 results, inference time reported."""
 
     name = "together"
 
     def __init__(self, settings: TogetherSettings, *, telemetry: Telemetry | None = None) -> None:
-        self._settings = settings
+        super().__init__(settings)
         # Accept a base URL given with the conventional /v1 suffix as well.
         self._base_url = settings.effective_base_url.removesuffix("/v1")
         self._client = build_client(
@@ -36,20 +36,8 @@ class TogetherAdapter(Adapter):
         )
 
     @property
-    def enabled(self) -> bool:
-        return self._settings.enabled
-
-    @property
     def base_url(self) -> str:
         return self._base_url
-
-    @property
-    def max_concurrency(self) -> int:
-        return self._settings.max_concurrency
-
-    @property
-    def default_timeout(self) -> float:
-        return self._settings.timeout_seconds
 
     def models(self) -> list[ModelSpec]:
         return list(wire.MODEL_SPECS)
