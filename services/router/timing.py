@@ -138,10 +138,19 @@ async def measure(router_addr: str, local_addr: str, api_key: str, n: int) -> No
     )
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def _process_env(tmp: Path) -> dict[str, str]:
     import os
 
-    ports = {"router": 50151, "quota": 50152, "metering": 50153, "local": 50160}
+    # Free ports and scrape endpoints: other runs on this machine must not clash with this one.
+    ports = {name: _free_port() for name in ("router", "quota", "metering", "local")}
     return {
         **os.environ,
         "IMAGEGATE_DATA_DIR": str(tmp),
@@ -152,6 +161,10 @@ def _process_env(tmp: Path) -> dict[str, str]:
         "IMAGEGATE_LOCAL_ADDR": f"127.0.0.1:{ports['local']}",
         "IMAGEGATE_ROUTER_ADAPTERS": f"local=127.0.0.1:{ports['local']}",
         "IMAGEGATE_LOG_LEVEL": "WARNING",
+        **{
+            f"IMAGEGATE_{key}_METRICS_ADDR": "127.0.0.1:0"
+            for key in ("ROUTER", "QUOTA", "METERING", "LOCAL")
+        },
     }
 
 
@@ -182,6 +195,9 @@ async def measure_processes(env: dict[str, str], n: int, pids: dict[str, int]) -
         timeout=60,
         wait_for_ready=True,
     )
+    await provider_pb2_grpc.ProviderServiceStub(
+        create_channel(env["IMAGEGATE_LOCAL_ADDR"])
+    ).DescribeProvider(provider_pb2.DescribeProviderRequest(), timeout=60, wait_for_ready=True)
     # The Router describes its adapters at start; let that settle before timing.
     await asyncio.sleep(1.0)
     before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
