@@ -93,7 +93,7 @@ async def _phase(
             model=what.model,
             side=what.side,
             providers=what.providers,
-            timeout=30,
+            timeout=CLIENT_DEADLINE,
         )
         await closed_loop("warmup", call, concurrency=8, requests=ctx.n(32, 4))
         for key, c, total, duration in plan:
