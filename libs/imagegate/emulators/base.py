@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import json
 import secrets
@@ -128,6 +129,7 @@ class StoredFile:
     """Monotonic time after which the URL answers as expired; None: never."""
 
 
+@functools.lru_cache(maxsize=256)
 def render_image(width: int, height: int, fmt: OutputFormat, seed: int = 0) -> bytes:
     """A real image of exactly width x height: a seeded gradient with a few shapes."""
     rng = (seed * 2654435761) & 0xFFFFFFFF
