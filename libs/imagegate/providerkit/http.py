@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import itertools
 import json as jsonlib
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -46,6 +47,33 @@ _REASON_FOR_STATUS: dict[int, str] = {
 }
 
 
+class ShardedTransport(httpx.AsyncBaseTransport):
+    """Spreads requests round-robin over several small connection pools.
+
+    httpcore's pool re-checks every pooled connection for every waiting request each time a
+    response completes, O(connections x waiters): one pool of 256 connections measured 35 req/s
+    and 22 ms CPU per request here; pools of 8 gave 320-370 req/s at 2-2.5 ms.
+    """
+
+    def __init__(self, max_connections: int, *, shard_size: int = 8) -> None:
+        shards = max(1, -(-max_connections // shard_size))
+        per_shard = max(1, -(-max_connections // shards))
+        limits = httpx.Limits(
+            max_connections=per_shard, max_keepalive_connections=per_shard, keepalive_expiry=30.0
+        )
+        self._pools = [
+            httpx.AsyncHTTPTransport(limits=limits, trust_env=False) for _ in range(shards)
+        ]
+        self._turn = itertools.cycle(range(shards))
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self._pools[next(self._turn)].handle_async_request(request)
+
+    async def aclose(self) -> None:
+        for pool in self._pools:
+            await pool.aclose()
+
+
 def build_client(
     *,
     base_url: str,
@@ -60,11 +88,7 @@ def build_client(
     client = httpx.AsyncClient(
         base_url=base_url,
         headers={"accept": "application/json", **headers},
-        limits=httpx.Limits(
-            max_connections=max_connections,
-            max_keepalive_connections=max_connections,
-            keepalive_expiry=30.0,
-        ),
+        transport=ShardedTransport(max_connections),
         timeout=httpx.Timeout(60.0, connect=10.0),
         follow_redirects=False,
         trust_env=False,
