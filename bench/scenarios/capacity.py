@@ -97,7 +97,8 @@ async def _phase(
         )
         await closed_loop("warmup", call, concurrency=8, requests=ctx.n(32, 4))
         for key, c, total, duration in plan:
-            await _quiesce(stack)
+            if not ctx.smoke:
+                await _quiesce(stack, timeout=10.0)
             label = f"router, {latency * 1000:.0f} ms" if key != "burst" else "router burst, 2 s"
             runs[key] = await _measured(result, procs, label, call, c, total, duration)
     finally:

@@ -22,7 +22,7 @@ def smoke_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cwd=Path(__file__).resolve().parents[2],
         capture_output=True,
         text=True,
-        timeout=400,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out
@@ -38,7 +38,7 @@ def _scenario(out: Path, key: str) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(960)
 def test_every_scenario_ran_without_failing(smoke_results: Path):
     doc = _doc(smoke_results)
     assert doc["meta"]["smoke"] is True
@@ -51,7 +51,7 @@ def test_every_scenario_ran_without_failing(smoke_results: Path):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(960)
 def test_overhead_measured_all_three_paths_with_router_metadata(smoke_results: Path):
     runs = _scenario(smoke_results, "overhead")["runs"]
     labels = {(r["label"], r["concurrency"]) for r in runs}
@@ -65,7 +65,7 @@ def test_overhead_measured_all_three_paths_with_router_metadata(smoke_results: P
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(960)
 def test_capacity_quota_tracing_and_failover_produced_numbers(smoke_results: Path):
     cap = _scenario(smoke_results, "capacity")["runs"]
     assert len(cap) == 4 and all(r["requests"] > 0 for r in cap)
@@ -88,7 +88,7 @@ def test_capacity_quota_tracing_and_failover_produced_numbers(smoke_results: Pat
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(960)
 def test_markdown_table_and_png_chart_written(smoke_results: Path):
     (md,) = smoke_results.glob("*-smoke.md")
     text = md.read_text()
