@@ -50,6 +50,8 @@ async def test_two_processes_on_one_postgres_grant_exactly_the_limit(
                 **os.environ,
                 "QUOTA_DATABASE_URL": postgres_url,
                 "IMAGEGATE_QUOTA_ADDR": f"127.0.0.1:{port}",
+                # Two replicas on one host: each needs its own metrics port (or none).
+                "IMAGEGATE_QUOTA_METRICS_ADDR": "",
                 "IMAGEGATE_ADMIN_TOKEN": "admin",
                 "IMAGEGATE_DATA_DIR": str(tmp_path),
                 "IMAGEGATE_LOG_LEVEL": "WARNING",
