@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import grpc
 
-from imagegate.grpckit.errors import FieldViolation, invalid_argument
+from imagegate.grpckit import reasons
+from imagegate.grpckit.errors import FieldViolation, ImagegateError, invalid_argument
 from imagegate.metering.v1 import metering_pb2, metering_pb2_grpc
 from imagegate.persistence.periods import PERIOD_RE, period_of
 from imagegate.pricing import quote_micros
@@ -17,6 +22,46 @@ MAX_DIMENSION = 16_384
 MAX_IMAGES = 16
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
+
+MAX_BATCH = 256
+
+log = logging.getLogger(__name__)
+
+_In = TypeVar("_In")
+_Out = TypeVar("_Out")
+
+
+async def run_items(
+    items: Sequence[_In],
+    key: Callable[[_In], str],
+    handle: Callable[[_In], Awaitable[_Out]],
+) -> list[_Out | Exception]:
+    """Runs every item through `handle` concurrently, results in request order.
+
+    Items with the same key run one after another in request order (an idempotent replay inside
+    a batch then sees the first one's effect); different keys run concurrently, so the store's
+    group commit takes them in one transaction. An item's exception is its result.
+    """
+    results: list[_Out | Exception] = [Exception("not run")] * len(items)
+    chains: dict[str, list[int]] = {}
+    for i, item in enumerate(items):
+        chains.setdefault(key(item), []).append(i)
+
+    async def chain(indices: list[int]) -> None:
+        for i in indices:
+            try:
+                results[i] = await handle(items[i])
+            except Exception as err:  # one item's failure never fails the others
+                results[i] = err
+
+    await asyncio.gather(*(chain(indices) for indices in chains.values()))
+    return results
+
+
+def check_batch_size(count: int) -> None:
+    """INVALID_ARGUMENT unless 1 to MAX_BATCH items."""
+    if not 1 <= count <= MAX_BATCH:
+        _check([FieldViolation("requests", f"1 to {MAX_BATCH} items")])
 
 
 def _check(violations: list[FieldViolation]) -> None:
@@ -72,6 +117,18 @@ def validate_record(request: metering_pb2.RecordUsageRequest) -> list[FieldViola
     return v
 
 
+def _item_error(err: Exception) -> metering_pb2.ItemError:
+    """What one failed batch item reports: the code, reason and message its single RPC would."""
+    if isinstance(err, ImagegateError):
+        return metering_pb2.ItemError(
+            code=err.code.value[0], reason=err.reason, message=err.message
+        )
+    log.error("unexpected error in a batch item", exc_info=err)
+    return metering_pb2.ItemError(
+        code=grpc.StatusCode.INTERNAL.value[0], reason=reasons.INTERNAL, message="internal error"
+    )
+
+
 class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
     """The MeteringService RPCs."""
 
@@ -93,9 +150,30 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         self, request: metering_pb2.RecordUsageRequest, context: grpc.aio.ServicerContext
     ) -> metering_pb2.RecordUsageResponse:
         """Stores a request's usage once (idempotent on tenant and request_id)."""
-        _check(validate_record(request))
-        record, created = await self._store.record_usage(request)
+        record, created = await self._record(request)
         return metering_pb2.RecordUsageResponse(record=record, created=created)
+
+    async def BatchRecordUsage(
+        self, request: metering_pb2.BatchRecordUsageRequest, context: grpc.aio.ServicerContext
+    ) -> metering_pb2.BatchRecordUsageResponse:
+        """Records every item as RecordUsage would; per-item results in request order."""
+        check_batch_size(len(request.requests))
+        outcomes = await run_items(
+            list(request.requests), lambda r: f"{r.tenant_id}\0{r.request_id}", self._record
+        )
+        response = metering_pb2.BatchRecordUsageResponse()
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):
+                response.results.add(error=_item_error(outcome))
+            else:
+                response.results.add(record=outcome[0], created=outcome[1])
+        return response
+
+    async def _record(
+        self, request: metering_pb2.RecordUsageRequest
+    ) -> tuple[metering_pb2.UsageRecord, bool]:
+        _check(validate_record(request))
+        return await self._store.record_usage(request)
 
     async def GetUsageSummary(
         self, request: metering_pb2.GetUsageSummaryRequest, context: grpc.aio.ServicerContext

@@ -201,3 +201,162 @@ async def test_refused_part_becomes_a_dead_letter(tmp_path: Path) -> None:
         await channel.close()
         await server.stop(grace=0)
     _ = grpc
+
+
+class _Counting:
+    """A stub wrapper counting the RPCs sent through it, by method name."""
+
+    def __init__(self, stub: object) -> None:
+        self._stub = stub
+        self.calls: dict[str, int] = {}
+
+    def __getattr__(self, name: str) -> object:
+        method = getattr(self._stub, name)
+
+        def call(*args: object, **kwargs: object) -> object:
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return method(*args, **kwargs)
+
+        return call
+
+
+async def test_pending_parts_go_out_in_batches_and_a_refused_item_is_buried_alone(
+    database_url: str, tmp_path: Path
+) -> None:
+    telemetry = setup_telemetry("settle-test")
+    quota_store = QuotaStore.open(f"sqlite:///{tmp_path / 'q.db'}", plans=load_plans())
+    quota_server = await start_quota_server(
+        quota_store,
+        address="127.0.0.1:0",
+        admin_token="x",
+        telemetry=telemetry,
+        sweep_interval=None,
+    )
+    metering_store = MeteringStore.open(database_url, catalog=load_catalog())
+    metering_server = await start_metering_server(
+        metering_store, address="127.0.0.1:0", telemetry=telemetry
+    )
+    port = metering_server.running.port
+    q_channel = create_channel(quota_server.address)
+    m_channel = create_channel(f"127.0.0.1:{port}")
+    quota = _Counting(quota_pb2_grpc.QuotaServiceStub(q_channel))
+    metering = _Counting(metering_pb2_grpc.MeteringServiceStub(m_channel))
+    s = Settler(
+        quota=quota,  # type: ignore[arg-type]
+        metering=metering,  # type: ignore[arg-type]
+        outbox_path=tmp_path / "outbox.db",
+        retry_interval=0.05,
+    )
+    await s.start()
+    tenant = await quota_store.create_tenant(request_id="t", name="acme", plan="pro")
+    n = 40
+    try:
+
+        async def one(i: int) -> None:
+            res = await quota_store.reserve(
+                ReserveArgs(request_id=f"req-{i}", tenant_id=tenant.id, images=1)
+            )
+            record = _record(tenant.id, f"req-{i}")
+            if i == 7:
+                record.attempts[0].provider_model = "no-such-model"  # refused for good
+            await s.settle_in_background(
+                Settlement(
+                    reservation_id=res.reservation.id,
+                    commit=quota_pb2.CommitReservationRequest(images=1, megapixels=0.786432),
+                    record=record,
+                ),
+                key=tenant.id,
+                timeout=2.0,
+            )
+
+        # 1) N settlements written at once: delivered in fewer than N calls per receiver.
+        await asyncio.gather(*(one(i) for i in range(n)))
+        assert await s.wait_settled(tenant.id, 10.0)
+        assert s.pending() == 0 and await s.dead_letters() == 1
+        assert quota.calls["BatchCommitReservations"] >= 1
+        assert metering.calls["BatchRecordUsage"] >= 1
+        assert sum(quota.calls.values()) < n and sum(metering.calls.values()) < n
+        with metering_store.engine.connect() as conn:
+            stored = conn.execute(select(func.count()).select_from(UsageRecordRow)).scalar_one()
+        assert stored == n - 1
+        status = await quota_store.get_quota(tenant.id)
+        assert (status.used_images, status.reserved_images) == (n, 0)
+
+        # 2) N records parked while Metering is down: the replay sends them in fewer calls.
+        await metering_server.stop(grace=0, close_store=False)
+        metering.calls.clear()
+        await asyncio.gather(*(one(i) for i in range(n, 2 * n)))
+        assert await s.wait_settled(tenant.id, 10.0)
+        assert s.pending() == n  # the records, parked for retry
+        metering_server = await start_metering_server(
+            metering_store, address=f"127.0.0.1:{port}", telemetry=telemetry
+        )
+        calls_before = sum(metering.calls.values())
+        await _eventually(lambda: s.pending() == 0)
+        assert sum(metering.calls.values()) - calls_before < n
+        with metering_store.engine.connect() as conn:
+            stored = conn.execute(select(func.count()).select_from(UsageRecordRow)).scalar_one()
+        assert stored == 2 * n - 1
+        assert await s.dead_letters() == 1
+    finally:
+        await s.close()
+        await q_channel.close()
+        await m_channel.close()
+        await metering_server.stop(grace=0)
+        await quota_server.stop(grace=0)
+
+
+async def test_receiver_without_batch_rpc_gets_single_calls(tmp_path: Path) -> None:
+    """An older Metering (no BatchRecordUsage: UNIMPLEMENTED) still gets every record, once."""
+    from services.metering.servicer import MeteringServicer
+
+    store = MeteringStore.open(f"sqlite:///{tmp_path / 'm.db'}", catalog=load_catalog())
+    servicer = MeteringServicer(store)
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "imagegate.metering.v1.MeteringService",
+                {
+                    "RecordUsage": grpc.unary_unary_rpc_method_handler(
+                        servicer.RecordUsage,
+                        request_deserializer=metering_pb2.RecordUsageRequest.FromString,
+                        response_serializer=metering_pb2.RecordUsageResponse.SerializeToString,
+                    )
+                },
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = create_channel(f"127.0.0.1:{port}")
+    metering = _Counting(metering_pb2_grpc.MeteringServiceStub(channel))
+    s = Settler(
+        quota=quota_pb2_grpc.QuotaServiceStub(channel),
+        metering=metering,  # type: ignore[arg-type]
+        outbox_path=tmp_path / "outbox.db",
+        retry_interval=0.05,
+    )
+    await s.start()
+    try:
+        for round_ in range(2):
+            await asyncio.gather(
+                *(
+                    s.settle_in_background(
+                        Settlement("", None, _record("t1", f"r{round_}-{i}")),
+                        key="t1",
+                        timeout=2.0,
+                    )
+                    for i in range(10)
+                )
+            )
+            assert await s.wait_settled("t1", 10.0)
+        assert s.pending() == 0 and await s.dead_letters() == 0
+        assert metering.calls["BatchRecordUsage"] == 1  # refused once, then never tried again
+        assert metering.calls["RecordUsage"] == 20
+        with store.engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(UsageRecordRow)).scalar_one() == 20
+    finally:
+        await s.close()
+        await channel.close()
+        await server.stop(grace=0)

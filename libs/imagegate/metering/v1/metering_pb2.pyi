@@ -177,6 +177,120 @@ class RecordUsageResponse(_message.Message):
 Global___RecordUsageResponse: _TypeAlias = RecordUsageResponse  # noqa: Y015
 
 @_typing.final
+class BatchRecordUsageRequest(_message.Message):
+    """Request for BatchRecordUsage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecordUsageRequest]:
+        """The records, 1 to 256; each validated and applied as a RecordUsage."""
+
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___RecordUsageRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchRecordUsageRequest: _TypeAlias = BatchRecordUsageRequest  # noqa: Y015
+
+@_typing.final
+class BatchRecordUsageResponse(_message.Message):
+    """Response of BatchRecordUsage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchRecordResult]:
+        """One result per request item, in request order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___BatchRecordResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchRecordUsageResponse: _TypeAlias = BatchRecordUsageResponse  # noqa: Y015
+
+@_typing.final
+class BatchRecordResult(_message.Message):
+    """Outcome of one item of a batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORD_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    created: _builtins.bool
+    """False when the record already existed and this item changed nothing (unset on error)."""
+    @_builtins.property
+    def record(self) -> Global___UsageRecord:
+        """The stored record (what RecordUsage would return)."""
+
+    @_builtins.property
+    def error(self) -> Global___ItemError:
+        """Why this item failed (what RecordUsage would have failed with)."""
+
+    def __init__(
+        self,
+        *,
+        record: Global___UsageRecord | None = ...,
+        error: Global___ItemError | None = ...,
+        created: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "record", b"record", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "error", b"error", "record", b"record", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["record", "error"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___BatchRecordResult: _TypeAlias = BatchRecordResult  # noqa: Y015
+
+@_typing.final
+class ItemError(_message.Message):
+    """The failure of one batch item, shaped like google.rpc.Status with its ErrorInfo reason."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """Canonical gRPC status code (google.rpc.Code), never OK."""
+    reason: _builtins.str
+    """ErrorInfo reason, e.g. "IDEMPOTENCY_KEY_REUSED"; empty when none."""
+    message: _builtins.str
+    """Developer-facing message."""
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ItemError: _TypeAlias = ItemError  # noqa: Y015
+
+@_typing.final
 class UsageRecord(_message.Message):
     """One request in the ledger."""
 

@@ -42,6 +42,11 @@ class MeteringServiceStub:
                 request_serializer=imagegate_dot_metering_dot_v1_dot_metering__pb2.RecordUsageRequest.SerializeToString,
                 response_deserializer=imagegate_dot_metering_dot_v1_dot_metering__pb2.RecordUsageResponse.FromString,
                 _registered_method=True)
+        self.BatchRecordUsage = channel.unary_unary(
+                '/imagegate.metering.v1.MeteringService/BatchRecordUsage',
+                request_serializer=imagegate_dot_metering_dot_v1_dot_metering__pb2.BatchRecordUsageRequest.SerializeToString,
+                response_deserializer=imagegate_dot_metering_dot_v1_dot_metering__pb2.BatchRecordUsageResponse.FromString,
+                _registered_method=True)
         self.GetUsageSummary = channel.unary_unary(
                 '/imagegate.metering.v1.MeteringService/GetUsageSummary',
                 request_serializer=imagegate_dot_metering_dot_v1_dot_metering__pb2.GetUsageSummaryRequest.SerializeToString,
@@ -74,6 +79,15 @@ class MeteringServiceServicer:
         """Records the usage of one request and its billable attempts. Idempotent on
         (tenant_id, request_id): a repeat with the same content returns the stored record; a repeat
         with different content fails with ALREADY_EXISTS, reason IDEMPOTENCY_KEY_REUSED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchRecordUsage(self, request, context):
+        """Records many requests in one call, each exactly as RecordUsage would (idempotent per item).
+        Results come in request order; one item's failure never fails the others. More than 256
+        items fail the whole call with INVALID_ARGUMENT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -114,6 +128,11 @@ def add_MeteringServiceServicer_to_server(servicer, server):
                     servicer.RecordUsage,
                     request_deserializer=imagegate_dot_metering_dot_v1_dot_metering__pb2.RecordUsageRequest.FromString,
                     response_serializer=imagegate_dot_metering_dot_v1_dot_metering__pb2.RecordUsageResponse.SerializeToString,
+            ),
+            'BatchRecordUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchRecordUsage,
+                    request_deserializer=imagegate_dot_metering_dot_v1_dot_metering__pb2.BatchRecordUsageRequest.FromString,
+                    response_serializer=imagegate_dot_metering_dot_v1_dot_metering__pb2.BatchRecordUsageResponse.SerializeToString,
             ),
             'GetUsageSummary': grpc.unary_unary_rpc_method_handler(
                     servicer.GetUsageSummary,
@@ -166,6 +185,33 @@ class MeteringService:
             '/imagegate.metering.v1.MeteringService/RecordUsage',
             imagegate_dot_metering_dot_v1_dot_metering__pb2.RecordUsageRequest.SerializeToString,
             imagegate_dot_metering_dot_v1_dot_metering__pb2.RecordUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchRecordUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagegate.metering.v1.MeteringService/BatchRecordUsage',
+            imagegate_dot_metering_dot_v1_dot_metering__pb2.BatchRecordUsageRequest.SerializeToString,
+            imagegate_dot_metering_dot_v1_dot_metering__pb2.BatchRecordUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

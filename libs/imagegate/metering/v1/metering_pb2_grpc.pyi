@@ -41,6 +41,11 @@ class MeteringServiceStub:
     (tenant_id, request_id): a repeat with the same content returns the stored record; a repeat
     with different content fails with ALREADY_EXISTS, reason IDEMPOTENCY_KEY_REUSED.
     """
+    BatchRecordUsage: _grpc.UnaryUnaryMultiCallable[_metering_pb2.BatchRecordUsageRequest, _metering_pb2.BatchRecordUsageResponse]
+    """Records many requests in one call, each exactly as RecordUsage would (idempotent per item).
+    Results come in request order; one item's failure never fails the others. More than 256
+    items fail the whole call with INVALID_ARGUMENT.
+    """
     GetUsageSummary: _grpc.UnaryUnaryMultiCallable[_metering_pb2.GetUsageSummaryRequest, _metering_pb2.GetUsageSummaryResponse]
     """Summarises a tenant's usage for a calendar month, grouped by provider and model."""
     ListUsageRecords: _grpc.UnaryUnaryMultiCallable[_metering_pb2.ListUsageRecordsRequest, _metering_pb2.ListUsageRecordsResponse]
@@ -62,6 +67,11 @@ class MeteringServiceAsyncStub(MeteringServiceStub):
     """Records the usage of one request and its billable attempts. Idempotent on
     (tenant_id, request_id): a repeat with the same content returns the stored record; a repeat
     with different content fails with ALREADY_EXISTS, reason IDEMPOTENCY_KEY_REUSED.
+    """
+    BatchRecordUsage: _aio.UnaryUnaryMultiCallable[_metering_pb2.BatchRecordUsageRequest, _metering_pb2.BatchRecordUsageResponse]  # type: ignore[assignment]
+    """Records many requests in one call, each exactly as RecordUsage would (idempotent per item).
+    Results come in request order; one item's failure never fails the others. More than 256
+    items fail the whole call with INVALID_ARGUMENT.
     """
     GetUsageSummary: _aio.UnaryUnaryMultiCallable[_metering_pb2.GetUsageSummaryRequest, _metering_pb2.GetUsageSummaryResponse]  # type: ignore[assignment]
     """Summarises a tenant's usage for a calendar month, grouped by provider and model."""
@@ -87,6 +97,17 @@ class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
         """Records the usage of one request and its billable attempts. Idempotent on
         (tenant_id, request_id): a repeat with the same content returns the stored record; a repeat
         with different content fails with ALREADY_EXISTS, reason IDEMPOTENCY_KEY_REUSED.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchRecordUsage(
+        self,
+        request: _metering_pb2.BatchRecordUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metering_pb2.BatchRecordUsageResponse, _abc.Awaitable[_metering_pb2.BatchRecordUsageResponse]]:
+        """Records many requests in one call, each exactly as RecordUsage would (idempotent per item).
+        Results come in request order; one item's failure never fails the others. More than 256
+        items fail the whole call with INVALID_ARGUMENT.
         """
 
     @_abc_1.abstractmethod

@@ -26,15 +26,15 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eimagegate/quota/v1/quota.proto\x12\x12imagegate.quota.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"a\n\x06Tenant\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04plan\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa6\x01\n\x04Plan\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x16\n\x0emonthly_images\x18\x03 \x01(\x03\x12\x1a\n\x12monthly_megapixels\x18\x04 \x01(\x01\x12\x1b\n\x13monthly_cost_micros\x18\x05 \x01(\x03\x12\x15\n\rallowed_tiers\x18\x06 \x03(\t\x12\x14\n\x0cprice_micros\x18\x07 \x01(\x03\"\xef\x01\n\x0bReservation\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x0e\n\x06images\x18\x04 \x01(\x03\x12\x12\n\nmegapixels\x18\x05 \x01(\x01\x12\x13\n\x0b\x63ost_micros\x18\x06 \x01(\x03\x12\x0e\n\x06period\x18\x07 \x01(\t\x12\x33\n\x05state\x18\x08 \x01(\x0e\x32$.imagegate.quota.v1.ReservationState\x12/\n\x0b\x65xpire_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9c\x02\n\x0bQuotaStatus\x12*\n\x06tenant\x18\x01 \x01(\x0b\x32\x1a.imagegate.quota.v1.Tenant\x12&\n\x04plan\x18\x02 \x01(\x0b\x32\x18.imagegate.quota.v1.Plan\x12\x0e\n\x06period\x18\x03 \x01(\t\x12\x13\n\x0bused_images\x18\x04 \x01(\x03\x12\x17\n\x0freserved_images\x18\x05 \x01(\x03\x12\x18\n\x10remaining_images\x18\x06 \x01(\x03\x12\x17\n\x0fused_megapixels\x18\x07 \x01(\x01\x12\x18\n\x10used_cost_micros\x18\x08 \x01(\x03\x12.\n\nreset_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\",\n\x19\x41uthenticateApiKeyRequest\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\"\x80\x01\n\x1a\x41uthenticateApiKeyResponse\x12*\n\x06tenant\x18\x01 \x01(\x0b\x32\x1a.imagegate.quota.v1.Tenant\x12&\n\x04plan\x18\x02 \x01(\x0b\x32\x18.imagegate.quota.v1.Plan\x12\x0e\n\x06key_id\x18\x03 \x01(\t\"\xb0\x01\n\x13ReserveQuotaRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61pi_key\x18\x03 \x01(\t\x12\x0e\n\x06images\x18\x04 \x01(\x03\x12\x12\n\nmegapixels\x18\x05 \x01(\x01\x12\x13\n\x0b\x63ost_micros\x18\x06 \x01(\x03\x12(\n\x05lease\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xb0\x01\n\x14ReserveQuotaResponse\x12\x34\n\x0breservation\x18\x01 \x01(\x0b\x32\x1f.imagegate.quota.v1.Reservation\x12*\n\x06tenant\x18\x02 \x01(\x0b\x32\x1a.imagegate.quota.v1.Tenant\x12&\n\x04plan\x18\x03 \x01(\x0b\x32\x18.imagegate.quota.v1.Plan\x12\x0e\n\x06key_id\x18\x04 \x01(\t\"k\n\x18\x43ommitReservationRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x0e\n\x06images\x18\x02 \x01(\x03\x12\x12\n\nmegapixels\x18\x03 \x01(\x01\x12\x13\n\x0b\x63ost_micros\x18\x04 \x01(\x03\"Q\n\x19\x43ommitReservationResponse\x12\x34\n\x0breservation\x18\x01 \x01(\x0b\x32\x1f.imagegate.quota.v1.Reservation\"3\n\x19ReleaseReservationRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\"R\n\x1aReleaseReservationResponse\x12\x34\n\x0breservation\x18\x01 \x01(\x0b\x32\x1f.imagegate.quota.v1.Reservation\"$\n\x0fGetQuotaRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"B\n\x10GetQuotaResponse\x12.\n\x05quota\x18\x01 \x01(\x0b\x32\x1f.imagegate.quota.v1.QuotaStatus\"\x12\n\x10ListPlansRequest\"<\n\x11ListPlansResponse\x12\'\n\x05plans\x18\x01 \x03(\x0b\x32\x18.imagegate.quota.v1.Plan\"E\n\x13\x43reateTenantRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04plan\x18\x03 \x01(\t\"B\n\x14\x43reateTenantResponse\x12*\n\x06tenant\x18\x01 \x01(\x0b\x32\x1a.imagegate.quota.v1.Tenant\"7\n\x14SetTenantPlanRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0c\n\x04plan\x18\x02 \x01(\t\"C\n\x15SetTenantPlanResponse\x12*\n\x06tenant\x18\x01 \x01(\x0b\x32\x1a.imagegate.quota.v1.Tenant\"7\n\x13\x43reateApiKeyRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\"7\n\x14\x43reateApiKeyResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\"%\n\x13RevokeApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"G\n\x14RevokeApiKeyResponse\x12/\n\x0brevoke_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x14\n\x12ListTenantsRequest\"B\n\x13ListTenantsResponse\x12+\n\x07tenants\x18\x01 \x03(\x0b\x32\x1a.imagegate.quota.v1.Tenant*\xb4\x01\n\x10ReservationState\x12!\n\x1dRESERVATION_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19RESERVATION_STATE_PENDING\x10\x01\x12\x1f\n\x1bRESERVATION_STATE_COMMITTED\x10\x02\x12\x1e\n\x1aRESERVATION_STATE_RELEASED\x10\x03\x12\x1d\n\x19RESERVATION_STATE_EXPIRED\x10\x04\x32\xed\x08\n\x0cQuotaService\x12s\n\x12\x41uthenticateApiKey\x12-.imagegate.quota.v1.AuthenticateApiKeyRequest\x1a..imagegate.quota.v1.AuthenticateApiKeyResponse\x12\x61\n\x0cReserveQuota\x12\'.imagegate.quota.v1.ReserveQuotaRequest\x1a(.imagegate.quota.v1.ReserveQuotaResponse\x12p\n\x11\x43ommitReservation\x12,.imagegate.quota.v1.CommitReservationRequest\x1a-.imagegate.quota.v1.CommitReservationResponse\x12s\n\x12ReleaseReservation\x12-.imagegate.quota.v1.ReleaseReservationRequest\x1a..imagegate.quota.v1.ReleaseReservationResponse\x12U\n\x08GetQuota\x12#.imagegate.quota.v1.GetQuotaRequest\x1a$.imagegate.quota.v1.GetQuotaResponse\x12X\n\tListPlans\x12$.imagegate.quota.v1.ListPlansRequest\x1a%.imagegate.quota.v1.ListPlansResponse\x12\x61\n\x0c\x43reateTenant\x12\'.imagegate.quota.v1.CreateTenantRequest\x1a(.imagegate.quota.v1.CreateTenantResponse\x12\x64\n\rSetTenantPlan\x12(.imagegate.quota.v1.SetTenantPlanRequest\x1a).imagegate.quota.v1.SetTenantPlanResponse\x12\x61\n\x0c\x43reateApiKey\x12\'.imagegate.quota.v1.CreateApiKeyRequest\x1a(.imagegate.quota.v1.CreateApiKeyResponse\x12\x61\n\x0cRevokeApiKey\x12\'.imagegate.quota.v1.RevokeApiKeyRequest\x1a(.imagegate.quota.v1.RevokeApiKeyResponse\x12^\n\x0bListTenants\x12&.imagegate.quota.v1.ListTenantsRequest\x1a\'.imagegate.quota.v1.ListTenantsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eimagegate/quota/v1/quota.proto\x12\x12imagegate.quota.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"a\n\x06Tenant\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04plan\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa6\x01\n\x04Plan\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x16\n\x0emonthly_images\x18\x03 \x01(\x03\x12\x1a\n\x12monthly_megapixels\x18\x04 \x01(\x01\x12\x1b\n\x13monthly_cost_micros\x18\x05 \x01(\x03\x12\x15\n\rallowed_tiers\x18\x06 \x03(\t\x12\x14\n\x0cprice_micros\x18\x07 \x01(\x03\"\xef\x01\n\x0bReservation\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x0e\n\x06images\x18\x04 \x01(\x03\x12\x12\n\nmegapixels\x18\x05 \x01(\x01\x12\x13\n\x0b\x63ost_micros\x18\x06 \x01(\x03\x12\x0e\n\x06period\x18\x07 \x01(\t\x12\x33\n\x05state\x18\x08 \x01(\x0e\x32$.imagegate.quota.v1.ReservationState\x12/\n\x0b\x65xpire_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9c\x02\n\x0bQuotaStatus\x12*\n\x06tenant\x18\x01 \x01(\x0b\x32\x1a.imagegate.quota.v1.Tenant\x12&\n\x04plan\x18\x02 \x01(\x0b\x32\x18.imagegate.quota.v1.Plan\x12\x0e\n\x06period\x18\x03 \x01(\t\x12\x13\n\x0bused_images\x18\x04 \x01(\x03\x12\x17\n\x0freserved_images\x18\x05 \x01(\x03\x12\x18\n\x10remaining_images\x18\x06 \x01(\x03\x12\x17\n\x0fused_megapixels\x18\x07 \x01(\x01\x12\x18\n\x10used_cost_micros\x18\x08 \x01(\x03\x12.\n\nreset_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\",\n\x19\x41uthenticateApiKeyRequest\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\"\x80\x01\n\x1a\x41uthenticateApiKeyResponse\x12*\n\x06tenant\x18\x01 \x01(\x0b\x32\x1a.imagegate.quota.v1.Tenant\x12&\n\x04plan\x18\x02 \x01(\x0b\x32\x18.imagegate.quota.v1.Plan\x12\x0e\n\x06key_id\x18\x03 \x01(\t\"\xb0\x01\n\x13ReserveQuotaRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61pi_key\x18\x03 \x01(\t\x12\x0e\n\x06images\x18\x04 \x01(\x03\x12\x12\n\nmegapixels\x18\x05 \x01(\x01\x12\x13\n\x0b\x63ost_micros\x18\x06 \x01(\x03\x12(\n\x05lease\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xb0\x01\n\x14ReserveQuotaResponse\x12\x34\n\x0breservation\x18\x01 \x01(\x0b\x32\x1f.imagegate.quota.v1.Reservation\x12*\n\x06tenant\x18\x02 \x01(\x0b\x32\x1a.imagegate.quota.v1.Tenant\x12&\n\x04plan\x18\x03 \x01(\x0b\x32\x18.imagegate.quota.v1.Plan\x12\x0e\n\x06key_id\x18\x04 \x01(\t\"k\n\x18\x43ommitReservationRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x0e\n\x06images\x18\x02 \x01(\x03\x12\x12\n\nmegapixels\x18\x03 \x01(\x01\x12\x13\n\x0b\x63ost_micros\x18\x04 \x01(\x03\"Q\n\x19\x43ommitReservationResponse\x12\x34\n\x0breservation\x18\x01 \x01(\x0b\x32\x1f.imagegate.quota.v1.Reservation\"`\n\x1e\x42\x61tchCommitReservationsRequest\x12>\n\x08requests\x18\x01 \x03(\x0b\x32,.imagegate.quota.v1.CommitReservationRequest\"Y\n\x1f\x42\x61tchCommitReservationsResponse\x12\x36\n\x07results\x18\x01 \x03(\x0b\x32%.imagegate.quota.v1.BatchCommitResult\"\x85\x01\n\x11\x42\x61tchCommitResult\x12\x36\n\x0breservation\x18\x01 \x01(\x0b\x32\x1f.imagegate.quota.v1.ReservationH\x00\x12.\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1d.imagegate.quota.v1.ItemErrorH\x00\x42\x08\n\x06result\":\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"3\n\x19ReleaseReservationRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\"R\n\x1aReleaseReservationResponse\x12\x34\n\x0breservation\x18\x01 \x01(\x0b\x32\x1f.imagegate.quota.v1.Reservation\"$\n\x0fGetQuotaRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"B\n\x10GetQuotaResponse\x12.\n\x05quota\x18\x01 \x01(\x0b\x32\x1f.imagegate.quota.v1.QuotaStatus\"\x12\n\x10ListPlansRequest\"<\n\x11ListPlansResponse\x12\'\n\x05plans\x18\x01 \x03(\x0b\x32\x18.imagegate.quota.v1.Plan\"E\n\x13\x43reateTenantRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04plan\x18\x03 \x01(\t\"B\n\x14\x43reateTenantResponse\x12*\n\x06tenant\x18\x01 \x01(\x0b\x32\x1a.imagegate.quota.v1.Tenant\"7\n\x14SetTenantPlanRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0c\n\x04plan\x18\x02 \x01(\t\"C\n\x15SetTenantPlanResponse\x12*\n\x06tenant\x18\x01 \x01(\x0b\x32\x1a.imagegate.quota.v1.Tenant\"7\n\x13\x43reateApiKeyRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\"7\n\x14\x43reateApiKeyResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\"%\n\x13RevokeApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"G\n\x14RevokeApiKeyResponse\x12/\n\x0brevoke_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x14\n\x12ListTenantsRequest\"B\n\x13ListTenantsResponse\x12+\n\x07tenants\x18\x01 \x03(\x0b\x32\x1a.imagegate.quota.v1.Tenant*\xb4\x01\n\x10ReservationState\x12!\n\x1dRESERVATION_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19RESERVATION_STATE_PENDING\x10\x01\x12\x1f\n\x1bRESERVATION_STATE_COMMITTED\x10\x02\x12\x1e\n\x1aRESERVATION_STATE_RELEASED\x10\x03\x12\x1d\n\x19RESERVATION_STATE_EXPIRED\x10\x04\x32\xf2\t\n\x0cQuotaService\x12s\n\x12\x41uthenticateApiKey\x12-.imagegate.quota.v1.AuthenticateApiKeyRequest\x1a..imagegate.quota.v1.AuthenticateApiKeyResponse\x12\x61\n\x0cReserveQuota\x12\'.imagegate.quota.v1.ReserveQuotaRequest\x1a(.imagegate.quota.v1.ReserveQuotaResponse\x12p\n\x11\x43ommitReservation\x12,.imagegate.quota.v1.CommitReservationRequest\x1a-.imagegate.quota.v1.CommitReservationResponse\x12\x82\x01\n\x17\x42\x61tchCommitReservations\x12\x32.imagegate.quota.v1.BatchCommitReservationsRequest\x1a\x33.imagegate.quota.v1.BatchCommitReservationsResponse\x12s\n\x12ReleaseReservation\x12-.imagegate.quota.v1.ReleaseReservationRequest\x1a..imagegate.quota.v1.ReleaseReservationResponse\x12U\n\x08GetQuota\x12#.imagegate.quota.v1.GetQuotaRequest\x1a$.imagegate.quota.v1.GetQuotaResponse\x12X\n\tListPlans\x12$.imagegate.quota.v1.ListPlansRequest\x1a%.imagegate.quota.v1.ListPlansResponse\x12\x61\n\x0c\x43reateTenant\x12\'.imagegate.quota.v1.CreateTenantRequest\x1a(.imagegate.quota.v1.CreateTenantResponse\x12\x64\n\rSetTenantPlan\x12(.imagegate.quota.v1.SetTenantPlanRequest\x1a).imagegate.quota.v1.SetTenantPlanResponse\x12\x61\n\x0c\x43reateApiKey\x12\'.imagegate.quota.v1.CreateApiKeyRequest\x1a(.imagegate.quota.v1.CreateApiKeyResponse\x12\x61\n\x0cRevokeApiKey\x12\'.imagegate.quota.v1.RevokeApiKeyRequest\x1a(.imagegate.quota.v1.RevokeApiKeyResponse\x12^\n\x0bListTenants\x12&.imagegate.quota.v1.ListTenantsRequest\x1a\'.imagegate.quota.v1.ListTenantsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'imagegate.quota.v1.quota_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RESERVATIONSTATE']._serialized_start=2550
-  _globals['_RESERVATIONSTATE']._serialized_end=2730
+  _globals['_RESERVATIONSTATE']._serialized_start=2935
+  _globals['_RESERVATIONSTATE']._serialized_end=3115
   _globals['_TENANT']._serialized_start=119
   _globals['_TENANT']._serialized_end=216
   _globals['_PLAN']._serialized_start=219
@@ -55,38 +55,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COMMITRESERVATIONREQUEST']._serialized_end=1558
   _globals['_COMMITRESERVATIONRESPONSE']._serialized_start=1560
   _globals['_COMMITRESERVATIONRESPONSE']._serialized_end=1641
-  _globals['_RELEASERESERVATIONREQUEST']._serialized_start=1643
-  _globals['_RELEASERESERVATIONREQUEST']._serialized_end=1694
-  _globals['_RELEASERESERVATIONRESPONSE']._serialized_start=1696
-  _globals['_RELEASERESERVATIONRESPONSE']._serialized_end=1778
-  _globals['_GETQUOTAREQUEST']._serialized_start=1780
-  _globals['_GETQUOTAREQUEST']._serialized_end=1816
-  _globals['_GETQUOTARESPONSE']._serialized_start=1818
-  _globals['_GETQUOTARESPONSE']._serialized_end=1884
-  _globals['_LISTPLANSREQUEST']._serialized_start=1886
-  _globals['_LISTPLANSREQUEST']._serialized_end=1904
-  _globals['_LISTPLANSRESPONSE']._serialized_start=1906
-  _globals['_LISTPLANSRESPONSE']._serialized_end=1966
-  _globals['_CREATETENANTREQUEST']._serialized_start=1968
-  _globals['_CREATETENANTREQUEST']._serialized_end=2037
-  _globals['_CREATETENANTRESPONSE']._serialized_start=2039
-  _globals['_CREATETENANTRESPONSE']._serialized_end=2105
-  _globals['_SETTENANTPLANREQUEST']._serialized_start=2107
-  _globals['_SETTENANTPLANREQUEST']._serialized_end=2162
-  _globals['_SETTENANTPLANRESPONSE']._serialized_start=2164
-  _globals['_SETTENANTPLANRESPONSE']._serialized_end=2231
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=2233
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=2288
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=2290
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=2345
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=2347
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=2384
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=2386
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=2457
-  _globals['_LISTTENANTSREQUEST']._serialized_start=2459
-  _globals['_LISTTENANTSREQUEST']._serialized_end=2479
-  _globals['_LISTTENANTSRESPONSE']._serialized_start=2481
-  _globals['_LISTTENANTSRESPONSE']._serialized_end=2547
-  _globals['_QUOTASERVICE']._serialized_start=2733
-  _globals['_QUOTASERVICE']._serialized_end=3866
+  _globals['_BATCHCOMMITRESERVATIONSREQUEST']._serialized_start=1643
+  _globals['_BATCHCOMMITRESERVATIONSREQUEST']._serialized_end=1739
+  _globals['_BATCHCOMMITRESERVATIONSRESPONSE']._serialized_start=1741
+  _globals['_BATCHCOMMITRESERVATIONSRESPONSE']._serialized_end=1830
+  _globals['_BATCHCOMMITRESULT']._serialized_start=1833
+  _globals['_BATCHCOMMITRESULT']._serialized_end=1966
+  _globals['_ITEMERROR']._serialized_start=1968
+  _globals['_ITEMERROR']._serialized_end=2026
+  _globals['_RELEASERESERVATIONREQUEST']._serialized_start=2028
+  _globals['_RELEASERESERVATIONREQUEST']._serialized_end=2079
+  _globals['_RELEASERESERVATIONRESPONSE']._serialized_start=2081
+  _globals['_RELEASERESERVATIONRESPONSE']._serialized_end=2163
+  _globals['_GETQUOTAREQUEST']._serialized_start=2165
+  _globals['_GETQUOTAREQUEST']._serialized_end=2201
+  _globals['_GETQUOTARESPONSE']._serialized_start=2203
+  _globals['_GETQUOTARESPONSE']._serialized_end=2269
+  _globals['_LISTPLANSREQUEST']._serialized_start=2271
+  _globals['_LISTPLANSREQUEST']._serialized_end=2289
+  _globals['_LISTPLANSRESPONSE']._serialized_start=2291
+  _globals['_LISTPLANSRESPONSE']._serialized_end=2351
+  _globals['_CREATETENANTREQUEST']._serialized_start=2353
+  _globals['_CREATETENANTREQUEST']._serialized_end=2422
+  _globals['_CREATETENANTRESPONSE']._serialized_start=2424
+  _globals['_CREATETENANTRESPONSE']._serialized_end=2490
+  _globals['_SETTENANTPLANREQUEST']._serialized_start=2492
+  _globals['_SETTENANTPLANREQUEST']._serialized_end=2547
+  _globals['_SETTENANTPLANRESPONSE']._serialized_start=2549
+  _globals['_SETTENANTPLANRESPONSE']._serialized_end=2616
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=2618
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=2673
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=2675
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=2730
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=2732
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=2769
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=2771
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=2842
+  _globals['_LISTTENANTSREQUEST']._serialized_start=2844
+  _globals['_LISTTENANTSREQUEST']._serialized_end=2864
+  _globals['_LISTTENANTSRESPONSE']._serialized_start=2866
+  _globals['_LISTTENANTSRESPONSE']._serialized_end=2932
+  _globals['_QUOTASERVICE']._serialized_start=3118
+  _globals['_QUOTASERVICE']._serialized_end=4384
 # @@protoc_insertion_point(module_scope)

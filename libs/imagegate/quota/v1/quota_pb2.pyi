@@ -458,6 +458,116 @@ class CommitReservationResponse(_message.Message):
 Global___CommitReservationResponse: _TypeAlias = CommitReservationResponse  # noqa: Y015
 
 @_typing.final
+class BatchCommitReservationsRequest(_message.Message):
+    """Request for BatchCommitReservations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___CommitReservationRequest]:
+        """The commits, 1 to 256; each validated and applied as a CommitReservation."""
+
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___CommitReservationRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchCommitReservationsRequest: _TypeAlias = BatchCommitReservationsRequest  # noqa: Y015
+
+@_typing.final
+class BatchCommitReservationsResponse(_message.Message):
+    """Response of BatchCommitReservations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchCommitResult]:
+        """One result per request item, in request order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___BatchCommitResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchCommitReservationsResponse: _TypeAlias = BatchCommitReservationsResponse  # noqa: Y015
+
+@_typing.final
+class BatchCommitResult(_message.Message):
+    """Outcome of one item of a batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVATION_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reservation(self) -> Global___Reservation:
+        """The reservation after the commit (what CommitReservation would return)."""
+
+    @_builtins.property
+    def error(self) -> Global___ItemError:
+        """Why this item failed (what CommitReservation would have failed with)."""
+
+    def __init__(
+        self,
+        *,
+        reservation: Global___Reservation | None = ...,
+        error: Global___ItemError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "reservation", b"reservation", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "reservation", b"reservation", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["reservation", "error"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___BatchCommitResult: _TypeAlias = BatchCommitResult  # noqa: Y015
+
+@_typing.final
+class ItemError(_message.Message):
+    """The failure of one batch item, shaped like google.rpc.Status with its ErrorInfo reason."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """Canonical gRPC status code (google.rpc.Code), never OK."""
+    reason: _builtins.str
+    """ErrorInfo reason, e.g. "RESERVATION_NOT_FOUND"; empty when none."""
+    message: _builtins.str
+    """Developer-facing message."""
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ItemError: _TypeAlias = ItemError  # noqa: Y015
+
+@_typing.final
 class ReleaseReservationRequest(_message.Message):
     """Request for ReleaseReservation."""
 

@@ -55,6 +55,11 @@ class QuotaServiceStub:
                 request_serializer=imagegate_dot_quota_dot_v1_dot_quota__pb2.CommitReservationRequest.SerializeToString,
                 response_deserializer=imagegate_dot_quota_dot_v1_dot_quota__pb2.CommitReservationResponse.FromString,
                 _registered_method=True)
+        self.BatchCommitReservations = channel.unary_unary(
+                '/imagegate.quota.v1.QuotaService/BatchCommitReservations',
+                request_serializer=imagegate_dot_quota_dot_v1_dot_quota__pb2.BatchCommitReservationsRequest.SerializeToString,
+                response_deserializer=imagegate_dot_quota_dot_v1_dot_quota__pb2.BatchCommitReservationsResponse.FromString,
+                _registered_method=True)
         self.ReleaseReservation = channel.unary_unary(
                 '/imagegate.quota.v1.QuotaService/ReleaseReservation',
                 request_serializer=imagegate_dot_quota_dot_v1_dot_quota__pb2.ReleaseReservationRequest.SerializeToString,
@@ -123,6 +128,15 @@ class QuotaServiceServicer:
 
     def CommitReservation(self, request, context):
         """Charges the actual amount of a reservation (at most what was reserved). Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchCommitReservations(self, request, context):
+        """Commits many reservations in one call, each exactly as CommitReservation would (idempotent
+        per item). Results come in request order; one item's failure never fails the others. More
+        than 256 items fail the whole call with INVALID_ARGUMENT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -201,6 +215,11 @@ def add_QuotaServiceServicer_to_server(servicer, server):
                     servicer.CommitReservation,
                     request_deserializer=imagegate_dot_quota_dot_v1_dot_quota__pb2.CommitReservationRequest.FromString,
                     response_serializer=imagegate_dot_quota_dot_v1_dot_quota__pb2.CommitReservationResponse.SerializeToString,
+            ),
+            'BatchCommitReservations': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchCommitReservations,
+                    request_deserializer=imagegate_dot_quota_dot_v1_dot_quota__pb2.BatchCommitReservationsRequest.FromString,
+                    response_serializer=imagegate_dot_quota_dot_v1_dot_quota__pb2.BatchCommitReservationsResponse.SerializeToString,
             ),
             'ReleaseReservation': grpc.unary_unary_rpc_method_handler(
                     servicer.ReleaseReservation,
@@ -330,6 +349,33 @@ class QuotaService:
             '/imagegate.quota.v1.QuotaService/CommitReservation',
             imagegate_dot_quota_dot_v1_dot_quota__pb2.CommitReservationRequest.SerializeToString,
             imagegate_dot_quota_dot_v1_dot_quota__pb2.CommitReservationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchCommitReservations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagegate.quota.v1.QuotaService/BatchCommitReservations',
+            imagegate_dot_quota_dot_v1_dot_quota__pb2.BatchCommitReservationsRequest.SerializeToString,
+            imagegate_dot_quota_dot_v1_dot_quota__pb2.BatchCommitReservationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,11 @@ class QuotaServiceStub:
     """
     CommitReservation: _grpc.UnaryUnaryMultiCallable[_quota_pb2.CommitReservationRequest, _quota_pb2.CommitReservationResponse]
     """Charges the actual amount of a reservation (at most what was reserved). Idempotent."""
+    BatchCommitReservations: _grpc.UnaryUnaryMultiCallable[_quota_pb2.BatchCommitReservationsRequest, _quota_pb2.BatchCommitReservationsResponse]
+    """Commits many reservations in one call, each exactly as CommitReservation would (idempotent
+    per item). Results come in request order; one item's failure never fails the others. More
+    than 256 items fail the whole call with INVALID_ARGUMENT.
+    """
     ReleaseReservation: _grpc.UnaryUnaryMultiCallable[_quota_pb2.ReleaseReservationRequest, _quota_pb2.ReleaseReservationResponse]
     """Returns all units of a reservation. A release after a commit changes nothing."""
     GetQuota: _grpc.UnaryUnaryMultiCallable[_quota_pb2.GetQuotaRequest, _quota_pb2.GetQuotaResponse]
@@ -83,6 +88,11 @@ class QuotaServiceAsyncStub(QuotaServiceStub):
     """
     CommitReservation: _aio.UnaryUnaryMultiCallable[_quota_pb2.CommitReservationRequest, _quota_pb2.CommitReservationResponse]  # type: ignore[assignment]
     """Charges the actual amount of a reservation (at most what was reserved). Idempotent."""
+    BatchCommitReservations: _aio.UnaryUnaryMultiCallable[_quota_pb2.BatchCommitReservationsRequest, _quota_pb2.BatchCommitReservationsResponse]  # type: ignore[assignment]
+    """Commits many reservations in one call, each exactly as CommitReservation would (idempotent
+    per item). Results come in request order; one item's failure never fails the others. More
+    than 256 items fail the whole call with INVALID_ARGUMENT.
+    """
     ReleaseReservation: _aio.UnaryUnaryMultiCallable[_quota_pb2.ReleaseReservationRequest, _quota_pb2.ReleaseReservationResponse]  # type: ignore[assignment]
     """Returns all units of a reservation. A release after a commit changes nothing."""
     GetQuota: _aio.UnaryUnaryMultiCallable[_quota_pb2.GetQuotaRequest, _quota_pb2.GetQuotaResponse]  # type: ignore[assignment]
@@ -134,6 +144,17 @@ class QuotaServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_quota_pb2.CommitReservationResponse, _abc.Awaitable[_quota_pb2.CommitReservationResponse]]:
         """Charges the actual amount of a reservation (at most what was reserved). Idempotent."""
+
+    @_abc_1.abstractmethod
+    def BatchCommitReservations(
+        self,
+        request: _quota_pb2.BatchCommitReservationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_quota_pb2.BatchCommitReservationsResponse, _abc.Awaitable[_quota_pb2.BatchCommitReservationsResponse]]:
+        """Commits many reservations in one call, each exactly as CommitReservation would (idempotent
+        per item). Results come in request order; one item's failure never fails the others. More
+        than 256 items fail the whole call with INVALID_ARGUMENT.
+        """
 
     @_abc_1.abstractmethod
     def ReleaseReservation(
