@@ -16,6 +16,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from imagegate.devstack.services import ServiceSpec, free_port, plan_stack
+from imagegate.devstack.supervisor import die_with_parent, prepare_die_with_parent
 
 # Variables of the developer's shell that would change what the bench measures.
 _SCRUB = (
@@ -143,6 +144,7 @@ async def spawn(
     """Starts `argv` in its own session with output to <log_dir>/<name>.log."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
+    prepare_die_with_parent()
     with log_path.open("ab") as log:
         process = await asyncio.create_subprocess_exec(
             *argv,
@@ -152,6 +154,8 @@ async def spawn(
             stdout=log,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
+            # A killed benchmark must not leave its services running.
+            preexec_fn=die_with_parent,
         )
     return Proc(name, process, address, log_path)
 

@@ -78,7 +78,7 @@ class Stack:
             )
 
     async def _spawn(self, spec: ServiceSpec, colour: str) -> None:
-        _prctl()
+        prepare_die_with_parent()
         proc = await asyncio.create_subprocess_exec(
             self._python,
             "-m",
@@ -88,7 +88,7 @@ class Stack:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         child = Child(spec, self.env[spec.addr_var], proc)
         self.children[spec.name] = child
@@ -173,6 +173,11 @@ class Stack:
                 await asyncio.wait_for(pump, 2.0)
 
 
+def prepare_die_with_parent() -> None:
+    """Looks prctl up in the parent, before any fork that will use `die_with_parent`."""
+    _prctl()
+
+
 @functools.cache
 def _prctl() -> Callable[..., int] | None:
     """libc's prctl, looked up in the parent: the child must not import anything after fork."""
@@ -183,7 +188,7 @@ def _prctl() -> Callable[..., int] | None:
     return ctypes.CDLL("libc.so.6", use_errno=True).prctl  # type: ignore[no-any-return]
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Asks Linux to SIGTERM the child when the supervisor dies, so no service is orphaned."""
     prctl = _prctl()
     if prctl is not None:
