@@ -7,11 +7,13 @@ import contextlib
 import email.utils
 import itertools
 import json as jsonlib
+import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import certifi
 import httpx
 
 from imagegate.grpckit import reasons
@@ -61,8 +63,11 @@ class ShardedTransport(httpx.AsyncBaseTransport):
         limits = httpx.Limits(
             max_connections=per_shard, max_keepalive_connections=per_shard, keepalive_expiry=30.0
         )
+        # One TLS context for every shard: building one loads the CA bundle (~33 ms, ~0.7 MB).
+        tls = ssl.create_default_context(cafile=certifi.where())
         self._pools = [
-            httpx.AsyncHTTPTransport(limits=limits, trust_env=False) for _ in range(shards)
+            httpx.AsyncHTTPTransport(limits=limits, trust_env=False, verify=tls)
+            for _ in range(shards)
         ]
         self._turn = itertools.cycle(range(shards))
 
