@@ -1,4 +1,4 @@
-"""deploy/ agrees with TEAM-NOTES, the dev stack table, the collector and the code's metric names."""
+"""deploy/ agrees with docs/contributing.md, the dev stack table, the collector and the code's metric names."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from imagegate.telemetry.setup import env_key
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 SPECS = {s.name: s for s in (*CORE, *ADAPTERS, ROUTER)}
-# TEAM-NOTES "Ports and variables (fixed)".
+# docs/contributing.md "Ports and variables (fixed)".
 TEAM_NOTES_PORTS = {
     "router": ("IMAGEGATE_ROUTER_ADDR", 50051),
     "quota": ("IMAGEGATE_QUOTA_ADDR", 50052),

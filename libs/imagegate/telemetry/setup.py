@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 StubT = TypeVar("StubT")
 
-# Default Prometheus scrape addresses; the gRPC port table in TEAM-NOTES shifted to 94xx.
+# Default Prometheus scrape addresses: the gRPC port table (docs/contributing.md) shifted to 94xx.
 DEFAULT_METRICS_ADDRS: dict[str, str] = {
     "router": "127.0.0.1:9464",
     "quota": "127.0.0.1:9465",
