@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
 
 import grpc
 
 from imagegate.grpckit import reasons
+from imagegate.grpckit.batch import check_batch_size, run_items
 from imagegate.grpckit.errors import FieldViolation, ImagegateError, invalid_argument
 from imagegate.metering.v1 import metering_pb2, metering_pb2_grpc
 from imagegate.persistence.periods import PERIOD_RE, period_of
@@ -23,45 +21,8 @@ MAX_IMAGES = 16
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
 
-MAX_BATCH = 256
 
 log = logging.getLogger(__name__)
-
-_In = TypeVar("_In")
-_Out = TypeVar("_Out")
-
-
-async def run_items(
-    items: Sequence[_In],
-    key: Callable[[_In], str],
-    handle: Callable[[_In], Awaitable[_Out]],
-) -> list[_Out | Exception]:
-    """Runs every item through `handle` concurrently, results in request order.
-
-    Items with the same key run one after another in request order (an idempotent replay inside
-    a batch then sees the first one's effect); different keys run concurrently, so the store's
-    group commit takes them in one transaction. An item's exception is its result.
-    """
-    results: list[_Out | Exception] = [Exception("not run")] * len(items)
-    chains: dict[str, list[int]] = {}
-    for i, item in enumerate(items):
-        chains.setdefault(key(item), []).append(i)
-
-    async def chain(indices: list[int]) -> None:
-        for i in indices:
-            try:
-                results[i] = await handle(items[i])
-            except Exception as err:  # one item's failure never fails the others
-                results[i] = err
-
-    await asyncio.gather(*(chain(indices) for indices in chains.values()))
-    return results
-
-
-def check_batch_size(count: int) -> None:
-    """INVALID_ARGUMENT unless 1 to MAX_BATCH items."""
-    if not 1 <= count <= MAX_BATCH:
-        _check([FieldViolation("requests", f"1 to {MAX_BATCH} items")])
 
 
 def _check(violations: list[FieldViolation]) -> None:
@@ -157,7 +118,7 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         self, request: metering_pb2.BatchRecordUsageRequest, context: grpc.aio.ServicerContext
     ) -> metering_pb2.BatchRecordUsageResponse:
         """Records every item as RecordUsage would; per-item results in request order."""
-        check_batch_size(len(request.requests))
+        check_batch_size(len(request.requests), domain=DOMAIN)
         outcomes = await run_items(
             list(request.requests), lambda r: f"{r.tenant_id}\0{r.request_id}", self._record
         )

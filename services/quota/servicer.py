@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
 
 import grpc
 
 from imagegate.grpckit import reasons
 from imagegate.grpckit.auth import require_admin
+from imagegate.grpckit.batch import check_batch_size, run_items
 from imagegate.grpckit.errors import FieldViolation, ImagegateError, invalid_argument, timestamp
 from imagegate.persistence.periods import from_us
 from imagegate.quota.v1 import quota_pb2, quota_pb2_grpc
@@ -19,12 +17,8 @@ from services.quota.store import DOMAIN, QuotaStore, ReserveArgs
 
 MAX_ID = 255
 MAX_NAME = 100
-MAX_BATCH = 256
 
 log = logging.getLogger(__name__)
-
-_In = TypeVar("_In")
-_Out = TypeVar("_Out")
 
 
 def item_error(err: Exception) -> quota_pb2.ItemError:
@@ -35,39 +29,6 @@ def item_error(err: Exception) -> quota_pb2.ItemError:
     return quota_pb2.ItemError(
         code=grpc.StatusCode.INTERNAL.value[0], reason=reasons.INTERNAL, message="internal error"
     )
-
-
-async def run_items(
-    items: Sequence[_In],
-    key: Callable[[_In], str],
-    handle: Callable[[_In], Awaitable[_Out]],
-) -> list[_Out | Exception]:
-    """Runs every item through `handle` concurrently, in request order of results.
-
-    Items with the same key run one after another in request order (an idempotent replay inside
-    a batch then sees the first one's effect); different keys run concurrently, so the store's
-    group commit takes them in one transaction. An item's exception is its result.
-    """
-    results: list[_Out | Exception] = [Exception("not run")] * len(items)
-    chains: dict[str, list[int]] = {}
-    for i, item in enumerate(items):
-        chains.setdefault(key(item), []).append(i)
-
-    async def chain(indices: list[int]) -> None:
-        for i in indices:
-            try:
-                results[i] = await handle(items[i])
-            except Exception as err:  # one item's failure never fails the others
-                results[i] = err
-
-    await asyncio.gather(*(chain(indices) for indices in chains.values()))
-    return results
-
-
-def check_batch_size(count: int) -> None:
-    """INVALID_ARGUMENT unless 1 to MAX_BATCH items."""
-    if not 1 <= count <= MAX_BATCH:
-        _check([FieldViolation("requests", f"1 to {MAX_BATCH} items")])
 
 
 def _check(violations: list[FieldViolation]) -> None:
@@ -159,7 +120,7 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> quota_pb2.BatchCommitReservationsResponse:
         """Commits every item as CommitReservation would; per-item results in request order."""
-        check_batch_size(len(request.requests))
+        check_batch_size(len(request.requests), domain=DOMAIN)
         outcomes = await run_items(list(request.requests), lambda r: r.reservation_id, self._commit)
         response = quota_pb2.BatchCommitReservationsResponse()
         for outcome in outcomes:

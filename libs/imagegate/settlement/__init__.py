@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 
+from imagegate.grpckit.batch import MAX_BATCH
 from imagegate.metering.v1 import metering_pb2, metering_pb2_grpc
 from imagegate.quota.v1 import quota_pb2, quota_pb2_grpc
 
@@ -39,8 +40,7 @@ RETRYABLE = frozenset(
     }
 )
 MAX_BACKOFF = 60.0
-# Most items in one BatchCommitReservations / BatchRecordUsage call (the services' limit).
-MAX_BATCH = 256
+
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 # A whole batch call failing with these may mean "no batch RPC here": fall back to single calls.
 _NO_BATCH = frozenset({grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INTERNAL})

@@ -1,0 +1,50 @@
+"""Batch RPC helpers: bounded batch size, items run concurrently with per-key ordering."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+from imagegate.grpckit.errors import FieldViolation, invalid_argument
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+MAX_BATCH = 256
+"""Most items one batch RPC accepts."""
+
+
+def check_batch_size(count: int, *, domain: str) -> None:
+    """INVALID_ARGUMENT unless 1 to MAX_BATCH items."""
+    if not 1 <= count <= MAX_BATCH:
+        raise invalid_argument(
+            [FieldViolation("requests", f"1 to {MAX_BATCH} items")], domain=domain
+        )
+
+
+async def run_items(
+    items: Sequence[In],
+    key: Callable[[In], str],
+    handle: Callable[[In], Awaitable[Out]],
+) -> list[Out | Exception]:
+    """Runs every item through `handle` concurrently; results in request order.
+
+    Items with the same key run one after another in request order (an idempotent replay inside
+    a batch then sees the first one's effect); different keys run concurrently, so the store's
+    group commit takes them in one transaction. An item's exception is its result.
+    """
+    results: list[Out | Exception] = [Exception("not run")] * len(items)
+    chains: dict[str, list[int]] = {}
+    for i, item in enumerate(items):
+        chains.setdefault(key(item), []).append(i)
+
+    async def chain(indices: list[int]) -> None:
+        for i in indices:
+            try:
+                results[i] = await handle(items[i])
+            except Exception as err:  # one item's failure never fails the others
+                results[i] = err
+
+    await asyncio.gather(*(chain(indices) for indices in chains.values()))
+    return results
