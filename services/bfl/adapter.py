@@ -85,9 +85,6 @@ class BflAdapter(HostedAdapter[BflSettings]):
     def models(self) -> list[ModelSpec]:
         return list(MODELS)
 
-    async def aclose(self) -> None:
-        await self._client.aclose()
-
     def build_input(self, request: GenerationRequest) -> tuple[dict[str, Any], list[Deviation]]:
         """The submit body for a validated request, and parameters clamped under degradation."""
         deviations: list[Deviation] = []

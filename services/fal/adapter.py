@@ -114,15 +114,9 @@ class FalAdapter(HostedAdapter[FalSettings]):
             max_connections=settings.max_concurrency * 2,
             telemetry=telemetry,
         )
-        self._background: set[asyncio.Task[Any]] = set()
 
     def models(self) -> list[ModelSpec]:
         return list(MODELS)
-
-    async def aclose(self) -> None:
-        if self._background:
-            await asyncio.wait(self._background, timeout=5)
-        await self._client.aclose()
 
     def build_input(self, request: GenerationRequest) -> tuple[dict[str, Any], list[Deviation]]:
         """The fal input for a validated request, and parameters clamped under degradation."""

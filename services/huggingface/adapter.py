@@ -129,9 +129,6 @@ class HuggingFaceAdapter(HostedAdapter[HuggingFaceSettings]):
             raise
         return image, _compute_seconds(resp), job_id
 
-    async def aclose(self) -> None:
-        await self._client.aclose()
-
 
 def _compute_seconds(resp: httpx.Response) -> float:
     try:

@@ -74,6 +74,3 @@ class OpenAIAdapter(HostedAdapter[OpenAISettings]):
             output_tokens=parsed.output_tokens,
             model=request.model,
         )
-
-    async def aclose(self) -> None:
-        await self._client.aclose()

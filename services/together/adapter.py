@@ -55,6 +55,3 @@ class TogetherAdapter(HostedAdapter[TogetherSettings]):
             loopback_ok=self._settings.is_loopback_override,
             max_bytes=self._settings.max_image_bytes,
         )
-
-    async def aclose(self) -> None:
-        await self._client.aclose()

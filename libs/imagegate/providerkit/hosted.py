@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+import asyncio
+from typing import Any, Generic, TypeVar
+
+import httpx
 
 from imagegate.providerkit.adapter import Adapter
 from imagegate.providerkit.settings import ProviderSettings
@@ -13,8 +16,14 @@ SettingsT = TypeVar("SettingsT", bound=ProviderSettings)
 class HostedAdapter(Adapter, Generic[SettingsT]):
     """An Adapter whose key, base URL, timeout and concurrency limit come from its settings."""
 
+    _client: httpx.AsyncClient
+    """The adapter's one pooled HTTP client (built by the subclass with `build_client`)."""
+
     def __init__(self, settings: SettingsT) -> None:
         self._settings = settings
+        # Fire-and-forget provider calls (e.g. cancelling a job after the deadline) finish before
+        # the client closes.
+        self._background: set[asyncio.Task[Any]] = set()
 
     @property
     def enabled(self) -> bool:
@@ -31,3 +40,9 @@ class HostedAdapter(Adapter, Generic[SettingsT]):
     @property
     def default_timeout(self) -> float:
         return self._settings.timeout_seconds
+
+    async def aclose(self) -> None:
+        """Lets background calls finish (5 s at most), then closes the HTTP client."""
+        if self._background:
+            await asyncio.wait(self._background, timeout=5)
+        await self._client.aclose()
