@@ -14,9 +14,17 @@ from imagegate.grpckit.errors import from_parsed, parse_rpc_error, timestamp
 from imagegate.metering.v1 import metering_pb2
 from imagegate.quota.v1 import quota_pb2
 from imagegate.router.v1 import router_pb2, router_pb2_grpc
-from services.router.app import BREAKER_PROTO, EventSink, RouterApp, _duration
+from services.router.app import RouterApp
+from services.router.breaker import BreakerState
 from services.router.catalog import TIERS
+from services.router.events import EventSink, duration
 from services.router.validation import normalize
+
+BREAKER_PROTO = {
+    BreakerState.CLOSED: router_pb2.BREAKER_STATE_CLOSED,
+    BreakerState.OPEN: router_pb2.BREAKER_STATE_OPEN,
+    BreakerState.HALF_OPEN: router_pb2.BREAKER_STATE_HALF_OPEN,
+}
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
@@ -105,12 +113,12 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         caller = await self._app.authenticate(context)
         app = self._app
         norm = normalize(request.request, app.catalog)
-        plan = app.static_plan(norm)
+        plan = app.planner.static_plan(norm)
         tiers = set(caller.plan.allowed_tiers)
         out = router_pb2.EstimateCostResponse()
         ceiling = request.request.max_cost_micros
         for cand in plan.candidates:
-            q = app.quote(cand, norm)
+            q = app.planner.quote(cand, norm)
             skip = ""
             tier = "budget" if cand.provider == app.catalog.local_provider else cand.tier
             if tiers and tier not in tiers:
@@ -135,7 +143,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 provider=s.candidate.provider,
                 model=s.candidate.alias,
                 provider_model=s.candidate.provider_model,
-                cost_micros=app.quote(s.candidate, norm) or 0,
+                cost_micros=app.planner.quote(s.candidate, norm) or 0,
                 price_unit=s.candidate.price_unit,  # type: ignore[arg-type]
                 skip_reason=s.text,
             )
@@ -168,9 +176,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 or (adapter.last_error if adapter and not model else ""),
             )
             if snap.latency_p50 is not None:
-                status.latency_p50.CopyFrom(_duration(snap.latency_p50))
+                status.latency_p50.CopyFrom(duration(snap.latency_p50))
             if snap.latency_p95 is not None:
-                status.latency_p95.CopyFrom(_duration(snap.latency_p95))
+                status.latency_p95.CopyFrom(duration(snap.latency_p95))
             if snap.retry_at is not None:
                 status.retry_at.CopyFrom(
                     timestamp(datetime.fromtimestamp(snap.retry_at + wall_offset, UTC))

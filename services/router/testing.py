@@ -41,7 +41,7 @@ from imagegate.telemetry import Telemetry, setup_telemetry
 from services.local.render import derive_seed, render
 from services.router.app import RouterApp
 from services.router.config import RouterSettings
-from services.router.seams import PriceMirror
+from services.router.prices import PriceMirror
 from services.router.server import RouterHandle, start_router
 
 HANG = "hang"

@@ -50,12 +50,12 @@ async def pair(**settings: object):
 async def test_item8_invalid_argument_is_one_call_and_leaves_the_budget_alone() -> None:
     stack, fal, rep = await pair()
     try:
-        before = stack.app.throttle.tokens
+        before = stack.app.executor.throttle.tokens
         fal.then(ProviderError(reasons.PROVIDER_INVALID_REQUEST, "bad"))
         with pytest.raises(grpc.aio.AioRpcError):
             await stack.stub.GenerateImage(req(), metadata=PRO, timeout=5)
         assert (len(fal.calls), len(rep.calls)) == (1, 0)
-        assert stack.app.throttle.tokens == before
+        assert stack.app.executor.throttle.tokens == before
     finally:
         await stack.stop()
 
