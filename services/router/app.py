@@ -148,6 +148,7 @@ class RouterApp:
                         (
                             ("x-imagegate-trace-id", summary.trace_id),
                             ("x-imagegate-overhead-ms", f"{overhead * 1000:.3f}"),
+                            ("x-imagegate-cost-micros", str(summary.cost_micros)),
                         )
                     )
 
@@ -212,10 +213,13 @@ class RouterApp:
             summary.attempts = len(job.log.attempts)
             summary.adapter_seconds = job.log.adapter_seconds
         if execution.winner is None:
-            await self.settlement.fail(job)
+            summary.cost_micros = await self.settlement.fail(job)
             if not job.log.attempts:
                 raise self.planner.no_candidate(plan, admitted.norm)
-            raise all_failed(job, execution.stop)
+            retry_in = self.executor.earliest_serve_in(job)
+            raise all_failed(
+                job, execution.stop, retry_in=retry_in, cost_micros=summary.cost_micros
+            )
         response = await self.settlement.succeed(job, *execution.winner)
         self._span_result(span, response)
         return response

@@ -61,6 +61,7 @@ class Executor:
         self.breakers = breakers
         self.tracer = tracer
         self.metrics = metrics
+        self.clock = breakers.clock
         self.throttle = RetryThrottle(settings.failover_max_tokens, settings.failover_token_ratio)
 
     async def run(self, job: Job) -> Execution:
@@ -90,7 +91,7 @@ class Executor:
             mb = self.breakers.get(cand.provider, cand.provider_model)
             observed = mb.latency_quantile(0.5, min_samples=5)
             if avail < MIN_USEFUL_ATTEMPT or (observed is not None and observed > avail):
-                text = f"{avail:.2f}s left" + (f", typical {observed:.2f}s" if observed else "")
+                text = _too_little_time(avail, observed)
                 plan.skipped.append(Skip(cand, "deadline", text))
                 continue
             permits = self._acquire(pb, mb, force=forced and i == len(queue))
@@ -147,6 +148,27 @@ class Executor:
         if success is None:
             return Execution(stop=stop)
         return Execution(winner=success)
+
+    def earliest_serve_in(self, job: Job) -> float:
+        """Seconds until some planned candidate can take a call again (0: one can now).
+
+        An open breaker waits until it half-opens; a provider's own Retry-After counts even
+        where the breaker did not take it. A caller told this and obeying it is served.
+        """
+        now = self.clock()
+        waits = []
+        for cand in job.plan.candidates:
+            until = [
+                b.retry_at
+                for b in (
+                    self.breakers.get(cand.provider),
+                    self.breakers.get(cand.provider, cand.provider_model),
+                )
+                if b.retry_at is not None
+            ]
+            until.append(job.log.retry_at.get(cand.key, now))
+            waits.append(max(0.0, max(until) - now))
+        return min(waits, default=0.0)
 
     def _budget(self, cand: Candidate, followers: list[Candidate], avail: float) -> float:
         """An attempt's share of the time left: its provider timeout, minus time kept back for
@@ -296,6 +318,10 @@ class Executor:
             billable=result.billable,
         )
         log.attempts.append(attempt)
+        if result.retry_after:
+            log.retry_at[cand.key] = max(
+                log.retry_at.get(cand.key, 0.0), self.clock() + result.retry_after
+            )
         if result.billable and result.outcome != router_pb2.ATTEMPT_OUTCOME_SUCCEEDED:
             log.billable_failures.append((cand, attempt))
         if events is not None and result.outcome != router_pb2.ATTEMPT_OUTCOME_SUCCEEDED:
@@ -379,3 +405,9 @@ class Executor:
         else:
             pb.release(pp)
             mb.release(mp)
+
+
+def _too_little_time(avail: float, typical: float | None) -> str:
+    left = "no time was left" if avail <= 0 else f"only {avail * 1000:.0f} ms were left"
+    usual = f" and it usually takes {typical * 1000:.0f} ms" if typical else ""
+    return f"{left} before the deadline{usual}"

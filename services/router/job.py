@@ -25,6 +25,8 @@ class AttemptLog:
     """Failed attempts the provider may bill."""
     adapter_seconds: float = 0.0
     """Time spent inside adapter calls (the rest is the Router's overhead)."""
+    retry_at: dict[str, float] = field(default_factory=dict)
+    """Candidate key -> clock time its provider said to come back (429 Retry-After)."""
 
 
 @dataclass

@@ -232,8 +232,12 @@ class Planner:
         """
         order = list(self.catalog.aliases_for(router_pb2.PREFERENCE_BUDGET))
         order += [a for a in self.catalog.models if a not in order]
+        # The local renderer draws placeholders: it is never a stand-in for a hosted model.
+        local = self.catalog.local_alias
         aliases = tuple(
-            a for a in order if a not in norm.aliases and self.catalog.models[a].tier in tiers
+            a
+            for a in order
+            if a not in norm.aliases and a != local and self.catalog.models[a].tier in tiers
         )
         if not aliases:
             return []
@@ -241,16 +245,17 @@ class Planner:
         kept = [
             c
             for c in extra.candidates
-            if c.tier in tiers or c.provider == self.catalog.local_provider
+            if c.tier in tiers and c.provider != self.catalog.local_provider
         ]
         if kept:
             wanted = router_pb2.Preference.Name(
                 norm.request.preference or router_pb2.PREFERENCE_BALANCED
             )
+            models = ", ".join(dict.fromkeys(c.alias for c in kept))
             plan.notices.append(
                 f"plan {plan_id} allows tiers {', '.join(sorted(tiers))}: "
-                f"{wanted.removeprefix('PREFERENCE_').lower()} models are outside it, so "
-                f"{kept[0].alias} was used"
+                f"{wanted.removeprefix('PREFERENCE_').lower()} models are outside it, so the "
+                f"plan's models were tried instead, in this order: {models}"
             )
         return kept
 
@@ -266,7 +271,8 @@ class Planner:
             return ImagegateError(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 reasons.DEADLINE_TOO_SHORT,
-                f"no candidate can finish in the time left: {detail}",
+                "the request's deadline is too short for any candidate to answer (set a longer "
+                f"deadline): {detail}",
                 domain=DOMAIN,
                 metadata=meta,
             )

@@ -21,6 +21,9 @@ from services.router.prices import PriceMirror
 log = logging.getLogger("services.router")
 # How long a request abandoned by its caller may take to hand back its hold.
 ABANDON_SETTLE_SECONDS = 5.0
+# A release the caller waits for gets at least this long, even past its deadline, so the hold is
+# back before a retry arrives (otherwise the outbox hands it back a second or so later).
+STRICT_FLOOR_SECONDS = 0.25
 
 
 class RouterSettlement:
@@ -167,7 +170,8 @@ class RouterSettlement:
         the order is only written ahead to the outbox here and delivered in the background.
         """
         job.settled = True
-        timeout = max(self.settings.settle_margin_seconds, deadline.remaining())
+        floor = STRICT_FLOOR_SECONDS if strict else self.settings.settle_margin_seconds
+        timeout = max(floor, deadline.remaining())
         timeout = min(timeout, self.settings.dependency_timeout_seconds)
         try:
             if strict or self.settings.settle_before_reply:

@@ -286,8 +286,8 @@ async def test_timeout_under_a_squeezed_budget_does_not_count_against_health() -
             await stack.stub.GenerateImage(req(f"w{i}"), metadata=PRO, timeout=5)
         fal.default = HANG
         with pytest.raises(grpc.aio.AioRpcError):
-            # 0.8 s deadline: about 0.55 s for the attempt, under twice the usual 0.3 s.
-            await stack.stub.GenerateImage(req("short"), metadata=PRO, timeout=0.8)
+            # 0.5 s deadline: about 0.48 s for the attempt, under twice the usual 0.3 s.
+            await stack.stub.GenerateImage(req("short"), metadata=PRO, timeout=0.5)
         breaker = stack.app.breakers.get("fal", FAL)
         assert breaker.state.value == "closed"
         with pytest.raises(grpc.aio.AioRpcError):
