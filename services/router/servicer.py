@@ -43,6 +43,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> AsyncIterator[router_pb2.StreamGenerateImageResponse]:
         sink = EventSink()
         task = asyncio.ensure_future(self._app.generate(request.request, context, sink))
+        getter: asyncio.Future[router_pb2.StreamGenerateImageResponse | None] | None = None
         try:
             while True:
                 getter = asyncio.ensure_future(sink.queue.get())
@@ -63,6 +64,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 )
                 return
         finally:
+            # A client cancellation lands in asyncio.wait with the getter still pending; left
+            # alone it is destroyed pending when the sink is collected.
+            if getter is not None:
+                getter.cancel()
             if not task.done():
                 task.cancel()
                 with contextlib.suppress(BaseException):
