@@ -35,6 +35,9 @@ class Pricer(Protocol):
     def usage_cost(self, provider: str, provider_model: str, usage: image_pb2.Usage) -> int | None:
         """Price of measured usage in micro-USD, or None when the catalog has no entry."""
 
+    def unit(self, provider: str, provider_model: str) -> int:
+        """The PriceUnit Metering bills the model in; PRICE_UNIT_UNSPECIFIED when unpriced."""
+
 
 def _quote_fallback(price: metering_pb2.Price, width: int, height: int, n: int) -> int:
     mp = width * height / 1e6
@@ -119,6 +122,10 @@ class PriceMirror:
                 )
             )
         return _quote_fallback(price, width, height, num_images)
+
+    def unit(self, provider: str, provider_model: str) -> int:
+        price = self._find(provider, provider_model)
+        return catalog_pb2.PRICE_UNIT_UNSPECIFIED if price is None else price.unit
 
     def usage_cost(self, provider: str, provider_model: str, usage: image_pb2.Usage) -> int | None:
         price = self._find(provider, provider_model)
