@@ -23,7 +23,7 @@ async def test_estimate_cost_reports_metering_units_for_models_the_catalog_once_
         {"fal": fal, "replicate": replicate}, prices=list(load_prices().prices)
     )
     try:
-        units = {}
+        units: dict[str, int] = {}
         for alias in ("flux-pro", "sdxl"):
             est = await stack.stub.EstimateCost(
                 router_pb2.EstimateCostRequest(

@@ -107,7 +107,7 @@ def test_every_served_model_has_a_router_alias(catalog: Catalog, served: Served)
 
 
 def test_adapters_measure_the_unit_metering_prices_in(served: Served, prices: PriceBook) -> None:
-    disagreements = []
+    disagreements: list[str] = []
     for provider, models in served.items():
         for model_id, spec in models.items():
             price = prices.find(provider, model_id)
@@ -123,7 +123,7 @@ def test_adapters_measure_the_unit_metering_prices_in(served: Served, prices: Pr
 def test_every_candidate_honours_its_alias_default_request(
     catalog: Catalog, served: Served
 ) -> None:
-    gaps = []
+    gaps: list[str] = []
     for alias, entry in catalog.models.items():
         norm = normalize(router_pb2.GenerateImageRequest(prompt="x", model=alias), catalog)
         for c in entry.candidates:
