@@ -68,7 +68,7 @@ MODELS = (
         steps=False,
         guidance=False,
         formats=_NATIVE,
-        price_unit=PriceUnit.IMAGE,
+        price_unit=PriceUnit.MEGAPIXEL,
     ),
     ModelSpec(
         id="fal-ai/fast-sdxl",

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from imagegate.common.v1 import catalog_pb2
 from imagegate.grpckit import reasons
 from imagegate.grpckit.errors import ImagegateError
 from imagegate.router.v1 import router_pb2
@@ -137,7 +136,7 @@ class Planner:
 
     def quote(self, cand: Candidate, norm: Normalized) -> int | None:
         """Expected price of a candidate in micro-USD (None when Metering has no price)."""
-        if cand.price_unit == catalog_pb2.PRICE_UNIT_FREE:
+        if cand.local:
             return 0
         t = norm.template
         return self.pricer.quote(

@@ -7,7 +7,7 @@ import logging
 
 import grpc
 
-from imagegate.common.v1 import image_pb2
+from imagegate.common.v1 import catalog_pb2, image_pb2
 from imagegate.metering.v1 import metering_pb2, metering_pb2_grpc
 from imagegate.pricing import PriceBook, quote_micros, usage_micros
 
@@ -36,6 +36,11 @@ class PriceMirror:
     def find(self, provider: str, provider_model: str) -> metering_pb2.Price | None:
         """The catalog entry of a provider's model, or None."""
         return self._book.find(provider, provider_model)
+
+    def unit(self, provider: str, provider_model: str) -> int:
+        """The PriceUnit Metering bills the model in; PRICE_UNIT_UNSPECIFIED when unpriced."""
+        price = self._book.find(provider, provider_model)
+        return catalog_pb2.PRICE_UNIT_UNSPECIFIED if price is None else price.unit
 
     def quote(
         self,

@@ -12,6 +12,7 @@ import grpc
 
 from imagegate.grpckit.errors import from_parsed, parse_rpc_error, timestamp
 from imagegate.metering.v1 import metering_pb2
+from imagegate.provider.v1 import provider_pb2
 from imagegate.quota.v1 import quota_pb2
 from imagegate.router.v1 import router_pb2, router_pb2_grpc
 from services.router.app import RouterApp
@@ -82,22 +83,27 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         hosted = app.adapters.hosted_enabled()
         out = router_pb2.ListModelsResponse()
         for entry in app.catalog.models.values():
+            serving: list[provider_pb2.ProviderModel] = []
             providers = []
             for c in entry.candidates:
                 a = app.adapters.get(c.provider)
                 if a is not None and a.enabled and c.provider_model in a.models:
+                    serving.append(a.models[c.provider_model])
                     providers.append(c.provider)
             local_sub = False
             if not providers and not hosted:
                 local = app.adapters.get(app.catalog.local_provider)
                 if local is not None and local.enabled:
                     providers, local_sub = [app.catalog.local_provider], True
+                    described = local.models.get(app.catalog.local_model)
+                    serving = [described] if described is not None else []
             tier = "budget" if local_sub else entry.tier
             out.models.add(
                 alias=entry.alias,
                 description=entry.description,
                 tier=TIERS[entry.tier],
-                capabilities=entry.capabilities,
+                # The adapter owns capabilities; the alias shows those of the candidate tried first.
+                capabilities=serving[0].capabilities if serving else None,
                 providers=providers,
                 allowed_by_plan=not tiers or entry.tier in tiers or (local_sub and tier in tiers),
                 local_substitute=local_sub,
@@ -140,7 +146,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 model=cand.alias,
                 provider_model=cand.provider_model,
                 cost_micros=q or 0,
-                price_unit=cand.price_unit,  # type: ignore[arg-type]
+                price_unit=app.pricer.unit(cand.provider, cand.provider_model),
                 skip_reason=skip,
             )
         for s in plan.skipped:
@@ -149,7 +155,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 model=s.candidate.alias,
                 provider_model=s.candidate.provider_model,
                 cost_micros=app.planner.quote(s.candidate, norm) or 0,
-                price_unit=s.candidate.price_unit,  # type: ignore[arg-type]
+                price_unit=app.pricer.unit(s.candidate.provider, s.candidate.provider_model),
                 skip_reason=s.text,
             )
         first = next((c for c in out.candidates if not c.skip_reason), None)

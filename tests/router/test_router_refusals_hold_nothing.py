@@ -33,7 +33,9 @@ async def test_refused_requests_make_no_quota_reservation_and_served_ones_make_o
         assert parse_rpc_error(err).reason == reasons.COST_CEILING_UNMET
         err = await refused(s.stub, bearer("key-free"), model="flux-pro")
         assert parse_rpc_error(err).reason == reasons.PLAN_FORBIDS_MODEL
-        err = await refused(s.stub, bearer("key-pro"), model="flux-schnell", blocked_providers=["fal"])
+        err = await refused(
+            s.stub, bearer("key-pro"), model="flux-schnell", blocked_providers=["fal"]
+        )
         assert parse_rpc_error(err).reason == reasons.NO_CANDIDATE
         assert s.quota.calls.get("ReserveQuota", 0) == 0
         assert fal.calls == []

@@ -25,6 +25,7 @@ def test_bundled_catalog_has_the_required_aliases_and_order() -> None:
         "sdxl",
         "sd-2.1",
         "gpt-image-1",
+        "gpt-image-1-mini",
         "local",
     ]
     providers = [c.provider for c in CATALOG.models["flux-schnell"].candidates]
