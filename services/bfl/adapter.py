@@ -10,7 +10,7 @@ import httpx
 from imagegate.grpckit import reasons
 from imagegate.grpckit.deadline import Deadline
 from imagegate.providerkit.download import download_images
-from imagegate.providerkit.errors import ProviderError
+from imagegate.providerkit.errors import ProviderError, bad_answer
 from imagegate.providerkit.hosted import HostedAdapter
 from imagegate.providerkit.http import (
     Pending,
@@ -21,7 +21,7 @@ from imagegate.providerkit.http import (
     send,
 )
 from imagegate.providerkit.jobs import poll_get
-from imagegate.providerkit.params import bounded
+from imagegate.providerkit.params import steps_and_guidance
 from imagegate.providerkit.types import (
     Deviation,
     GeneratedImage,
@@ -85,7 +85,6 @@ class BflAdapter(HostedAdapter[BflSettings]):
 
     def build_input(self, request: GenerationRequest) -> tuple[dict[str, Any], list[Deviation]]:
         """The submit body for a validated request, and parameters clamped under degradation."""
-        deviations: list[Deviation] = []
         body: dict[str, Any] = {
             "prompt": request.prompt,
             "width": request.width,
@@ -95,16 +94,11 @@ class BflAdapter(HostedAdapter[BflSettings]):
             "safety_tolerance": 2,
             "prompt_upsampling": False,
         }
-        if request.steps is not None and request.model in STEPS:
-            lo, hi = STEPS[request.model]
-            body["steps"], dev = bounded("steps", request.steps, lo, hi, request=request)
-            deviations += [dev] if dev else []
-        if request.guidance_scale is not None and request.model in GUIDANCE:
-            glo, ghi = GUIDANCE[request.model]
-            body["guidance"], dev = bounded(
-                "guidance_scale", request.guidance_scale, glo, ghi, request=request
-            )
-            deviations += [dev] if dev else []
+        steps, scale, deviations = steps_and_guidance(request, STEPS, GUIDANCE)
+        if steps is not None:
+            body["steps"] = steps
+        if scale is not None:
+            body["guidance"] = scale
         return body, deviations
 
     async def generate(
@@ -245,21 +239,11 @@ class BflAdapter(HostedAdapter[BflSettings]):
                 extra={"provider_status": state},
             )
         if state != "Ready":
-            raise ProviderError(
-                reasons.PROVIDER_BAD_RESPONSE,
-                f"unknown task status {state[:40]!r}",
-                billable=True,
-                provider_job_id=job_id,
-            )
+            raise bad_answer(f"unknown task status {state[:40]!r}", job_id)
         result = status.get("result")
         sample = result.get("sample") if isinstance(result, dict) else None
         if not isinstance(sample, str) or not sample:
-            raise ProviderError(
-                reasons.PROVIDER_BAD_RESPONSE,
-                "Ready without result.sample",
-                billable=True,
-                provider_job_id=job_id,
-            )
+            raise bad_answer("Ready without result.sample", job_id)
         assert isinstance(result, dict)
         duration = result.get("duration")
         if not isinstance(duration, int | float):

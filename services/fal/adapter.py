@@ -9,7 +9,7 @@ import httpx
 from imagegate.grpckit import reasons
 from imagegate.grpckit.deadline import Deadline
 from imagegate.providerkit.download import download_images
-from imagegate.providerkit.errors import ProviderError
+from imagegate.providerkit.errors import ProviderError, bad_answer
 from imagegate.providerkit.hosted import HostedAdapter
 from imagegate.providerkit.http import (
     Pending,
@@ -20,7 +20,7 @@ from imagegate.providerkit.http import (
     send,
 )
 from imagegate.providerkit.jobs import cancel_at_deadline, poll_get
-from imagegate.providerkit.params import bounded
+from imagegate.providerkit.params import steps_and_guidance
 from imagegate.providerkit.types import (
     Deviation,
     GeneratedImage,
@@ -112,7 +112,6 @@ class FalAdapter(HostedAdapter[FalSettings]):
 
     def build_input(self, request: GenerationRequest) -> tuple[dict[str, Any], list[Deviation]]:
         """The fal input for a validated request, and parameters clamped under degradation."""
-        deviations: list[Deviation] = []
         body: dict[str, Any] = {
             "prompt": request.prompt,
             "image_size": {"width": request.width, "height": request.height},
@@ -126,18 +125,11 @@ class FalAdapter(HostedAdapter[FalSettings]):
             body["seed"] = request.seed
         if request.negative_prompt:
             body["negative_prompt"] = request.negative_prompt
-        if request.steps is not None and request.model in STEPS:
-            lo, hi = STEPS[request.model]
-            steps, dev = bounded("steps", request.steps, lo, hi, request=request)
+        steps, scale, deviations = steps_and_guidance(request, STEPS, GUIDANCE)
+        if steps is not None:
             body["num_inference_steps"] = steps
-            deviations += [dev] if dev else []
-        if request.guidance_scale is not None and request.model in GUIDANCE:
-            glo, ghi = GUIDANCE[request.model]
-            scale, dev = bounded(
-                "guidance_scale", request.guidance_scale, glo, ghi, request=request
-            )
+        if scale is not None:
             body["guidance_scale"] = scale
-            deviations += [dev] if dev else []
         return body, deviations
 
     async def generate(
@@ -181,11 +173,8 @@ class FalAdapter(HostedAdapter[FalSettings]):
             if state == "COMPLETED":
                 return status
             if state not in ("IN_QUEUE", "IN_PROGRESS"):
-                raise ProviderError(
-                    reasons.PROVIDER_BAD_RESPONSE,
-                    f"status {state!r} is not IN_QUEUE, IN_PROGRESS or COMPLETED",
-                    billable=True,
-                    provider_job_id=job_id,
+                raise bad_answer(
+                    f"status {state!r} is not IN_QUEUE, IN_PROGRESS or COMPLETED", job_id
                 )
             if progress is not None:
                 await progress(
@@ -233,12 +222,7 @@ class FalAdapter(HostedAdapter[FalSettings]):
     ) -> list[GeneratedImage]:
         items = result.get("images")
         if not isinstance(items, list) or not items:
-            raise ProviderError(
-                reasons.PROVIDER_BAD_RESPONSE,
-                "result has no images",
-                billable=True,
-                provider_job_id=job_id,
-            )
+            raise bad_answer("result has no images", job_id)
         nsfw = result.get("has_nsfw_concepts")
         if isinstance(nsfw, list) and any(nsfw):
             # With the safety checker on, flagged images come back blacked out.
@@ -251,12 +235,7 @@ class FalAdapter(HostedAdapter[FalSettings]):
         seed = result.get("seed") if isinstance(result.get("seed"), int) else None
         urls = [i.get("url") if isinstance(i, dict) else None for i in items]
         if not all(isinstance(u, str) for u in urls):
-            raise ProviderError(
-                reasons.PROVIDER_BAD_RESPONSE,
-                "result image without a url",
-                billable=True,
-                provider_job_id=job_id,
-            )
+            raise bad_answer("result image without a url", job_id)
         return await download_images(
             self._client,
             [str(url) for url in urls],

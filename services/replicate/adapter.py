@@ -10,11 +10,11 @@ import httpx
 from imagegate.grpckit import reasons
 from imagegate.grpckit.deadline import Deadline
 from imagegate.providerkit.download import download_images
-from imagegate.providerkit.errors import ProviderError
+from imagegate.providerkit.errors import ProviderError, bad_answer
 from imagegate.providerkit.hosted import HostedAdapter
 from imagegate.providerkit.http import Pending, error_from_status, json_object, poll_until, send
 from imagegate.providerkit.jobs import cancel_at_deadline, poll_get
-from imagegate.providerkit.params import bounded
+from imagegate.providerkit.params import steps_and_guidance
 from imagegate.providerkit.types import (
     Deviation,
     GenerationRequest,
@@ -114,7 +114,6 @@ class ReplicateAdapter(HostedAdapter[ReplicateSettings]):
 
     def build_input(self, request: GenerationRequest) -> tuple[dict[str, Any], list[Deviation]]:
         """The model input for a validated request, and parameters clamped under degradation."""
-        deviations: list[Deviation] = []
         inp: dict[str, Any] = {"prompt": request.prompt}
         model = request.model
         if model in (SCHNELL, DEV):
@@ -147,18 +146,11 @@ class ReplicateAdapter(HostedAdapter[ReplicateSettings]):
                 inp["negative_prompt"] = request.negative_prompt
         if request.seed is not None:
             inp["seed"] = request.seed
-        if request.steps is not None:
-            lo, hi = STEPS[model]
-            steps, dev = bounded("steps", request.steps, lo, hi, request=request)
+        steps, scale, deviations = steps_and_guidance(request, STEPS, GUIDANCE)
+        if steps is not None:
             inp["steps" if model == PRO else "num_inference_steps"] = steps
-            deviations += [dev] if dev else []
-        if request.guidance_scale is not None and model in GUIDANCE:
-            glo, ghi = GUIDANCE[model]
-            scale, dev = bounded(
-                "guidance_scale", request.guidance_scale, glo, ghi, request=request
-            )
+        if scale is not None:
             inp["guidance_scale" if model == SDXL else "guidance"] = scale
-            deviations += [dev] if dev else []
         return inp, deviations
 
     async def generate(
@@ -298,19 +290,9 @@ class ReplicateAdapter(HostedAdapter[ReplicateSettings]):
             )
         outputs = _as_list(pred.get("output"))
         if not all(isinstance(o, str) for o in outputs):
-            raise ProviderError(
-                reasons.PROVIDER_BAD_RESPONSE,
-                "output is not a list of URLs",
-                billable=True,
-                provider_job_id=job_id,
-            )
+            raise bad_answer("output is not a list of URLs", job_id)
         if pred.get("data_removed"):
-            raise ProviderError(
-                reasons.PROVIDER_BAD_RESPONSE,
-                "result URL expired: prediction data was removed",
-                billable=True,
-                provider_job_id=job_id,
-            )
+            raise bad_answer("result URL expired: prediction data was removed", job_id)
         if 0 < len(outputs) < wanted and status == "succeeded":
             # cog-flux drops images its safety checker flags and returns the rest.
             raise ProviderError(
@@ -320,12 +302,7 @@ class ReplicateAdapter(HostedAdapter[ReplicateSettings]):
                 provider_job_id=job_id,
             )
         if not outputs:
-            raise ProviderError(
-                reasons.PROVIDER_BAD_RESPONSE,
-                f"prediction {status} without output",
-                billable=True,
-                provider_job_id=job_id,
-            )
+            raise bad_answer(f"prediction {status} without output", job_id)
         return [str(o) for o in outputs[:wanted]]
 
     def _error(
