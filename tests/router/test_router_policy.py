@@ -14,7 +14,7 @@ from imagegate.providerkit.types import ModelSpec, PriceUnit, SizeRule
 from imagegate.router.v1 import router_pb2
 from services.local.adapter import LocalAdapter
 from services.local.config import LocalSettings
-from services.router.testing import HANG, ControllableAdapter, bearer, price, spec, start_stack
+from tests.fixtures.router_stack import HANG, ControllableAdapter, bearer, price, spec, start_stack
 
 FAL = "fal-ai/flux/schnell"
 REP = "black-forest-labs/flux-schnell"

@@ -23,7 +23,7 @@ from services.quota.server import start_quota_server
 from services.quota.store import QuotaStore
 from services.router.config import RouterSettings
 from services.router.server import start_router
-from services.router.testing import ControllableAdapter, bearer, spec
+from tests.fixtures.router_stack import ControllableAdapter, bearer, spec
 
 ADMIN = (("authorization", "Bearer admin-test"),)
 

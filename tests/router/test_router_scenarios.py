@@ -14,7 +14,7 @@ from imagegate.grpckit import reasons
 from imagegate.grpckit.errors import parse_rpc_error
 from imagegate.providerkit.errors import ProviderError
 from imagegate.router.v1 import router_pb2
-from services.router.testing import (
+from tests.fixtures.router_stack import (
     HANG,
     ControllableAdapter,
     RouterStack,

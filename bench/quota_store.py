@@ -1,8 +1,8 @@
 """Reserve+commit per second on SQLite and PostgreSQL, on QuotaStore and over gRPC.
 
-    python -m services.quota.bench_store                  # both engines, store and gRPC, 1 and 16
-    python -m services.quota.bench_store --engines sqlite --modes store --concurrency 32
-    python -m services.quota.bench_store URL              # one database URL, store level only
+    python -m bench.quota_store                  # both engines, store and gRPC, 1 and 16
+    python -m bench.quota_store --engines sqlite --modes store --concurrency 32
+    python -m bench.quota_store URL              # one database URL, store level only
 
 Each worker is one tenant on the enterprise plan and reserves with its API key (authenticate +
 reserve in one transaction, as the Router does), then commits. gRPC runs a real Quota server in a
@@ -133,7 +133,7 @@ async def measure_grpc(
     child = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "services.quota.bench_store",
+        "bench.quota_store",
         "--serve",
         url,
         "--concurrency",

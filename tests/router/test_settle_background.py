@@ -12,7 +12,7 @@ import pytest
 from imagegate.router.v1 import router_pb2
 from services.local.adapter import LocalAdapter
 from services.local.config import LocalSettings
-from services.router.testing import FakeQuota, bearer, start_stack
+from tests.fixtures.router_stack import FakeQuota, bearer, start_stack
 
 SLOW_COMMIT = 0.4
 
