@@ -12,14 +12,9 @@ from imagegate.grpckit import reasons
 from imagegate.grpckit.errors import parse_rpc_error
 from imagegate.providerkit.errors import ProviderError
 from imagegate.router.v1 import router_pb2
-from tests.fixtures.router_stack import (
-    HANG,
-    ControllableAdapter,
-    FaultInjector,
-    bearer,
-    spec,
-    start_stack,
-)
+from tests.fixtures.adapters import HANG, ControllableAdapter, spec
+from tests.fixtures.faults import FaultInjector
+from tests.fixtures.router_stack import bearer, start_stack
 
 FAL = "fal-ai/flux/schnell"
 REP = "black-forest-labs/flux-schnell"
