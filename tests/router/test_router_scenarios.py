@@ -1,4 +1,4 @@
-"""Issue 3 scenarios over real gRPC: failover, breakers, deadlines, filters, idempotency, streams."""
+"""Router scenarios over real gRPC: failover, breakers, deadlines, filters, idempotency, streams."""
 
 from __future__ import annotations
 
