@@ -11,7 +11,7 @@ from services.fal.config import FalSettings
 from services.metering.catalog import load_catalog as load_prices
 from services.replicate.adapter import ReplicateAdapter
 from services.replicate.config import ReplicateSettings
-from services.router.testing import bearer, start_stack
+from tests.fixtures.router_stack import bearer, start_stack
 
 KEY = SecretStr("test-key-never-sent")
 

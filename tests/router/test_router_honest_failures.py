@@ -14,7 +14,9 @@ from imagegate.providerkit.errors import ProviderError
 from imagegate.router.v1 import router_pb2
 from services.local.adapter import LocalAdapter
 from services.local.config import LocalSettings
-from services.router.testing import ControllableAdapter, bearer, price, spec, start_stack
+from tests.fixtures.adapters import ControllableAdapter, spec
+from tests.fixtures.fakes import price
+from tests.fixtures.router_stack import bearer, start_stack
 
 HF_SD21 = "stabilityai/stable-diffusion-2-1"
 FAL = "fal-ai/flux/schnell"

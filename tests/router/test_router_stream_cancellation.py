@@ -9,7 +9,8 @@ import logging
 import pytest
 
 from imagegate.router.v1 import router_pb2
-from services.router.testing import HANG, ControllableAdapter, bearer, spec, start_stack
+from tests.fixtures.adapters import HANG, ControllableAdapter, spec
+from tests.fixtures.router_stack import bearer, start_stack
 
 FAL = "fal-ai/flux/schnell"
 CANCELLATIONS = 12

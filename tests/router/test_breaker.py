@@ -1,4 +1,4 @@
-"""Breaker state machine with a fake clock (reliability.md section 3, items 1-6)."""
+"""Breaker state machine with a fake clock: trips, open wait, half-open probes, recovery."""
 
 from __future__ import annotations
 

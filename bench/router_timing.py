@@ -234,7 +234,7 @@ def run_processes(n: int) -> None:
 
 
 def main() -> None:
-    """`python -m services.router.timing [-n N] [--in-process]`."""
+    """`python -m bench.router_timing [-n N] [--in-process]`."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-n", type=int, default=500)
     parser.add_argument("--in-process", action="store_true", help="all services on one loop")

@@ -8,7 +8,7 @@ import pytest
 from imagegate.grpckit import reasons
 from imagegate.grpckit.errors import parse_rpc_error
 from imagegate.quota.v1 import quota_pb2
-from services.quota.tests.conftest import QuotaEnv
+from tests.quota.conftest import QuotaEnv
 
 COMMITTED = quota_pb2.RESERVATION_STATE_COMMITTED
 

@@ -8,8 +8,8 @@ import pytest
 from imagegate.grpckit import reasons
 from imagegate.grpckit.errors import parse_rpc_error
 from imagegate.metering.v1 import metering_pb2
-from services.metering.tests.conftest import MeteringEnv
-from services.metering.tests.test_metering import _attempt, _request, _rows
+from tests.metering.conftest import MeteringEnv
+from tests.metering.test_metering import _attempt, _request, _rows
 
 SCHNELL = ("fal", "fal-ai/flux/schnell")
 

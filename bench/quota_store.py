@@ -1,13 +1,13 @@
 """Reserve+commit per second on SQLite and PostgreSQL, on QuotaStore and over gRPC.
 
-    python -m services.quota.bench_store                  # both engines, store and gRPC, 1 and 16
-    python -m services.quota.bench_store --engines sqlite --modes store --concurrency 32
-    python -m services.quota.bench_store URL              # one database URL, store level only
+    python -m bench.quota_store                  # both engines, store and gRPC, 1 and 16
+    python -m bench.quota_store --engines sqlite --modes store --concurrency 32
+    python -m bench.quota_store URL              # one database URL, store level only
 
 Each worker is one tenant on the enterprise plan and reserves with its API key (authenticate +
 reserve in one transaction, as the Router does), then commits. gRPC runs a real Quota server in a
 child process on loopback, so client and server do not share a GIL. PostgreSQL is a throwaway
-cluster from imagegate.devstack.postgres with fsync and synchronous_commit on.
+cluster from tests/fixtures/postgres.py with fsync and synchronous_commit on.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ async def measure_grpc(
     child = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "services.quota.bench_store",
+        "bench.quota_store",
         "--serve",
         url,
         "--concurrency",
@@ -199,7 +199,7 @@ def databases(engines: list[str]) -> Iterator[Callable[[str, str], str]]:
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="imagegate-bench-"))
         server = None
         if "postgresql" in engines:
-            from imagegate.devstack.postgres import local_cluster
+            from tests.fixtures.postgres import local_cluster
 
             server = stack.enter_context(local_cluster(durable=True))
 

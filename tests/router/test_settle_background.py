@@ -12,7 +12,8 @@ import pytest
 from imagegate.router.v1 import router_pb2
 from services.local.adapter import LocalAdapter
 from services.local.config import LocalSettings
-from services.router.testing import FakeQuota, bearer, start_stack
+from tests.fixtures.fakes import FakeQuota
+from tests.fixtures.router_stack import bearer, start_stack
 
 SLOW_COMMIT = 0.4
 

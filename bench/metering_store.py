@@ -1,8 +1,8 @@
 """RecordUsage per second on SQLite and PostgreSQL, on MeteringStore and over gRPC; and
 ListPrices / QuotePrice per second over gRPC.
 
-    python -m services.metering.bench_store                 # both engines, store and gRPC, 1 and 16
-    python -m services.metering.bench_store --engines sqlite --modes store,grpc,prices
+    python -m bench.metering_store                 # both engines, store and gRPC, 1 and 16
+    python -m bench.metering_store --engines sqlite --modes store,grpc,prices
 
 Each call records a new request (one succeeded attempt on a priced model), so every call is an
 INSERT ... ON CONFLICT DO NOTHING that inserts. gRPC runs a real Metering server in a child
@@ -23,11 +23,11 @@ from datetime import UTC, datetime
 
 from google.protobuf import timestamp_pb2
 
+from bench.quota_store import cpu_seconds, databases
 from imagegate.common.v1 import image_pb2
 from imagegate.metering.v1 import metering_pb2
 from services.metering.catalog import load_catalog
 from services.metering.store import MeteringStore
-from services.quota.bench_store import cpu_seconds, databases
 
 _PROVIDER, _MODEL = "fal", "fal-ai/flux/schnell"
 
@@ -131,7 +131,7 @@ async def measure_grpc(
     child = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "services.metering.bench_store",
+        "bench.metering_store",
         "--serve",
         url,
         "--threads",

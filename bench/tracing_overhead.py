@@ -1,4 +1,4 @@
-"""`python -m imagegate.telemetry.bench`: what tracing adds to one loopback gRPC round trip."""
+"""`python -m bench.tracing_overhead`: what tracing adds to one loopback gRPC round trip."""
 
 from __future__ import annotations
 

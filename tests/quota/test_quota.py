@@ -13,7 +13,7 @@ from sqlalchemy import text
 from imagegate.grpckit import reasons
 from imagegate.grpckit.errors import parse_rpc_error
 from imagegate.quota.v1 import quota_pb2
-from services.quota.tests.conftest import ADMIN, QuotaEnv
+from tests.quota.conftest import ADMIN, QuotaEnv
 
 PENDING = quota_pb2.RESERVATION_STATE_PENDING
 COMMITTED = quota_pb2.RESERVATION_STATE_COMMITTED

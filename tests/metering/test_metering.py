@@ -14,7 +14,7 @@ from imagegate.common.v1 import image_pb2
 from imagegate.grpckit import reasons
 from imagegate.grpckit.errors import parse_rpc_error
 from imagegate.metering.v1 import metering_pb2
-from services.metering.tests.conftest import MeteringEnv
+from tests.metering.conftest import MeteringEnv
 
 SUCCEEDED = metering_pb2.REQUEST_OUTCOME_SUCCEEDED
 FAILED = metering_pb2.REQUEST_OUTCOME_FAILED
@@ -57,7 +57,7 @@ async def _error(call) -> object:  # type: ignore[no-untyped-def]
 
 def _rows(m: MeteringEnv, table: str) -> int:
     with m.store.engine.connect() as conn:
-        return int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())  # noqa: S608
+        return int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
 
 
 async def test_failover_request_prices_every_billable_attempt(metering: MeteringEnv) -> None:
