@@ -228,6 +228,15 @@ class CircuitBreaker:
             self._window.add(True, False)
             self._evaluate(now, reason)
 
+    def record_abandoned(self, reason: str) -> None:
+        """A call abandoned well past its usual latency (a hedge beat it): a slow failure."""
+        if self._state is not BreakerState.CLOSED:
+            return
+        self.last_error_reason = reason
+        self._consecutive += 1
+        self._window.add(True, True)
+        self._evaluate(self._clock(), reason)
+
     def release(self, permit: Permit) -> None:
         """The call ended without saying anything about health (moderation, caller cancelled)."""
         self._resolve(permit)

@@ -47,6 +47,22 @@ class RouterSettings(BaseSettings):
     min_attempt_seconds: float = Field(
         1.0, description="Time held back for the next candidate while an earlier one runs."
     )
+    hedge: bool = Field(
+        True,
+        description="Start the next healthy candidate when the running attempt passes its "
+        "model's usual p95 latency; the first success wins, the other is cancelled.",
+    )
+    hedge_min_delay_seconds: float = Field(
+        0.05, description="Never hedge sooner than this after an attempt starts."
+    )
+    attempt_bound_multiplier: float = Field(
+        4.0,
+        description="With a follower to fail over to, an attempt may run at most this many "
+        "times its model's observed p99 latency (and at least attempt_bound_floor_seconds).",
+    )
+    attempt_bound_floor_seconds: float = Field(
+        2.0, description="The shortest attempt bound derived from observed latency."
+    )
     attempt_timeout_seconds: float = Field(
         120.0, description="Longest single attempt unless the catalog sets a provider timeout."
     )

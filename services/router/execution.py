@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from opentelemetry import trace
@@ -30,6 +30,29 @@ from services.router.throttle import RetryThrottle
 
 # An attempt with less time than this cannot produce an image; it is skipped, not started.
 MIN_USEFUL_ATTEMPT = 0.05
+
+
+# A model's p95 is trusted for hedging after this many successful calls.
+HEDGE_MIN_SAMPLES = 5
+
+
+@dataclass
+class _RunState:
+    """The attempts of one run: candidates left, attempts running, and what stopped it."""
+
+    queue: list[Candidate]
+    running: dict[asyncio.Task[AttemptResult], Candidate] = field(default_factory=dict)
+    started_at: dict[asyncio.Task[AttemptResult], float] = field(default_factory=dict)
+    numbers: dict[asyncio.Task[AttemptResult], int] = field(default_factory=dict)
+    stop: AttemptResult | None = None
+    forced: bool = False
+    hedged: asyncio.Task[AttemptResult] | None = None
+    """The attempt a hedge was started against (past its usual p95)."""
+    hedge_refused: bool = False
+
+    def running_candidate(self) -> Candidate | None:
+        """The candidate of an attempt still running, if any."""
+        return next(iter(self.running.values()), None)
 
 
 @dataclass
@@ -65,36 +88,92 @@ class Executor:
         self.throttle = RetryThrottle(settings.failover_max_tokens, settings.failover_token_ratio)
 
     async def run(self, job: Job) -> Execution:
-        """Tries the plan's candidates in order until one succeeds or failover must stop."""
-        norm, plan, events, span = job.admitted.norm, job.plan, job.events, job.span
-        deadline = job.admitted.deadline
-        request_id = job.admitted.request_id
+        """Tries the plan's candidates in order until one succeeds or failover must stop.
+
+        Hedging: while the one attempt running is past its model's usual p95 and a healthy
+        follower exists, the follower starts too; the first success wins and the other is
+        cancelled (and recorded as an attempt the provider may bill).
+        """
+        plan, events = job.plan, job.events
         if events is not None:
             events.emit(
                 accepted=router_pb2.Accepted(
-                    request_id=request_id,
+                    request_id=job.admitted.request_id,
                     candidates=[c.key for c in plan.candidates],
                     trace_id=job.trace_id,
                 )
             )
+        state = _RunState(queue=list(plan.candidates))
+        try:
+            while True:
+                if not state.running and not self._start_next(job, state):
+                    return Execution(stop=state.stop)
+                delay = self._hedge_delay(state)
+                done, _ = await asyncio.wait(
+                    state.running, timeout=delay, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done:
+                    if not self._start_next(job, state, hedge=True):
+                        state.hedge_refused = True
+                    continue
+                for task in done:
+                    cand = state.running.pop(task)
+                    verdict = self._judge(job, state, cand, task.result())
+                    if verdict is not None:
+                        return verdict
+        finally:
+            await self._cancel_losers(job, state)
+
+    def _judge(
+        self, job: Job, state: _RunState, cand: Candidate, result: AttemptResult
+    ) -> Execution | None:
+        """What one finished attempt means for the request: done, stop, or go on."""
+        if result.outcome == router_pb2.ATTEMPT_OUTCOME_SUCCEEDED:
+            assert result.response is not None
+            self.throttle.on_success()
+            return Execution(winner=(cand, result.response))
+        if not result.failover or (
+            result.outcome == router_pb2.ATTEMPT_OUTCOME_MODERATED
+            and not job.admitted.norm.request.allow_moderation_failover
+        ):
+            return Execution(stop=result)
+        if result.scope and not self.throttle.on_failure() and state.queue and not state.running:
+            # Most attempts are failing everywhere: stop multiplying load on the fleet.
+            job.plan.notices.append("failover budget exhausted")
+            result.message += " (failover budget exhausted; not trying further providers)"
+            return Execution(stop=result)
+        nxt = state.running_candidate() or (state.queue[0] if state.queue else None)
+        if nxt is not None:
+            attrs = {"from": cand.key, "to": nxt.key, "reason": result.reason}
+            job.span.add_event("failover", attrs)
+            if job.events is not None:
+                job.events.emit(
+                    failover=router_pb2.Failover(
+                        from_provider=cand.provider, to_provider=nxt.provider, reason=result.reason
+                    )
+                )
+        return None
+
+    def _start_next(self, job: Job, state: _RunState, *, hedge: bool = False) -> bool:
+        """Starts the next candidate that has time and a closed circuit; False when none is left.
+
+        A hedge takes only a follower that is healthy now (never the last-resort probe).
+        """
+        plan, deadline = job.plan, job.admitted.deadline
         margin = self.settings.settle_margin_seconds
-        queue = list(plan.candidates)
-        forced = False
-        success: tuple[Candidate, provider_pb2.GenerateImageResponse] | None = None
-        stop: AttemptResult | None = None
-        i = 0
-        while i < len(queue):
-            cand = queue[i]
-            i += 1
+        while state.queue:
+            cand = state.queue[0]
             avail = deadline.remaining() - margin
             pb = self.breakers.get(cand.provider)
             mb = self.breakers.get(cand.provider, cand.provider_model)
+            if hedge and (pb.retry_at is not None or mb.retry_at is not None):
+                return False
+            state.queue.pop(0)
             observed = mb.latency_quantile(0.5, min_samples=5)
             if avail < MIN_USEFUL_ATTEMPT or (observed is not None and observed > avail):
-                text = _too_little_time(avail, observed)
-                plan.skipped.append(Skip(cand, "deadline", text))
+                plan.skipped.append(Skip(cand, "deadline", _too_little_time(avail, observed)))
                 continue
-            permits = self._acquire(pb, mb, force=forced and i == len(queue))
+            permits = self._acquire(pb, mb, force=state.forced and not state.queue)
             if permits is None:
                 retry = [b.retry_at for b in (pb, mb) if b.retry_at is not None]
                 plan.skipped.append(
@@ -105,49 +184,85 @@ class Executor:
                         retry_at=max(retry) if retry else None,
                     )
                 )
-                if i == len(queue) and not job.log.attempts and not forced:
+                if not state.queue and not job.log.attempts and not state.forced:
                     last = self._last_resort(plan)
                     if last is not None:
-                        forced = True
-                        queue.append(last)
+                        state.forced = True
+                        state.queue.append(last)
                         plan.notices.append(
                             f"every candidate's circuit was open; sent one probe to {last.key}"
                         )
                 continue
-            budget = self._budget(cand, queue[i:], avail)
-            result = await self._attempt(job, cand, permits, budget)
-            if result.outcome == router_pb2.ATTEMPT_OUTCOME_SUCCEEDED:
-                assert result.response is not None
-                self.throttle.on_success()
-                success = (cand, result.response)
-                break
-            if not result.failover or (
-                result.outcome == router_pb2.ATTEMPT_OUTCOME_MODERATED
-                and not norm.request.allow_moderation_failover
-            ):
-                stop = result
-                break
-            if result.scope and not self.throttle.on_failure() and i < len(queue):
-                # Most attempts are failing everywhere: stop multiplying load on the fleet.
-                plan.notices.append("failover budget exhausted")
-                stop = result
-                stop.message += " (failover budget exhausted; not trying further providers)"
-                break
-            nxt_cand = next((c for c in queue[i:]), None)
-            if nxt_cand is not None:
-                attrs = {"from": cand.key, "to": nxt_cand.key, "reason": result.reason}
-                span.add_event("failover", attrs)
-                if events is not None:
-                    events.emit(
-                        failover=router_pb2.Failover(
-                            from_provider=cand.provider,
-                            to_provider=nxt_cand.provider,
-                            reason=result.reason,
-                        )
-                    )
-        if success is None:
-            return Execution(stop=stop)
-        return Execution(winner=success)
+            budget = self._budget(cand, state.queue, avail)
+            if hedge:
+                job.span.add_event("hedge", {"to": cand.key})
+                plan.notices.append(
+                    f"{state.running_candidate().key} was slower than usual; "  # type: ignore[union-attr]
+                    f"{cand.key} was started alongside it"
+                )
+            number = job.log.next_number()
+            task = asyncio.create_task(self._attempt(job, cand, permits, budget, number))
+            if hedge:
+                state.hedged = next(iter(state.running))
+            state.running[task] = cand
+            state.started_at[task] = self.clock()
+            state.numbers[task] = number
+            return True
+        return False
+
+    def _hedge_delay(self, state: _RunState) -> float | None:
+        """Seconds until the one running attempt passes its usual p95, if a hedge may follow."""
+        if not self.settings.hedge or state.hedged or state.hedge_refused:
+            return None
+        if len(state.running) != 1:
+            return None
+        follower = state.queue[0] if state.queue else None
+        if follower is None or not self.throttle.allowed():
+            return None
+        if any(
+            b.retry_at is not None
+            for b in (
+                self.breakers.get(follower.provider),
+                self.breakers.get(follower.provider, follower.provider_model),
+            )
+        ):
+            return None
+        ((task, cand),) = state.running.items()
+        usual = self.breakers.get(cand.provider, cand.provider_model).latency_quantile(
+            0.95, min_samples=HEDGE_MIN_SAMPLES
+        )
+        if usual is None:
+            return None
+        wait = max(self.settings.hedge_min_delay_seconds, usual)
+        return max(0.0, state.started_at[task] + wait - self.clock())
+
+    async def _cancel_losers(self, job: Job, state: _RunState) -> None:
+        """Cancels attempts still running (a hedge lost, or the caller left) and records them."""
+        if not state.running:
+            return
+        for task in state.running:
+            task.cancel()
+        await asyncio.gather(*state.running, return_exceptions=True)
+        for task, cand in state.running.items():
+            elapsed = self.clock() - state.started_at[task]
+            attempt = router_pb2.Attempt(
+                provider=cand.provider,
+                provider_model=cand.provider_model,
+                outcome=router_pb2.ATTEMPT_OUTCOME_CANCELLED,
+                error_reason=reasons.HEDGE_LOST,
+                error_message="cancelled: another candidate answered first, or the caller left; "
+                "the provider may bill the work it started",
+                latency=duration(elapsed),
+                attempt_number=state.numbers.get(task, 0),
+                billable=True,
+            )
+            job.log.attempts.append(attempt)
+            job.log.billable_failures.append((cand, attempt))
+            if task is state.hedged:
+                # Past its usual p95 and beaten by the hedge: its model's breaker should know.
+                mb = self.breakers.get(cand.provider, cand.provider_model)
+                mb.record_abandoned(reasons.HEDGE_LOST)
+        state.running.clear()
 
     def earliest_serve_in(self, job: Job) -> float:
         """Seconds until some planned candidate can take a call again (0: one can now).
@@ -194,6 +309,16 @@ class Executor:
             )
             hold = min(avail / 2, max(self.settings.min_attempt_seconds, typical or 0.0))
             budget = min(budget, avail - hold)
+            # With a follower to go to, no attempt may run far past what its model usually takes.
+            usual = self.breakers.get(cand.provider, cand.provider_model).latency_quantile(
+                0.99, min_samples=HEDGE_MIN_SAMPLES
+            )
+            if usual is not None:
+                bound = max(
+                    self.settings.attempt_bound_floor_seconds,
+                    self.settings.attempt_bound_multiplier * usual,
+                )
+                budget = min(budget, bound)
         return budget
 
     def _acquire(
@@ -224,10 +349,14 @@ class Executor:
         return min(options, key=lambda o: o[0])[1]
 
     async def _attempt(
-        self, job: Job, cand: Candidate, permits: tuple[Permit, Permit], budget: float
+        self,
+        job: Job,
+        cand: Candidate,
+        permits: tuple[Permit, Permit],
+        budget: float,
+        number: int,
     ) -> AttemptResult:
         norm, events, log = job.admitted.norm, job.events, job.log
-        number = len(log.attempts) + 1
         adapter = self.adapters.get(cand.provider)
         assert adapter is not None
         preq = provider_pb2.GenerateImageRequest()

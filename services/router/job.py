@@ -27,6 +27,13 @@ class AttemptLog:
     """Time spent inside adapter calls (the rest is the Router's overhead)."""
     retry_at: dict[str, float] = field(default_factory=dict)
     """Candidate key -> clock time its provider said to come back (429 Retry-After)."""
+    started: int = 0
+    """Attempts started so far (attempt numbers follow start order, hedges included)."""
+
+    def next_number(self) -> int:
+        """The number of the attempt about to start."""
+        self.started += 1
+        return self.started
 
 
 @dataclass

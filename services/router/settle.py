@@ -67,7 +67,11 @@ class RouterSettlement:
             metering_pb2.BilledAttempt(
                 provider=cand.provider,
                 provider_model=cand.provider_model,
-                attempt_number=len(job.log.attempts),
+                attempt_number=next(
+                    a.attempt_number
+                    for a in job.log.attempts
+                    if a.outcome == router_pb2.ATTEMPT_OUTCOME_SUCCEEDED
+                ),
                 usage=usage,
                 succeeded=True,
             )

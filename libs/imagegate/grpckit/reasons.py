@@ -43,6 +43,9 @@ PROVIDER_BAD_RESPONSE = "PROVIDER_BAD_RESPONSE"
 PROVIDER_CONCURRENCY_LIMITED = "PROVIDER_CONCURRENCY_LIMITED"
 PROVIDER_DISABLED = "PROVIDER_DISABLED"
 
+# An attempt cancelled because a hedged attempt answered first (or the caller left).
+HEDGE_LOST = "HEDGE_LOST"
+
 # Unexpected failures.
 INTERNAL = "INTERNAL"
 
