@@ -44,7 +44,7 @@ from imagegate.grpckit.errors import (
 from imagegate.persistence import DbRunner, Tx, make_engine, migrate
 from imagegate.persistence.periods import Clock, period_end, period_of, to_us, utc_now
 from imagegate.quota.v1 import quota_pb2
-from services.quota import keys
+from services.quota import keys, tombstones
 from services.quota.models import ApiKey, Tenant
 from services.quota.plans import DEFAULT_PLAN
 
@@ -424,7 +424,7 @@ class QuotaStore:
                     args.images,
                     pixels,
                     args.cost_micros,
-                ):
+                ) and not tombstones.is_tombstone(row.state, row.images):
                     raise ImagegateError(
                         grpc.StatusCode.ALREADY_EXISTS,
                         reasons.IDEMPOTENCY_KEY_REUSED,
@@ -882,6 +882,35 @@ class QuotaStore:
                 metadata={"reservation_id": reservation_id},
             )
         return ResRow(*row)
+
+    # ---- release by request id (services/quota/tombstones.py) ----
+
+    async def release_by_request(
+        self, request_id: str, *, tenant_id: str = "", api_key: str = ""
+    ) -> quota_pb2.Reservation:
+        """Releases the reservation of (tenant, request_id), or leaves a RELEASED tombstone so
+        a later reserve of that request_id holds nothing; the tenant is the key's when given."""
+        return await self._run_batched(self.release_by_request_sync, request_id, tenant_id, api_key)
+
+    def release_by_request_sync(
+        self, request_id: str, tenant_id: str, api_key: str
+    ) -> quota_pb2.Reservation:
+        """See `release_by_request`."""
+        now = self.clock()
+        with self._db.tx() as tx:
+            if api_key:
+                tenant_id = self._authenticate(tx, api_key)[0][0]
+            elif tx.one(self._q_tenant, (tenant_id,)) is None:
+                raise _tenant_not_found(tenant_id)
+            row = tombstones.release_by_request(
+                tx,
+                self._db.sql,
+                tenant_id=tenant_id,
+                request_id=request_id,
+                period=period_of(now),
+                now_us=to_us(now),
+            )
+        return _reservation_pb(ResRow(*row))
 
 
 _PLAN_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
