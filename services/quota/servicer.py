@@ -76,6 +76,11 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
         # Releases of holds whose caller left; kept so they finish (and are awaited on stop).
         self._cleanups: set[asyncio.Task[object]] = set()
 
+    @property
+    def releasing(self) -> int:
+        """How many holds of callers that left are waiting for their write or release now."""
+        return len(self._cleanups)
+
     async def drain(self) -> None:
         """Waits for the releases of abandoned holds still running (call before closing the store)."""
         while self._cleanups:

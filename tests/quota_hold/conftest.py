@@ -19,7 +19,7 @@ from imagegate.grpckit.channel import create_channel
 from imagegate.quota.v1 import quota_pb2, quota_pb2_grpc
 from imagegate.telemetry import setup_telemetry
 from services.quota.plans import load_plans
-from services.quota.server import start_quota_server
+from services.quota.server import QuotaServer, start_quota_server
 from services.quota.store import QuotaStore
 from tests.persistence.clock import FakeClock
 from tests.pg import database_url, postgres_server, postgres_url
@@ -36,7 +36,7 @@ class Quota:
     """A client of a running Quota service (and its store when it runs in this process)."""
 
     stub: quota_pb2_grpc.QuotaServiceStub
-    store: QuotaStore | None = None
+    server: QuotaServer | None = None
 
     async def tenant(self, name: str, plan: str = "free") -> quota_pb2.Tenant:
         """Creates a tenant through the admin RPC."""
@@ -69,7 +69,7 @@ async def quota(database_url: str) -> AsyncIterator[Quota]:
     )
     channel = create_channel(server.address)
     try:
-        yield Quota(quota_pb2_grpc.QuotaServiceStub(channel), store)
+        yield Quota(quota_pb2_grpc.QuotaServiceStub(channel), server)
     finally:
         await channel.close()
         await server.stop(grace=0)

@@ -139,8 +139,8 @@ async def test_release_without_exactly_one_target_is_invalid_argument_with_the_f
 def _gate_reserve(quota: Quota) -> tuple[threading.Event, threading.Event]:
     """Holds every reserve inside its database thread (where a cancel cannot reach it) until
     `gate` is set; `entered` is set when one is waiting there."""
-    store = quota.store
-    assert store is not None
+    assert quota.server is not None
+    store = quota.server.store
     entered, gate = threading.Event(), threading.Event()
     real = store.reserve_sync
 
@@ -167,6 +167,14 @@ async def test_a_hold_written_after_its_caller_left_is_released_at_once(
         call.cancel()
     with pytest.raises((grpc.aio.AioRpcError, asyncio.CancelledError)):
         await call
+    # Open the gate once the server has seen the caller leave: a write that lands before that
+    # is answered normally, and only the caller's release by request id can undo it.
+    assert quota.server is not None and quota.server.servicer is not None
+    for _ in range(500):
+        if quota.server.servicer.releasing:
+            break
+        await asyncio.sleep(0.01)
+    assert quota.server.servicer.releasing == 1
     gate.set()
     for _ in range(100):
         if (await quota.reserved(t.id)) == 0:
