@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from imagegate.devstack.postgres import LocalCluster, bin_dir
+from tests.fixtures.postgres import LocalCluster, bin_dir
 
 
 async def start_cluster() -> LocalCluster | None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from imagegate.devstack.postgres import (
+from tests.fixtures.postgres import (
     LocalCluster,
     PostgresServer,
     docker_answers,

@@ -9,19 +9,19 @@ import httpx
 
 from imagegate.grpckit import reasons
 from imagegate.grpckit.deadline import Deadline
-from imagegate.providerkit.download import check_api_url, download_image
-from imagegate.providerkit.errors import ProviderError
+from imagegate.providerkit.download import download_images
+from imagegate.providerkit.errors import ProviderError, bad_answer
 from imagegate.providerkit.hosted import HostedAdapter
 from imagegate.providerkit.http import (
     Pending,
-    build_client,
     error_from_status,
     json_object,
     poll_until,
     retry_after_from_headers,
     send,
 )
-from imagegate.providerkit.params import bounded
+from imagegate.providerkit.jobs import poll_get
+from imagegate.providerkit.params import steps_and_guidance
 from imagegate.providerkit.types import (
     Deviation,
     GeneratedImage,
@@ -55,7 +55,6 @@ STEPS = {"flux-dev": (1, 50)}
 GUIDANCE = {"flux-dev": (1.5, 5.0)}
 # Moderation outcomes are final and not charged (BFL errors page).
 _MODERATED = ("Request Moderated", "Content Moderated")
-_TRANSIENT = (408, 429, 500, 502, 503, 504)
 
 
 class BflAdapter(HostedAdapter[BflSettings]):
@@ -64,9 +63,8 @@ class BflAdapter(HostedAdapter[BflSettings]):
     name = "bfl"
 
     def __init__(self, settings: BflSettings, *, telemetry: Telemetry | None = None) -> None:
-        super().__init__(settings)
-        self._client = build_client(
-            base_url=settings.effective_base_url,
+        super().__init__(
+            settings,
             headers={"x-key": settings.key_value()},
             max_connections=settings.max_active_tasks * 2,
             telemetry=telemetry,
@@ -87,7 +85,6 @@ class BflAdapter(HostedAdapter[BflSettings]):
 
     def build_input(self, request: GenerationRequest) -> tuple[dict[str, Any], list[Deviation]]:
         """The submit body for a validated request, and parameters clamped under degradation."""
-        deviations: list[Deviation] = []
         body: dict[str, Any] = {
             "prompt": request.prompt,
             "width": request.width,
@@ -97,16 +94,11 @@ class BflAdapter(HostedAdapter[BflSettings]):
             "safety_tolerance": 2,
             "prompt_upsampling": False,
         }
-        if request.steps is not None and request.model in STEPS:
-            lo, hi = STEPS[request.model]
-            body["steps"], dev = bounded("steps", request.steps, lo, hi, request=request)
-            deviations += [dev] if dev else []
-        if request.guidance_scale is not None and request.model in GUIDANCE:
-            glo, ghi = GUIDANCE[request.model]
-            body["guidance"], dev = bounded(
-                "guidance_scale", request.guidance_scale, glo, ghi, request=request
-            )
-            deviations += [dev] if dev else []
+        steps, scale, deviations = steps_and_guidance(request, STEPS, GUIDANCE)
+        if steps is not None:
+            body["steps"] = steps
+        if scale is not None:
+            body["guidance"] = scale
         return body, deviations
 
     async def generate(
@@ -169,20 +161,14 @@ class BflAdapter(HostedAdapter[BflSettings]):
         polling_url = submitted.get("polling_url") or (
             f"{self._settings.effective_base_url}/v1/get_result?id={job_id}"
         )
-        polling_url = self._api_url(polling_url, job_id)
+        polling_url = self._job_url(polling_url, job_id, hosts=self._settings.hosts)
         if progress is not None:
             await progress(Progress(state="Pending", fraction=0.0, provider_job_id=job_id))
 
         async def step(d: Deadline) -> dict[str, Any] | Pending:
-            try:
-                r = await send(self._client, "GET", polling_url, deadline=d)
-            except ProviderError as err:
-                if err.reason == reasons.PROVIDER_UNAVAILABLE:
-                    return Pending()
-                err.billable, err.provider_job_id = True, job_id
-                raise
-            if r.status_code in _TRANSIENT:
-                return Pending(after=retry_after_from_headers(r.headers))
+            r = await poll_get(self._client, polling_url, deadline=d, job_id=job_id)
+            if isinstance(r, Pending):
+                return r
             if r.status_code >= 300:
                 raise self._error(r, "poll", job_id=job_id, billable=True)
             status = json_object(r, billable=True, job_id=job_id)
@@ -215,15 +201,13 @@ class BflAdapter(HostedAdapter[BflSettings]):
             max_interval=self._settings.max_poll_interval_seconds,
         )
         sample, seconds = self._sample(final, job_id)
-        image = await download_image(
+        [image] = await download_images(
             self._client,
-            sample,
+            [sample],
+            self._results_from(self._settings.hosts),
             deadline=deadline,
-            allowed_hosts=self._settings.hosts,
-            loopback_ok=self._settings.is_loopback_override,
-            max_bytes=self._settings.max_image_bytes,
             wanted=request.output_format,
-            seed=_seed(final, body),
+            first_seed=_seed(final, body),
             job_id=job_id,
         )
         return image, job_id, seconds
@@ -255,21 +239,11 @@ class BflAdapter(HostedAdapter[BflSettings]):
                 extra={"provider_status": state},
             )
         if state != "Ready":
-            raise ProviderError(
-                reasons.PROVIDER_BAD_RESPONSE,
-                f"unknown task status {state[:40]!r}",
-                billable=True,
-                provider_job_id=job_id,
-            )
+            raise bad_answer(f"unknown task status {state[:40]!r}", job_id)
         result = status.get("result")
         sample = result.get("sample") if isinstance(result, dict) else None
         if not isinstance(sample, str) or not sample:
-            raise ProviderError(
-                reasons.PROVIDER_BAD_RESPONSE,
-                "Ready without result.sample",
-                billable=True,
-                provider_job_id=job_id,
-            )
+            raise bad_answer("Ready without result.sample", job_id)
         assert isinstance(result, dict)
         duration = result.get("duration")
         if not isinstance(duration, int | float):
@@ -277,18 +251,6 @@ class BflAdapter(HostedAdapter[BflSettings]):
             ok = isinstance(start, int | float) and isinstance(end, int | float)
             duration = float(end) - float(start) if ok else 0.0  # type: ignore[arg-type]
         return sample, float(duration)
-
-    def _api_url(self, url: object, job_id: str) -> str:
-        try:
-            return check_api_url(
-                url,
-                base_url=self._settings.effective_base_url,
-                allowed_hosts=self._settings.hosts,
-                loopback_ok=self._settings.is_loopback_override,
-            )
-        except ProviderError as err:
-            err.billable, err.provider_job_id = True, job_id
-            raise
 
     def _error(
         self, resp: httpx.Response, stage: str, *, job_id: str = "", billable: bool = False

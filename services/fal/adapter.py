@@ -2,28 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from typing import Any
 
 import httpx
 
 from imagegate.grpckit import reasons
 from imagegate.grpckit.deadline import Deadline
-from imagegate.providerkit.download import check_api_url, download_image
-from imagegate.providerkit.errors import ProviderError
+from imagegate.providerkit.download import download_images
+from imagegate.providerkit.errors import ProviderError, bad_answer
 from imagegate.providerkit.hosted import HostedAdapter
 from imagegate.providerkit.http import (
     Pending,
-    build_client,
     error_detail,
     error_from_status,
     json_object,
     poll_until,
-    retry_after_from_headers,
     send,
 )
-from imagegate.providerkit.params import bounded
+from imagegate.providerkit.jobs import cancel_at_deadline, poll_get
+from imagegate.providerkit.params import steps_and_guidance
 from imagegate.providerkit.types import (
     Deviation,
     GeneratedImage,
@@ -38,8 +35,6 @@ from imagegate.providerkit.types import (
 )
 from imagegate.telemetry import Telemetry
 from services.fal.config import FalSettings
-
-log = logging.getLogger(__name__)
 
 # fal's custom sizes are not documented beyond the presets (contracts 2.4, [U]); FLUX works in
 # 16-pixel latents, so sizes are whole multiples of 16 up to 2048 per side.
@@ -68,7 +63,7 @@ MODELS = (
         steps=False,
         guidance=False,
         formats=_NATIVE,
-        price_unit=PriceUnit.IMAGE,
+        price_unit=PriceUnit.MEGAPIXEL,
     ),
     ModelSpec(
         id="fal-ai/fast-sdxl",
@@ -97,8 +92,6 @@ _ERROR_TYPES = {
     "runner_server_error": reasons.PROVIDER_UNAVAILABLE,
     "internal_error": reasons.PROVIDER_UNAVAILABLE,
 }
-# Statuses of a status poll that are worth another poll rather than failing the job.
-_TRANSIENT = (408, 429, 500, 502, 503, 504)
 
 
 class FalAdapter(HostedAdapter[FalSettings]):
@@ -107,9 +100,8 @@ class FalAdapter(HostedAdapter[FalSettings]):
     name = "fal"
 
     def __init__(self, settings: FalSettings, *, telemetry: Telemetry | None = None) -> None:
-        super().__init__(settings)
-        self._client = build_client(
-            base_url=settings.effective_base_url,
+        super().__init__(
+            settings,
             headers={"authorization": f"Key {settings.key_value()}"},
             max_connections=settings.max_concurrency * 2,
             telemetry=telemetry,
@@ -120,7 +112,6 @@ class FalAdapter(HostedAdapter[FalSettings]):
 
     def build_input(self, request: GenerationRequest) -> tuple[dict[str, Any], list[Deviation]]:
         """The fal input for a validated request, and parameters clamped under degradation."""
-        deviations: list[Deviation] = []
         body: dict[str, Any] = {
             "prompt": request.prompt,
             "image_size": {"width": request.width, "height": request.height},
@@ -134,18 +125,11 @@ class FalAdapter(HostedAdapter[FalSettings]):
             body["seed"] = request.seed
         if request.negative_prompt:
             body["negative_prompt"] = request.negative_prompt
-        if request.steps is not None and request.model in STEPS:
-            lo, hi = STEPS[request.model]
-            steps, dev = bounded("steps", request.steps, lo, hi, request=request)
+        steps, scale, deviations = steps_and_guidance(request, STEPS, GUIDANCE)
+        if steps is not None:
             body["num_inference_steps"] = steps
-            deviations += [dev] if dev else []
-        if request.guidance_scale is not None and request.model in GUIDANCE:
-            glo, ghi = GUIDANCE[request.model]
-            scale, dev = bounded(
-                "guidance_scale", request.guidance_scale, glo, ghi, request=request
-            )
+        if scale is not None:
             body["guidance_scale"] = scale
-            deviations += [dev] if dev else []
         return body, deviations
 
     async def generate(
@@ -164,7 +148,7 @@ class FalAdapter(HostedAdapter[FalSettings]):
         job = json_object(resp, billable=True, job_id=resp.headers.get("x-fal-request-id", ""))
         job_id = str(job.get("request_id") or resp.headers.get("x-fal-request-id") or "")
         urls = {
-            k: self._api_url(job.get(k), job_id)
+            k: self._job_url(job.get(k), job_id, hosts=self._settings.api_hosts)
             for k in ("status_url", "response_url", "cancel_url")
         }
         if progress is not None:
@@ -178,11 +162,9 @@ class FalAdapter(HostedAdapter[FalSettings]):
         last: dict[str, Any] = {}
 
         async def step(d: Deadline) -> dict[str, Any] | Pending:
-            r = await self._poll_send("GET", urls["status_url"], d, job_id)
-            if r is None:
-                return Pending()
-            if r.status_code in _TRANSIENT:
-                return Pending(after=retry_after_from_headers(r.headers))
+            r = await poll_get(self._client, urls["status_url"], deadline=d, job_id=job_id)
+            if isinstance(r, Pending):
+                return r
             if r.status_code not in (200, 202):
                 raise self._error(r, "status", job_id=job_id)
             status = json_object(r, billable=True, job_id=job_id)
@@ -191,11 +173,8 @@ class FalAdapter(HostedAdapter[FalSettings]):
             if state == "COMPLETED":
                 return status
             if state not in ("IN_QUEUE", "IN_PROGRESS"):
-                raise ProviderError(
-                    reasons.PROVIDER_BAD_RESPONSE,
-                    f"status {state!r} is not IN_QUEUE, IN_PROGRESS or COMPLETED",
-                    billable=True,
-                    provider_job_id=job_id,
+                raise bad_answer(
+                    f"status {state!r} is not IN_QUEUE, IN_PROGRESS or COMPLETED", job_id
                 )
             if progress is not None:
                 await progress(
@@ -207,18 +186,13 @@ class FalAdapter(HostedAdapter[FalSettings]):
                 )
             return Pending()
 
-        async def cancel(d: Deadline) -> None:
-            r = await send(self._client, "PUT", urls["cancel_url"], deadline=d)
-            log.info(
-                "cancelled fal job at the deadline",
-                extra={"provider_job_id": job_id, "http_status": r.status_code},
-            )
-
         status = await poll_until(
             deadline,
             self._settings.poll_interval_seconds,
             step,
-            on_timeout=cancel,
+            on_timeout=cancel_at_deadline(
+                self._client, "PUT", urls["cancel_url"], what="fal job", job_id=job_id
+            ),
             what="fal request",
             job_id=job_id,
             max_interval=self._settings.max_poll_interval_seconds,
@@ -243,29 +217,12 @@ class FalAdapter(HostedAdapter[FalSettings]):
             model=request.model,
         )
 
-    async def _poll_send(
-        self, method: str, url: str, deadline: Deadline, job_id: str
-    ) -> httpx.Response | None:
-        try:
-            return await send(self._client, method, url, deadline=deadline)
-        except ProviderError as err:
-            if err.reason == reasons.PROVIDER_UNAVAILABLE:
-                # A dropped status poll loses nothing: the job lives on in fal's queue.
-                return None
-            err.billable, err.provider_job_id = True, job_id
-            raise
-
     async def _images(
         self, result: dict[str, Any], request: GenerationRequest, deadline: Deadline, job_id: str
     ) -> list[GeneratedImage]:
         items = result.get("images")
         if not isinstance(items, list) or not items:
-            raise ProviderError(
-                reasons.PROVIDER_BAD_RESPONSE,
-                "result has no images",
-                billable=True,
-                provider_job_id=job_id,
-            )
+            raise bad_answer("result has no images", job_id)
         nsfw = result.get("has_nsfw_concepts")
         if isinstance(nsfw, list) and any(nsfw):
             # With the safety checker on, flagged images come back blacked out.
@@ -278,42 +235,16 @@ class FalAdapter(HostedAdapter[FalSettings]):
         seed = result.get("seed") if isinstance(result.get("seed"), int) else None
         urls = [i.get("url") if isinstance(i, dict) else None for i in items]
         if not all(isinstance(u, str) for u in urls):
-            raise ProviderError(
-                reasons.PROVIDER_BAD_RESPONSE,
-                "result image without a url",
-                billable=True,
-                provider_job_id=job_id,
-            )
-        return list(
-            await asyncio.gather(
-                *(
-                    download_image(
-                        self._client,
-                        str(url),
-                        deadline=deadline,
-                        allowed_hosts=self._settings.result_hosts,
-                        loopback_ok=self._settings.is_loopback_override,
-                        max_bytes=self._settings.max_image_bytes,
-                        wanted=request.output_format,
-                        seed=seed + i if seed is not None else None,
-                        job_id=job_id,
-                    )
-                    for i, url in enumerate(urls)
-                )
-            )
+            raise bad_answer("result image without a url", job_id)
+        return await download_images(
+            self._client,
+            [str(url) for url in urls],
+            self._results_from(self._settings.result_hosts),
+            deadline=deadline,
+            wanted=request.output_format,
+            first_seed=seed,
+            job_id=job_id,
         )
-
-    def _api_url(self, url: object, job_id: str) -> str:
-        try:
-            return check_api_url(
-                url,
-                base_url=self._settings.effective_base_url,
-                allowed_hosts=self._settings.api_hosts,
-                loopback_ok=self._settings.is_loopback_override,
-            )
-        except ProviderError as err:
-            err.billable, err.provider_job_id = True, job_id
-            raise
 
     def _error(
         self, resp: httpx.Response, stage: str, *, job_id: str = "", billable: bool = False

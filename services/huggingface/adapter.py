@@ -12,8 +12,8 @@ from imagegate.grpckit.deadline import Deadline
 from imagegate.providerkit.download import to_image
 from imagegate.providerkit.errors import ProviderError
 from imagegate.providerkit.hosted import HostedAdapter
-from imagegate.providerkit.http import build_client
 from imagegate.providerkit.images import sniff_format
+from imagegate.providerkit.synchronous import post_sync
 from imagegate.providerkit.types import (
     GeneratedImage,
     GenerationRequest,
@@ -24,8 +24,7 @@ from imagegate.providerkit.types import (
 from imagegate.telemetry import Telemetry
 from services.huggingface import wire
 from services.huggingface.config import HuggingFaceSettings
-from services.together import client as together
-from services.together.client import post_sync
+from services.together.client import TogetherCall
 
 # Seeds drawn when the caller gives none, so each image of a fan-out differs (HF caches
 # identical requests) and every delivered image reports the seed that reproduces it.
@@ -40,21 +39,22 @@ class HuggingFaceAdapter(HostedAdapter[HuggingFaceSettings]):
     def __init__(
         self, settings: HuggingFaceSettings, *, telemetry: Telemetry | None = None
     ) -> None:
-        super().__init__(settings)
-        self._base_url = settings.effective_base_url
         headers = {"authorization": f"Bearer {settings.key_value()}"}
         if settings.bill_to:
             headers["x-hf-bill-to"] = settings.bill_to
-        self._client = build_client(
-            base_url=self._base_url,
+        super().__init__(
+            settings,
             headers=headers,
             max_connections=settings.max_concurrency * 4,
             telemetry=telemetry,
         )
-
-    @property
-    def base_url(self) -> str:
-        return self._base_url
+        self._together = TogetherCall(
+            self._client,
+            "/together/v1/images/generations",
+            self._results_from(settings.result_hosts),
+            what="HF router -> together images/generations",
+            special=lambda resp, job: wire.special_error(resp, job, wire.TOGETHER),
+        )
 
     def models(self) -> list[ModelSpec]:
         return list(wire.MODEL_SPECS)
@@ -64,18 +64,7 @@ class HuggingFaceAdapter(HostedAdapter[HuggingFaceSettings]):
     ) -> GenerationResult:
         route = wire.ROUTES[request.model]
         if route.partner == wire.TOGETHER:
-            return await together.generate(
-                self._client,
-                "/together/v1/images/generations",
-                request,
-                route.provider_model,
-                deadline=deadline,
-                result_hosts=self._settings.result_hosts,
-                loopback_ok=self._settings.is_loopback_override,
-                max_bytes=self._settings.max_image_bytes,
-                what="HF router -> together images/generations",
-                special=lambda resp, job: wire.special_error(resp, job, wire.TOGETHER),
-            )
+            return await self._together.generate(request, route.provider_model, deadline)
         return await self._inference(request, route.provider_model, deadline)
 
     async def _inference(

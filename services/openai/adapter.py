@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from imagegate.grpckit.deadline import Deadline
 from imagegate.providerkit.hosted import HostedAdapter
-from imagegate.providerkit.http import build_client, json_body
+from imagegate.providerkit.http import json_body
+from imagegate.providerkit.synchronous import post_sync
 from imagegate.providerkit.types import (
     GenerationRequest,
     GenerationResult,
@@ -14,7 +15,6 @@ from imagegate.providerkit.types import (
 from imagegate.telemetry import Telemetry
 from services.openai import wire
 from services.openai.config import OpenAISettings
-from services.together.client import post_sync
 
 GENERATIONS_PATH = "/v1/images/generations"
 
@@ -25,24 +25,19 @@ class OpenAIAdapter(HostedAdapter[OpenAISettings]):
     name = "openai"
 
     def __init__(self, settings: OpenAISettings, *, telemetry: Telemetry | None = None) -> None:
-        super().__init__(settings)
-        # OPENAI_BASE_URL is conventionally given with /v1; accept both forms.
-        self._base_url = settings.effective_base_url.removesuffix("/v1")
         headers = {"authorization": f"Bearer {settings.key_value()}"}
         if settings.organization:
             headers["openai-organization"] = settings.organization
         if settings.project:
             headers["openai-project"] = settings.project
-        self._client = build_client(
-            base_url=self._base_url,
+        super().__init__(
+            settings,
             headers=headers,
             max_connections=settings.max_concurrency,
             telemetry=telemetry,
+            # OPENAI_BASE_URL is conventionally given with /v1; accept both forms.
+            base_url=settings.effective_base_url.removesuffix("/v1"),
         )
-
-    @property
-    def base_url(self) -> str:
-        return self._base_url
 
     def models(self) -> list[ModelSpec]:
         return list(wire.MODEL_SPECS)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import re
 from typing import Any
 
@@ -11,22 +9,14 @@ import httpx
 
 from imagegate.grpckit import reasons
 from imagegate.grpckit.deadline import Deadline
-from imagegate.providerkit.download import check_api_url, download_image
-from imagegate.providerkit.errors import ProviderError
+from imagegate.providerkit.download import download_images
+from imagegate.providerkit.errors import ProviderError, bad_answer
 from imagegate.providerkit.hosted import HostedAdapter
-from imagegate.providerkit.http import (
-    Pending,
-    build_client,
-    error_from_status,
-    json_object,
-    poll_until,
-    retry_after_from_headers,
-    send,
-)
-from imagegate.providerkit.params import bounded
+from imagegate.providerkit.http import Pending, error_from_status, json_object, poll_until, send
+from imagegate.providerkit.jobs import cancel_at_deadline, poll_get
+from imagegate.providerkit.params import steps_and_guidance
 from imagegate.providerkit.types import (
     Deviation,
-    GeneratedImage,
     GenerationRequest,
     GenerationResult,
     ModelSpec,
@@ -38,8 +28,6 @@ from imagegate.providerkit.types import (
 )
 from imagegate.telemetry import Telemetry
 from services.replicate.config import ReplicateSettings
-
-log = logging.getLogger(__name__)
 
 # FLUX schnell/dev take no width/height: output size follows aspect_ratio and megapixels.
 # Sizes at "1" MP are replicate/cog-flux's table; 4:3, 3:4 and the "0.25" MP sizes are [U].
@@ -100,7 +88,6 @@ STEPS = {SCHNELL: (1, 4), DEV: (1, 50), PRO: (1, 50), SDXL: (1, 500)}
 GUIDANCE = {DEV: (0.0, 10.0), PRO: (2.0, 5.0), SDXL: (1.0, 50.0)}
 _OUTPUT_FORMAT = {OutputFormat.PNG: "png", OutputFormat.JPEG: "jpg", OutputFormat.WEBP: "webp"}
 _TERMINAL = ("succeeded", "failed", "canceled", "aborted")
-_TRANSIENT = (408, 429, 500, 502, 503, 504)
 # Replicate's safety checkers fail the prediction with prose, not a code (contracts 3.4, [U]).
 _NSFW = re.compile(r"nsfw|safety|sensitive|flagged|inappropriate", re.IGNORECASE)
 _THROTTLE = re.compile(r"resets in ~?(\d+(?:\.\d+)?)\s*s", re.IGNORECASE)
@@ -115,9 +102,8 @@ class ReplicateAdapter(HostedAdapter[ReplicateSettings]):
     name = "replicate"
 
     def __init__(self, settings: ReplicateSettings, *, telemetry: Telemetry | None = None) -> None:
-        super().__init__(settings)
-        self._client = build_client(
-            base_url=settings.effective_base_url,
+        super().__init__(
+            settings,
             headers={"authorization": f"Bearer {settings.key_value()}"},
             max_connections=settings.max_concurrency * 2,
             telemetry=telemetry,
@@ -128,7 +114,6 @@ class ReplicateAdapter(HostedAdapter[ReplicateSettings]):
 
     def build_input(self, request: GenerationRequest) -> tuple[dict[str, Any], list[Deviation]]:
         """The model input for a validated request, and parameters clamped under degradation."""
-        deviations: list[Deviation] = []
         inp: dict[str, Any] = {"prompt": request.prompt}
         model = request.model
         if model in (SCHNELL, DEV):
@@ -161,18 +146,11 @@ class ReplicateAdapter(HostedAdapter[ReplicateSettings]):
                 inp["negative_prompt"] = request.negative_prompt
         if request.seed is not None:
             inp["seed"] = request.seed
-        if request.steps is not None:
-            lo, hi = STEPS[model]
-            steps, dev = bounded("steps", request.steps, lo, hi, request=request)
+        steps, scale, deviations = steps_and_guidance(request, STEPS, GUIDANCE)
+        if steps is not None:
             inp["steps" if model == PRO else "num_inference_steps"] = steps
-            deviations += [dev] if dev else []
-        if request.guidance_scale is not None and model in GUIDANCE:
-            glo, ghi = GUIDANCE[model]
-            scale, dev = bounded(
-                "guidance_scale", request.guidance_scale, glo, ghi, request=request
-            )
+        if scale is not None:
             inp["guidance_scale" if model == SDXL else "guidance"] = scale
-            deviations += [dev] if dev else []
         return inp, deviations
 
     async def generate(
@@ -186,7 +164,15 @@ class ReplicateAdapter(HostedAdapter[ReplicateSettings]):
         if not self._usable(pred, request.num_images):
             pred = await self._wait(pred, request, deadline, progress)
         output = self._outputs(pred, request.num_images, job_id)
-        images = await self._download(output, request, deadline, job_id)
+        images = await download_images(
+            self._client,
+            output,
+            self._results_from(self._settings.result_hosts),
+            deadline=deadline,
+            wanted=request.output_format,
+            first_seed=request.seed,
+            job_id=job_id,
+        )
         metrics = pred.get("metrics")
         seconds = metrics.get("predict_time") if isinstance(metrics, dict) else None
         return GenerationResult(
@@ -245,20 +231,14 @@ class ReplicateAdapter(HostedAdapter[ReplicateSettings]):
         job_id = str(pred.get("id") or "")
         urls = pred.get("urls") if isinstance(pred.get("urls"), dict) else {}
         assert isinstance(urls, dict)
-        get_url = self._api_url(urls.get("get"), job_id)
-        cancel_url = self._api_url(urls.get("cancel"), job_id)
+        get_url = self._job_url(urls.get("get"), job_id, hosts=self._settings.api_hosts)
+        cancel_url = self._job_url(urls.get("cancel"), job_id, hosts=self._settings.api_hosts)
         state = {"status": str(pred.get("status", ""))}
 
         async def step(d: Deadline) -> dict[str, Any] | Pending:
-            try:
-                r = await send(self._client, "GET", get_url, deadline=d)
-            except ProviderError as err:
-                if err.reason == reasons.PROVIDER_UNAVAILABLE:
-                    return Pending()
-                err.billable, err.provider_job_id = True, job_id
-                raise
-            if r.status_code in _TRANSIENT:
-                return Pending(after=retry_after_from_headers(r.headers))
+            r = await poll_get(self._client, get_url, deadline=d, job_id=job_id)
+            if isinstance(r, Pending):
+                return r
             if r.status_code >= 300:
                 raise self._error(r, "poll", job_id=job_id, billable=True)
             current = json_object(r, billable=True, job_id=job_id)
@@ -270,18 +250,13 @@ class ReplicateAdapter(HostedAdapter[ReplicateSettings]):
             state["status"] = status
             return Pending()
 
-        async def cancel(d: Deadline) -> None:
-            r = await send(self._client, "POST", cancel_url, deadline=d)
-            log.info(
-                "cancelled replicate prediction at the deadline",
-                extra={"provider_job_id": job_id, "http_status": r.status_code},
-            )
-
         return await poll_until(
             deadline,
             self._settings.poll_interval_seconds,
             step,
-            on_timeout=cancel,
+            on_timeout=cancel_at_deadline(
+                self._client, "POST", cancel_url, what="replicate prediction", job_id=job_id
+            ),
             what="replicate prediction",
             job_id=job_id,
             max_interval=self._settings.max_poll_interval_seconds,
@@ -315,19 +290,9 @@ class ReplicateAdapter(HostedAdapter[ReplicateSettings]):
             )
         outputs = _as_list(pred.get("output"))
         if not all(isinstance(o, str) for o in outputs):
-            raise ProviderError(
-                reasons.PROVIDER_BAD_RESPONSE,
-                "output is not a list of URLs",
-                billable=True,
-                provider_job_id=job_id,
-            )
+            raise bad_answer("output is not a list of URLs", job_id)
         if pred.get("data_removed"):
-            raise ProviderError(
-                reasons.PROVIDER_BAD_RESPONSE,
-                "result URL expired: prediction data was removed",
-                billable=True,
-                provider_job_id=job_id,
-            )
+            raise bad_answer("result URL expired: prediction data was removed", job_id)
         if 0 < len(outputs) < wanted and status == "succeeded":
             # cog-flux drops images its safety checker flags and returns the rest.
             raise ProviderError(
@@ -337,47 +302,8 @@ class ReplicateAdapter(HostedAdapter[ReplicateSettings]):
                 provider_job_id=job_id,
             )
         if not outputs:
-            raise ProviderError(
-                reasons.PROVIDER_BAD_RESPONSE,
-                f"prediction {status} without output",
-                billable=True,
-                provider_job_id=job_id,
-            )
+            raise bad_answer(f"prediction {status} without output", job_id)
         return [str(o) for o in outputs[:wanted]]
-
-    async def _download(
-        self, urls: list[str], request: GenerationRequest, deadline: Deadline, job_id: str
-    ) -> list[GeneratedImage]:
-        return list(
-            await asyncio.gather(
-                *(
-                    download_image(
-                        self._client,
-                        url,
-                        deadline=deadline,
-                        allowed_hosts=self._settings.result_hosts,
-                        loopback_ok=self._settings.is_loopback_override,
-                        max_bytes=self._settings.max_image_bytes,
-                        wanted=request.output_format,
-                        seed=request.seed + i if request.seed is not None else None,
-                        job_id=job_id,
-                    )
-                    for i, url in enumerate(urls)
-                )
-            )
-        )
-
-    def _api_url(self, url: object, job_id: str) -> str:
-        try:
-            return check_api_url(
-                url,
-                base_url=self._settings.effective_base_url,
-                allowed_hosts=self._settings.api_hosts,
-                loopback_ok=self._settings.is_loopback_override,
-            )
-        except ProviderError as err:
-            err.billable, err.provider_job_id = True, job_id
-            raise
 
     def _error(
         self, resp: httpx.Response, stage: str, *, job_id: str = "", billable: bool = False

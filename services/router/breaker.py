@@ -128,6 +128,7 @@ class CircuitBreaker:
         self._consecutive = 0
         self._open_until = 0.0
         self._rate_limited = False
+        self._tripped_window: tuple[float, int] = (0.0, 0)
         self._streak = 0
         self._last_close = clock()
         self._episode = 0
@@ -214,6 +215,7 @@ class CircuitBreaker:
         now = self._clock()
         self.last_error_reason = reason
         if retry_after is not None and retry_after > 0:
+            self._window.add(True, False)
             self._trip(now, f"{reason}: retry after {retry_after:g}s", wait=retry_after)
             return
         if permit.episode != self._episode:
@@ -234,10 +236,13 @@ class CircuitBreaker:
         """Current figures."""
         state = self.state
         n = len(self._window.calls)
+        rate = self._window.failures / n if n else 0.0
+        if state is BreakerState.OPEN and n == 0:
+            rate, n = self._tripped_window
         return BreakerSnapshot(
             name=self.name,
             state=state,
-            error_rate=self._window.failures / n if n else 0.0,
+            error_rate=rate,
             window_calls=n,
             latency_p50=self.latency_quantile(0.50),
             latency_p95=self.latency_quantile(0.95),
@@ -295,6 +300,9 @@ class CircuitBreaker:
             )
         self._open_until = now + wait
         self.trips += 1
+        # What tripped it stays visible while it is open (the window restarts empty).
+        n = len(self._window.calls)
+        self._tripped_window = (self._window.failures / n if n else 1.0, n)
         self._window.clear()
         self._consecutive = 0
         self._probes.clear()
@@ -333,6 +341,11 @@ class BreakerRegistry:
         self._clock = clock
         self._on_transition = on_transition
         self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
+
+    @property
+    def clock(self) -> Clock:
+        """The clock every breaker here reads (retry_at values are in its time)."""
+        return self._clock
 
     def get(self, provider: str, provider_model: str = "") -> CircuitBreaker:
         """The breaker of a provider (model "") or of one provider model."""

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
-from imagegate.common.v1 import catalog_pb2, image_pb2
+from imagegate.common.v1 import catalog_pb2
 from imagegate.router.v1 import router_pb2
 
 DEFAULT_CATALOG = Path(__file__).with_name("catalog.yaml")
@@ -19,17 +18,10 @@ TIERS = {
     "standard": catalog_pb2.QUALITY_TIER_STANDARD,
     "premium": catalog_pb2.QUALITY_TIER_PREMIUM,
 }
-PRICE_UNITS = {
-    "megapixel": catalog_pb2.PRICE_UNIT_MEGAPIXEL,
-    "image": catalog_pb2.PRICE_UNIT_IMAGE,
-    "compute_second": catalog_pb2.PRICE_UNIT_COMPUTE_SECOND,
-    "token": catalog_pb2.PRICE_UNIT_TOKEN,
-    "free": catalog_pb2.PRICE_UNIT_FREE,
-}
-FORMATS = {
-    "png": image_pb2.IMAGE_FORMAT_PNG,
-    "jpeg": image_pb2.IMAGE_FORMAT_JPEG,
-    "webp": image_pb2.IMAGE_FORMAT_WEBP,
+# Facts another file owns: stating them here again is refused, so the two can never disagree.
+FOREIGN_FACTS = {
+    "price_unit": "price units are Metering's (services/metering/prices.yaml)",
+    "capabilities": "capabilities are the adapter's (its ModelSpec, sent by DescribeProvider)",
 }
 PREFERENCES = {
     "speed": router_pb2.PREFERENCE_SPEED,
@@ -53,10 +45,10 @@ class Candidate:
     """Provider name, e.g. "fal"."""
     provider_model: str
     """The provider's model id."""
-    price_unit: int
-    """imagegate.common.v1.PriceUnit value."""
     tier: str
     """Quality tier of the alias."""
+    local: bool = False
+    """Whether the embedded local backend serves it."""
 
     @property
     def key(self) -> str:
@@ -76,8 +68,6 @@ class ModelEntry:
     """budget / fast / standard / premium."""
     default_size: tuple[int, int]
     """Size used when neither the caller nor a style sets one."""
-    capabilities: catalog_pb2.Capabilities
-    """What every candidate is expected to honour (adapters may report more precisely)."""
     candidates: tuple[Candidate, ...]
     """Candidates in priority order."""
 
@@ -149,8 +139,8 @@ class Catalog:
             alias=alias,
             provider=self.local_provider,
             provider_model=self.local_model,
-            price_unit=catalog_pb2.PRICE_UNIT_FREE,
             tier=tier,
+            local=True,
         )
 
     def aliases_for(self, preference: int) -> tuple[str, ...]:
@@ -160,25 +150,10 @@ class Catalog:
         return self.preferences.get(preference, ())
 
 
-def _capabilities(raw: dict[str, Any], where: str) -> catalog_pb2.Capabilities:
-    try:
-        caps = catalog_pb2.Capabilities(
-            min_side=int(raw.get("min_side", 0)),
-            max_side=int(raw.get("max_side", 0)),
-            side_multiple=int(raw.get("side_multiple", 1)),
-            max_images=int(raw.get("max_images", 1)),
-            seed=bool(raw.get("seed", False)),
-            negative_prompt=bool(raw.get("negative_prompt", False)),
-            formats=[FORMATS[f] for f in raw.get("formats", ["png"])],
-            steps=bool(raw.get("steps", False)),
-            guidance=bool(raw.get("guidance", False)),
-            max_pixels=int(raw.get("max_pixels", 0)),
-        )
-        for w, h in raw.get("fixed_sizes", []):
-            caps.fixed_sizes.add(width=int(w), height=int(h))
-    except (KeyError, TypeError, ValueError) as err:
-        raise CatalogError(f"{where}: bad capabilities: {err}") from err
-    return caps
+def _refuse_foreign_facts(raw: dict[str, object], where: str) -> None:
+    foreign = sorted(FOREIGN_FACTS.keys() & raw.keys())
+    if foreign:
+        raise CatalogError(f"{where}: remove {foreign[0]!r}: {FOREIGN_FACTS[foreign[0]]}")
 
 
 def load_catalog(path: Path | None = None) -> Catalog:
@@ -190,6 +165,7 @@ def load_catalog(path: Path | None = None) -> Catalog:
         raise CatalogError(f"cannot read catalog {path}: {err}") from err
     if not isinstance(raw, dict) or not isinstance(raw.get("models"), dict):
         raise CatalogError(f"{path}: expected a mapping with 'models'")
+    local_provider = str(raw.get("local_provider", "local"))
     models: dict[str, ModelEntry] = {}
     for alias, m in raw["models"].items():
         where = f"{path}: model {alias}"
@@ -197,11 +173,20 @@ def load_catalog(path: Path | None = None) -> Catalog:
         if tier not in TIERS:
             raise CatalogError(f"{where}: tier must be one of {sorted(TIERS)}")
         cands = []
+        for stated in [m, *(m.get("candidates") or [])]:
+            _refuse_foreign_facts(stated, where)
         for c in m.get("candidates") or []:
-            unit = c.get("price_unit")
-            if unit not in PRICE_UNITS or not c.get("provider") or not c.get("model"):
-                raise CatalogError(f"{where}: candidate needs provider, model and a price_unit")
-            cands.append(Candidate(alias, c["provider"], c["model"], PRICE_UNITS[unit], tier))
+            if not c.get("provider") or not c.get("model"):
+                raise CatalogError(f"{where}: candidate needs provider and model")
+            cands.append(
+                Candidate(
+                    alias=alias,
+                    provider=c["provider"],
+                    provider_model=c["model"],
+                    tier=tier,
+                    local=c["provider"] == local_provider,
+                )
+            )
         if not cands:
             raise CatalogError(f"{where}: needs at least one candidate")
         w, h = m.get("default_size", [1024, 1024])
@@ -210,7 +195,6 @@ def load_catalog(path: Path | None = None) -> Catalog:
             description=str(m.get("description", "")),
             tier=tier,
             default_size=(int(w), int(h)),
-            capabilities=_capabilities(m.get("capabilities") or {}, where),
             candidates=tuple(cands),
         )
     prefs: dict[int, tuple[str, ...]] = {}
@@ -239,6 +223,6 @@ def load_catalog(path: Path | None = None) -> Catalog:
         preferences=prefs,
         styles=styles,
         provider_timeouts={k: float(v) for k, v in (raw.get("provider_timeouts") or {}).items()},
-        local_provider=str(raw.get("local_provider", "local")),
+        local_provider=local_provider,
         local_model=str(raw.get("local_model", "imagegate-local-v1")),
     )

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 import grpc
 
 from imagegate.grpckit import reasons
+from imagegate.grpckit.deadline import Deadline
 from imagegate.grpckit.errors import ImagegateError
 from imagegate.router.v1 import router_pb2
+from services.router.events import EventSink
 
 DOMAIN = "imagegate.router"
 Outcome = tuple[router_pb2.GenerateImageResponse | None, ImagegateError | None]
@@ -141,3 +143,40 @@ class IdempotencyCache:
             self._tombstones[key] = now
         while len(self._tombstones) > self._max_entries * 10:
             self._tombstones.popitem(last=False)
+
+
+async def await_outcome(
+    earlier: asyncio.Future[Outcome],
+    deadline: Deadline,
+    request_id: str,
+    events: EventSink | None,
+) -> router_pb2.GenerateImageResponse:
+    """A repeat waits for the first call with its id (within its own deadline) and replays it."""
+    try:
+        response, error = await asyncio.wait_for(
+            asyncio.shield(earlier), timeout=max(0.001, deadline.remaining())
+        )
+    except TimeoutError:
+        raise ImagegateError(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            reasons.DEADLINE_TOO_SHORT,
+            f"request_id {request_id!r} is still running; this repeat's deadline ran out",
+            domain=DOMAIN,
+            metadata={"request_id": request_id},
+        ) from None
+    except asyncio.CancelledError:
+        if earlier.cancelled():
+            raise ImagegateError(
+                grpc.StatusCode.ABORTED,
+                reasons.INTERNAL,
+                f"the first call with request_id {request_id!r} was abandoned; retry",
+                domain=DOMAIN,
+                metadata={"request_id": request_id},
+            ) from None
+        raise
+    if error is not None:
+        raise error
+    assert response is not None
+    if events is not None:
+        events.emit(accepted=router_pb2.Accepted(request_id=request_id, trace_id=response.trace_id))
+    return response

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -11,6 +12,21 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from services.router.breaker import BreakerRegistry, BreakerState, CircuitBreaker
 
 log = logging.getLogger("services.router")
+
+
+@dataclass
+class RequestSummary:
+    """What one GenerateImage request did, for its metrics and its log line."""
+
+    trace_id: str = ""
+    request_id: str = ""
+    tenant_id: str = ""
+    outcome: str = "error"
+    provider: str = ""
+    model: str = ""
+    cost_micros: int = 0
+    attempts: int = 0
+    adapter_seconds: float = 0.0
 
 
 class RouterMetrics:
@@ -46,6 +62,31 @@ class RouterMetrics:
             callbacks=[self._observe_breakers],
             description="0 closed, 1 half-open, 2 open.",
         )
+
+    def finish_request(self, summary: RequestSummary, elapsed: float) -> float:
+        """Records a finished request's metrics and log line; returns the Router's overhead."""
+        overhead = max(0.0, elapsed - summary.adapter_seconds)
+        labels = {"model": summary.model, "provider": summary.provider, "outcome": summary.outcome}
+        self.requests.add(1, labels)
+        self.duration.record(elapsed, labels)
+        self.overhead.record(overhead, {"outcome": summary.outcome})
+        self.in_flight.add(-1)
+        log.info(
+            "request finished",
+            extra={
+                "event": "request",
+                "tenant_id": summary.tenant_id,
+                "request_id": summary.request_id,
+                "outcome": summary.outcome,
+                "attempts": summary.attempts,
+                "provider": summary.provider,
+                "model": summary.model,
+                "cost_micros": summary.cost_micros,
+                "duration_ms": round(elapsed * 1000, 3),
+                "overhead_ms": round(overhead * 1000, 3),
+            },
+        )
+        return overhead
 
     def _observe_breakers(self, options: CallbackOptions) -> Iterable[Observation]:
         for (provider, model), breaker in self._breakers().items():

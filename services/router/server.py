@@ -16,6 +16,7 @@ from imagegate.metering.v1 import metering_pb2, metering_pb2_grpc
 from imagegate.provider.v1 import provider_pb2
 from imagegate.quota.v1 import quota_pb2, quota_pb2_grpc
 from imagegate.router.v1 import router_pb2, router_pb2_grpc
+from imagegate.settlement import Settler
 from imagegate.telemetry import Telemetry
 from services.router.adapters import AdapterPool
 from services.router.app import RouterApp
@@ -23,7 +24,7 @@ from services.router.breaker import BreakerConfig, BreakerRegistry
 from services.router.catalog import load_catalog
 from services.router.config import RouterSettings
 from services.router.observability import RouterMetrics, breaker_transition_handler
-from services.router.seams import PriceMirror, make_settler
+from services.router.prices import PriceMirror
 from services.router.servicer import RouterServicer
 
 SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
@@ -134,13 +135,15 @@ async def start_router(
         describe_interval=settings.describe_interval_seconds,
         local_provider=catalog.local_provider,
     )
+    outbox = settings.data_dir / "router-outbox.sqlite3"
+    outbox.parent.mkdir(parents=True, exist_ok=True)
     app = RouterApp(
         settings=settings,
         catalog=catalog,
         adapters=adapters,
         quota=quota,
         metering=metering,
-        settler=make_settler(quota, metering, settings.data_dir / "router-outbox.sqlite3"),
+        settler=Settler(quota=quota, metering=metering, outbox_path=outbox, retry_interval=1.0),
         pricer=PriceMirror(),
         breakers=breakers,
         tracer=telemetry.tracer,

@@ -12,11 +12,20 @@ import grpc
 
 from imagegate.grpckit.errors import from_parsed, parse_rpc_error, timestamp
 from imagegate.metering.v1 import metering_pb2
+from imagegate.provider.v1 import provider_pb2
 from imagegate.quota.v1 import quota_pb2
 from imagegate.router.v1 import router_pb2, router_pb2_grpc
-from services.router.app import BREAKER_PROTO, EventSink, RouterApp, _duration
+from services.router.app import RouterApp
+from services.router.breaker import BreakerState
 from services.router.catalog import TIERS
+from services.router.events import EventSink, duration
 from services.router.validation import normalize
+
+BREAKER_PROTO = {
+    BreakerState.CLOSED: router_pb2.BREAKER_STATE_CLOSED,
+    BreakerState.OPEN: router_pb2.BREAKER_STATE_OPEN,
+    BreakerState.HALF_OPEN: router_pb2.BREAKER_STATE_HALF_OPEN,
+}
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
@@ -35,6 +44,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> AsyncIterator[router_pb2.StreamGenerateImageResponse]:
         sink = EventSink()
         task = asyncio.ensure_future(self._app.generate(request.request, context, sink))
+        getter: asyncio.Future[router_pb2.StreamGenerateImageResponse | None] | None = None
         try:
             while True:
                 getter = asyncio.ensure_future(sink.queue.get())
@@ -55,6 +65,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 )
                 return
         finally:
+            # A client cancellation lands in asyncio.wait with the getter still pending; left
+            # alone it is destroyed pending when the sink is collected.
+            if getter is not None:
+                getter.cancel()
             if not task.done():
                 task.cancel()
                 with contextlib.suppress(BaseException):
@@ -69,22 +83,27 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         hosted = app.adapters.hosted_enabled()
         out = router_pb2.ListModelsResponse()
         for entry in app.catalog.models.values():
+            serving: list[provider_pb2.ProviderModel] = []
             providers = []
             for c in entry.candidates:
                 a = app.adapters.get(c.provider)
                 if a is not None and a.enabled and c.provider_model in a.models:
+                    serving.append(a.models[c.provider_model])
                     providers.append(c.provider)
             local_sub = False
             if not providers and not hosted:
                 local = app.adapters.get(app.catalog.local_provider)
                 if local is not None and local.enabled:
                     providers, local_sub = [app.catalog.local_provider], True
+                    described = local.models.get(app.catalog.local_model)
+                    serving = [described] if described is not None else []
             tier = "budget" if local_sub else entry.tier
             out.models.add(
                 alias=entry.alias,
                 description=entry.description,
                 tier=TIERS[entry.tier],
-                capabilities=entry.capabilities,
+                # The adapter owns capabilities; the alias shows those of the candidate tried first.
+                capabilities=serving[0].capabilities if serving else None,
                 providers=providers,
                 allowed_by_plan=not tiers or entry.tier in tiers or (local_sub and tier in tiers),
                 local_substitute=local_sub,
@@ -105,12 +124,12 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         caller = await self._app.authenticate(context)
         app = self._app
         norm = normalize(request.request, app.catalog)
-        plan = app.static_plan(norm)
+        plan = app.planner.static_plan(norm)
         tiers = set(caller.plan.allowed_tiers)
         out = router_pb2.EstimateCostResponse()
         ceiling = request.request.max_cost_micros
         for cand in plan.candidates:
-            q = app.quote(cand, norm)
+            q = app.planner.quote(cand, norm)
             skip = ""
             tier = "budget" if cand.provider == app.catalog.local_provider else cand.tier
             if tiers and tier not in tiers:
@@ -127,7 +146,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 model=cand.alias,
                 provider_model=cand.provider_model,
                 cost_micros=q or 0,
-                price_unit=cand.price_unit,  # type: ignore[arg-type]
+                price_unit=app.pricer.unit(cand.provider, cand.provider_model),
                 skip_reason=skip,
             )
         for s in plan.skipped:
@@ -135,8 +154,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 provider=s.candidate.provider,
                 model=s.candidate.alias,
                 provider_model=s.candidate.provider_model,
-                cost_micros=app.quote(s.candidate, norm) or 0,
-                price_unit=s.candidate.price_unit,  # type: ignore[arg-type]
+                cost_micros=app.planner.quote(s.candidate, norm) or 0,
+                price_unit=app.pricer.unit(s.candidate.provider, s.candidate.provider_model),
                 skip_reason=s.text,
             )
         first = next((c for c in out.candidates if not c.skip_reason), None)
@@ -168,9 +187,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 or (adapter.last_error if adapter and not model else ""),
             )
             if snap.latency_p50 is not None:
-                status.latency_p50.CopyFrom(_duration(snap.latency_p50))
+                status.latency_p50.CopyFrom(duration(snap.latency_p50))
             if snap.latency_p95 is not None:
-                status.latency_p95.CopyFrom(_duration(snap.latency_p95))
+                status.latency_p95.CopyFrom(duration(snap.latency_p95))
             if snap.retry_at is not None:
                 status.retry_at.CopyFrom(
                     timestamp(datetime.fromtimestamp(snap.retry_at + wall_offset, UTC))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from imagegate.grpckit.deadline import Deadline
 from imagegate.providerkit.hosted import HostedAdapter
-from imagegate.providerkit.http import build_client
 from imagegate.providerkit.types import (
     GenerationRequest,
     GenerationResult,
@@ -12,8 +11,8 @@ from imagegate.providerkit.types import (
     ProgressSink,
 )
 from imagegate.telemetry import Telemetry
-from services.together import client as together
 from services.together import wire
+from services.together.client import TogetherCall
 from services.together.config import TogetherSettings
 
 GENERATIONS_PATH = "/v1/images/generations"
@@ -25,19 +24,17 @@ class TogetherAdapter(HostedAdapter[TogetherSettings]):
     name = "together"
 
     def __init__(self, settings: TogetherSettings, *, telemetry: Telemetry | None = None) -> None:
-        super().__init__(settings)
-        # Accept a base URL given with the conventional /v1 suffix as well.
-        self._base_url = settings.effective_base_url.removesuffix("/v1")
-        self._client = build_client(
-            base_url=self._base_url,
+        super().__init__(
+            settings,
             headers={"authorization": f"Bearer {settings.key_value()}"},
             max_connections=settings.max_concurrency,
             telemetry=telemetry,
+            # Accept a base URL given with the conventional /v1 suffix as well.
+            base_url=settings.effective_base_url.removesuffix("/v1"),
         )
-
-    @property
-    def base_url(self) -> str:
-        return self._base_url
+        self._call = TogetherCall(
+            self._client, GENERATIONS_PATH, self._results_from(settings.result_hosts)
+        )
 
     def models(self) -> list[ModelSpec]:
         return list(wire.MODEL_SPECS)
@@ -45,13 +42,4 @@ class TogetherAdapter(HostedAdapter[TogetherSettings]):
     async def generate(
         self, request: GenerationRequest, deadline: Deadline, progress: ProgressSink | None
     ) -> GenerationResult:
-        return await together.generate(
-            self._client,
-            GENERATIONS_PATH,
-            request,
-            request.model,
-            deadline=deadline,
-            result_hosts=self._settings.result_hosts,
-            loopback_ok=self._settings.is_loopback_override,
-            max_bytes=self._settings.max_image_bytes,
-        )
+        return await self._call.generate(request, request.model, deadline)

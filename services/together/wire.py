@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 
 from imagegate.grpckit import reasons
-from imagegate.providerkit.errors import ProviderError
+from imagegate.providerkit.errors import ProviderError, bad_answer
 from imagegate.providerkit.http import error_detail
 from imagegate.providerkit.images import normalize_image
 from imagegate.providerkit.types import (
@@ -162,12 +162,7 @@ async def parse_images(
 ) -> ParsedImages:
     """Reads `data[].b64_json` (or `data[].url`) and `timings`; raises PROVIDER_BAD_RESPONSE."""
     if not isinstance(body, dict) or not isinstance(body.get("data"), list):
-        raise ProviderError(
-            reasons.PROVIDER_BAD_RESPONSE,
-            "response has no data list",
-            billable=True,
-            provider_job_id=job_id,
-        )
+        raise bad_answer("response has no data list", job_id)
     job_id = str(body.get("id") or job_id)
     items = body["data"]
     images: list[GeneratedImage] = []
@@ -176,7 +171,7 @@ async def parse_images(
     single = len(items) == 1
     for item in sorted(items, key=_index):
         if not isinstance(item, dict):
-            raise _bad(f"data item is {type(item).__name__}, not an object", job_id)
+            raise bad_answer(f"data item is {type(item).__name__}, not an object", job_id)
         timings = item.get("timings")
         if isinstance(timings, dict) and isinstance(timings.get("inference"), int | float):
             # One call renders the batch; items repeat its time rather than adding to it.
@@ -187,7 +182,7 @@ async def parse_images(
         elif isinstance(item.get("url"), str) and item["url"]:
             urls.append(item["url"])
         else:
-            raise _bad("data item has neither b64_json nor url", job_id)
+            raise bad_answer("data item has neither b64_json nor url", job_id)
     return ParsedImages(images, seconds, job_id, urls)
 
 
@@ -198,7 +193,7 @@ async def decode_image(
     try:
         data = base64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError) as err:
-        raise _bad(f"image is not valid base64: {err}", job_id) from err
+        raise bad_answer(f"image is not valid base64: {err}", job_id) from err
     try:
         if len(data) > _INLINE_BYTES:
             return await asyncio.to_thread(normalize_image, data, wanted, seed=seed)
@@ -247,10 +242,4 @@ def is_legacy_rate_limit(resp: httpx.Response) -> bool:
 def _index(item: Any) -> int:
     return (
         item.get("index", 0) if isinstance(item, dict) and isinstance(item.get("index"), int) else 0
-    )
-
-
-def _bad(message: str, job_id: str) -> ProviderError:
-    return ProviderError(
-        reasons.PROVIDER_BAD_RESPONSE, message, billable=True, provider_job_id=job_id
     )

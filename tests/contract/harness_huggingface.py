@@ -21,7 +21,7 @@ async def create_harness(telemetry: Telemetry, *, enabled: bool = True) -> Harne
     base_url = await emulator.start()
     settings = HuggingFaceSettings(key=SecretStr(KEY) if enabled else None, base_url=base_url)
     # The suite's one model is the partner route: hf-inference answers bytes inline, so it has no
-    # result URL that could expire. services/huggingface/tests runs every fault on hf-inference.
+    # result URL that could expire. tests/adapters/test_huggingface.py runs every fault on hf-inference.
     return Harness(
         provider="huggingface",
         emulator=emulator,

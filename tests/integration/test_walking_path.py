@@ -149,9 +149,10 @@ async def test_cli_generate_usage_and_quota(running_stack: RunningStack, tmp_pat
 
 
 async def test_cli_error_prints_reason_not_traceback(running_stack: RunningStack, tmp_path):
+    # The model list is the server's to know; flags with fixed limits never reach it (tests/cli).
     code, out, err = await _cli(
-        running_stack, "generate", "x", "--n", "5", "-o", str(tmp_path / "x.png")
+        running_stack, "generate", "x", "--model", "no-such-model", "-o", str(tmp_path / "x.png")
     )
     assert code == 1
-    assert "INVALID_ARGUMENT" in err and "num_images" in err
+    assert "INVALID_ARGUMENT UNKNOWN_MODEL" in err and "field model" in err
     assert "Traceback" not in err + out

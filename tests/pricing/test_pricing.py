@@ -67,12 +67,47 @@ def test_fractional_unit_prices_are_exact_decimals() -> None:
     assert quote_micros(price, width=1000, height=1000, num_images=1) == 2701  # 2700.5 -> half up
 
 
-def test_every_catalog_entry_quotes_the_same_as_its_usage() -> None:
+# Two 1024x1024 images, worked out by hand from each entry in services/metering/prices.yaml:
+# 1.048576 MP per image bills as 2 whole MP, so 4 MP in all; compute seconds are the entry's
+# assumed seconds x 2; tokens are 1007.080078125 per MP x 2.097152 MP = 2112 output tokens.
+_TWO_1024_SQUARE_IMAGES = {
+    ("fal", "fal-ai/flux/schnell"): 4 * 3000,
+    ("fal", "fal-ai/flux/dev"): 4 * 25000,
+    ("fal", "fal-ai/flux-pro/v1.1"): 4 * 40000,
+    ("fal", "fal-ai/fast-sdxl"): 2 * 2500,
+    ("replicate", "black-forest-labs/flux-schnell"): 2 * 3000,
+    ("replicate", "black-forest-labs/flux-dev"): 2 * 25000,
+    ("replicate", "black-forest-labs/flux-pro"): 2 * 55000,
+    ("replicate", "stability-ai/sdxl"): 7800,  # 975 x 4.0 s x 2
+    ("bfl", "flux-pro-1.1"): 2 * 40000,
+    ("bfl", "flux-dev"): 2 * 25000,
+    ("huggingface", "stabilityai/stable-diffusion-2-1"): 1320,  # 120 x 5.5 s x 2
+    ("huggingface", "stabilityai/stable-diffusion-xl-base-1.0"): 1920,  # 120 x 8.0 s x 2
+    ("huggingface", "black-forest-labs/FLUX.1-schnell"): 4 * 2700,
+    ("openai", "gpt-image-1"): 2112 * 40,
+    ("openai", "gpt-image-1-mini"): 2112 * 8,
+    ("together", "black-forest-labs/FLUX.1-schnell"): 4 * 2700,
+    ("together", "black-forest-labs/FLUX.1-dev"): 4 * 25000,
+    ("together", "stabilityai/stable-diffusion-xl-base-1.0"): 4 * 2000,
+    ("local", "imagegate-local-v1"): 0,
+}
+
+
+def test_every_catalog_entry_quotes_and_bills_its_hand_computed_cost() -> None:
     catalog = load_catalog()
     book = PriceBook(catalog.prices)
     assert book.find("fal", "fal-ai/flux/schnell") is not None
     assert book.find("fal", "nope") is None
+    assert {(p.provider, p.provider_model) for p in catalog.prices} == set(_TWO_1024_SQUARE_IMAGES)
+    assert {p.unit for p in catalog.prices} == {
+        catalog_pb2.PRICE_UNIT_MEGAPIXEL,
+        catalog_pb2.PRICE_UNIT_IMAGE,
+        catalog_pb2.PRICE_UNIT_COMPUTE_SECOND,
+        catalog_pb2.PRICE_UNIT_TOKEN,
+        catalog_pb2.PRICE_UNIT_FREE,
+    }
+    usage = image_pb2.Usage(images=2, megapixels=2 * 1024 * 1024 / 1e6)
     for price in catalog.prices:
-        quoted = quote_micros(price, width=1024, height=768, num_images=2)
-        usage = image_pb2.Usage(images=2, megapixels=2 * 1024 * 768 / 1e6)
-        assert quoted == usage_micros(price, usage), price.id
+        expected = _TWO_1024_SQUARE_IMAGES[(price.provider, price.provider_model)]
+        assert quote_micros(price, width=1024, height=1024, num_images=2) == expected, price.id
+        assert usage_micros(price, usage) == expected, price.id

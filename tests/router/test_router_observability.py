@@ -12,7 +12,9 @@ from imagegate.grpckit import reasons
 from imagegate.grpckit.errors import parse_rpc_error
 from imagegate.providerkit.errors import ProviderError
 from imagegate.router.v1 import router_pb2
-from services.router.testing import ControllableAdapter, bearer, price, spec, start_stack
+from tests.fixtures.adapters import ControllableAdapter, spec
+from tests.fixtures.fakes import price
+from tests.fixtures.router_stack import bearer, start_stack
 
 FAL = "fal-ai/flux/schnell"
 REP = "black-forest-labs/flux-schnell"

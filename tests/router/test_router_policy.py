@@ -14,7 +14,9 @@ from imagegate.providerkit.types import ModelSpec, PriceUnit, SizeRule
 from imagegate.router.v1 import router_pb2
 from services.local.adapter import LocalAdapter
 from services.local.config import LocalSettings
-from services.router.testing import HANG, ControllableAdapter, bearer, price, spec, start_stack
+from tests.fixtures.adapters import HANG, ControllableAdapter, spec
+from tests.fixtures.fakes import price
+from tests.fixtures.router_stack import bearer, start_stack
 
 FAL = "fal-ai/flux/schnell"
 REP = "black-forest-labs/flux-schnell"

@@ -23,7 +23,8 @@ from services.quota.server import start_quota_server
 from services.quota.store import QuotaStore
 from services.router.config import RouterSettings
 from services.router.server import start_router
-from services.router.testing import ControllableAdapter, bearer, spec
+from tests.fixtures.adapters import ControllableAdapter, spec
+from tests.fixtures.router_stack import bearer
 
 ADMIN = (("authorization", "Bearer admin-test"),)
 

@@ -1,4 +1,4 @@
-"""reliability.md section 3 items 7-11, 22, 25 against the Router over real gRPC."""
+"""Router reliability over real gRPC: channel retries, pushback, deadlines, faults, shedding."""
 
 from __future__ import annotations
 
@@ -12,14 +12,9 @@ from imagegate.grpckit import reasons
 from imagegate.grpckit.errors import parse_rpc_error
 from imagegate.providerkit.errors import ProviderError
 from imagegate.router.v1 import router_pb2
-from services.router.testing import (
-    HANG,
-    ControllableAdapter,
-    FaultInjector,
-    bearer,
-    spec,
-    start_stack,
-)
+from tests.fixtures.adapters import HANG, ControllableAdapter, spec
+from tests.fixtures.faults import FaultInjector
+from tests.fixtures.router_stack import bearer, start_stack
 
 FAL = "fal-ai/flux/schnell"
 REP = "black-forest-labs/flux-schnell"
@@ -47,20 +42,20 @@ async def pair(**settings: object):
     return stack, fal, rep
 
 
-async def test_item8_invalid_argument_is_one_call_and_leaves_the_budget_alone() -> None:
+async def test_invalid_request_is_one_call_without_failover_and_leaves_the_budget_alone() -> None:
     stack, fal, rep = await pair()
     try:
-        before = stack.app.throttle.tokens
+        before = stack.app.executor.throttle.tokens
         fal.then(ProviderError(reasons.PROVIDER_INVALID_REQUEST, "bad"))
         with pytest.raises(grpc.aio.AioRpcError):
             await stack.stub.GenerateImage(req(), metadata=PRO, timeout=5)
         assert (len(fal.calls), len(rep.calls)) == (1, 0)
-        assert stack.app.throttle.tokens == before
+        assert stack.app.executor.throttle.tokens == before
     finally:
         await stack.stop()
 
 
-async def test_item8_quota_unavailable_twice_then_ok_is_retried_by_the_channel() -> None:
+async def test_quota_unavailable_twice_then_ok_is_retried_by_the_channel() -> None:
     stack, _fal, _ = await pair()
     try:
         stack.quota.fail_next = 2
@@ -72,7 +67,7 @@ async def test_item8_quota_unavailable_twice_then_ok_is_retried_by_the_channel()
         await stack.stop()
 
 
-async def test_item9_pushback_minus_one_stops_channel_retries() -> None:
+async def test_quota_pushback_minus_one_stops_channel_retries() -> None:
     stack, _fal, _ = await pair()
     try:
         stack.quota.fail_next = 5
@@ -85,7 +80,7 @@ async def test_item9_pushback_minus_one_stops_channel_retries() -> None:
         await stack.stop()
 
 
-async def test_item9_pushback_delays_the_retry() -> None:
+async def test_quota_pushback_delays_the_channel_retry() -> None:
     stack, _fal, _ = await pair()
     try:
         stack.quota.fail_next = 1
@@ -98,7 +93,7 @@ async def test_item9_pushback_delays_the_retry() -> None:
         await stack.stop()
 
 
-async def test_item10_deadline_budget_across_hops() -> None:
+async def test_client_deadline_bounds_the_adapter_call_and_cancels_it() -> None:
     fal = ControllableAdapter("fal", [spec(FAL)], default=HANG)
     stack = await start_stack({"fal": fal})
     try:
@@ -119,7 +114,7 @@ async def test_item10_deadline_budget_across_hops() -> None:
         await stack.stop()
 
 
-async def test_item11_priority_fallback_charges_once() -> None:
+async def test_failover_to_the_secondary_charges_once_for_the_served_attempt() -> None:
     stack, fal, _rep = await pair()
     try:
         fal.then(ProviderError(reasons.PROVIDER_UNAVAILABLE, "503"))
@@ -133,7 +128,7 @@ async def test_item11_priority_fallback_charges_once() -> None:
         await stack.stop()
 
 
-async def test_item22_injected_abort_trips_breaker_and_heals_after_open_wait() -> None:
+async def test_injected_aborts_trip_the_breaker_and_it_heals_after_the_open_wait() -> None:
     clock = FakeClock()
     fault = FaultInjector()
     fal = ControllableAdapter("fal", [spec(FAL)])
@@ -160,7 +155,7 @@ async def test_item22_injected_abort_trips_breaker_and_heals_after_open_wait() -
         await stack.stop()
 
 
-async def test_item22_delay_fault_share_is_drawn_per_call() -> None:
+async def test_injected_delay_and_abort_shares_are_drawn_per_call() -> None:
     fault = FaultInjector()
     fault.delay_seconds, fault.delay_percent = 0.0, 20
     fault.abort_code, fault.abort_percent = grpc.StatusCode.UNAVAILABLE, 5
@@ -183,7 +178,7 @@ async def test_item22_delay_fault_share_is_drawn_per_call() -> None:
         await stack.stop()
 
 
-async def test_item25_load_shedding_is_immediate_and_not_a_provider_failure() -> None:
+async def test_load_shedding_is_immediate_and_not_a_provider_failure() -> None:
     fal = ControllableAdapter("fal", [spec(FAL)], default=("sleep", 0.5))
     stack = await start_stack({"fal": fal}, maximum_concurrent_rpcs=2)
     try:
@@ -201,7 +196,7 @@ async def test_item25_load_shedding_is_immediate_and_not_a_provider_failure() ->
         await stack.stop()
 
 
-async def test_item25_adapter_concurrency_limit_fails_over_without_tripping() -> None:
+async def test_adapter_concurrency_limit_fails_over_without_tripping_the_breaker() -> None:
     fal = ControllableAdapter("fal", [spec(FAL)])
     rep = ControllableAdapter("replicate", [spec(REP)])
     stack = await start_stack({"fal": fal, "replicate": rep}, breaker_consecutive_failures=1)
@@ -286,8 +281,8 @@ async def test_timeout_under_a_squeezed_budget_does_not_count_against_health() -
             await stack.stub.GenerateImage(req(f"w{i}"), metadata=PRO, timeout=5)
         fal.default = HANG
         with pytest.raises(grpc.aio.AioRpcError):
-            # 0.8 s deadline: about 0.55 s for the attempt, under twice the usual 0.3 s.
-            await stack.stub.GenerateImage(req("short"), metadata=PRO, timeout=0.8)
+            # 0.5 s deadline: about 0.48 s for the attempt, under twice the usual 0.3 s.
+            await stack.stub.GenerateImage(req("short"), metadata=PRO, timeout=0.5)
         breaker = stack.app.breakers.get("fal", FAL)
         assert breaker.state.value == "closed"
         with pytest.raises(grpc.aio.AioRpcError):

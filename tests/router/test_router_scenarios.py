@@ -1,4 +1,4 @@
-"""Issue 3 scenarios over real gRPC: failover, breakers, deadlines, filters, idempotency, streams."""
+"""Router scenarios over real gRPC: failover, breakers, deadlines, filters, idempotency, streams."""
 
 from __future__ import annotations
 
@@ -14,15 +14,9 @@ from imagegate.grpckit import reasons
 from imagegate.grpckit.errors import parse_rpc_error
 from imagegate.providerkit.errors import ProviderError
 from imagegate.router.v1 import router_pb2
-from services.router.testing import (
-    HANG,
-    ControllableAdapter,
-    RouterStack,
-    bearer,
-    price,
-    spec,
-    start_stack,
-)
+from tests.fixtures.adapters import HANG, ControllableAdapter, spec
+from tests.fixtures.fakes import price
+from tests.fixtures.router_stack import RouterStack, bearer, start_stack
 
 FAL = "fal-ai/flux/schnell"
 REP = "black-forest-labs/flux-schnell"
@@ -295,12 +289,12 @@ async def test_duplicate_request_id_charges_once_and_returns_identical_bytes() -
         parsed = parse_rpc_error(info.value)
         assert parsed.code == grpc.StatusCode.ALREADY_EXISTS
         assert parsed.reason == reasons.IDEMPOTENCY_KEY_REUSED
-        # The same id from another tenant is another request.
-        other = await stack.stub.GenerateImage(req("dup"), metadata=bearer("key-free"), timeout=5)
-        assert other.provider == "huggingface" or other.images
-    except grpc.aio.AioRpcError as err:
-        if parse_rpc_error(err).reason != reasons.PLAN_FORBIDS_MODEL:
-            raise
+        # The same id and body from another tenant is another request: generated and billed again.
+        stack.quota.add_key("key-pro-2", "t_pro_2", "pro")
+        other = await stack.stub.GenerateImage(req("dup"), metadata=bearer("key-pro-2"), timeout=5)
+        assert len(fal.calls) == 2 and other.trace_id != first.trace_id
+        assert stack.quota.tenant("t_pro_2").used_images == 1 and tenant.used_images == 1
+        assert len(stack.metering.records) == 2
     finally:
         await stack.stop()
 

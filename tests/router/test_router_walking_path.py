@@ -12,7 +12,7 @@ from imagegate.grpckit.errors import parse_rpc_error
 from imagegate.router.v1 import router_pb2
 from services.local.adapter import LocalAdapter
 from services.local.config import LocalSettings
-from services.router.testing import RouterStack, bearer, start_stack
+from tests.fixtures.router_stack import RouterStack, bearer, start_stack
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""JSON log lines carry trace ids and never a credential or image bytes."""
+"""Log lines, JSON or text, carry trace ids and extras and never a credential or image bytes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from imagegate.telemetry import setup_telemetry
-from imagegate.telemetry.logs import JsonFormatter, RedactingFilter
+from imagegate.telemetry.logs import JsonFormatter, RedactingFilter, TextFormatter
 from imagegate.telemetry.redact import redact
 
 SECRETS = {
@@ -115,3 +115,74 @@ def test_ordinary_prose_is_left_alone():
         "breaker fal/flux-dev open -> half_open after 30s",
     ):
         assert redact(text) == text
+
+
+@pytest.fixture
+def text_capture():
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(TextFormatter("router"))
+    handler.addFilter(RedactingFilter())
+    logger = logging.getLogger("test.telemetry.logs.text")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    yield logger, stream.getvalue
+    logger.handlers[:] = []
+
+
+def test_text_lines_carry_trace_ids_and_every_extra_field(text_capture):
+    logger, text = text_capture
+    spans = InMemorySpanExporter()
+    telemetry = setup_telemetry("router", span_exporters=[spans])
+    with telemetry.tracer.start_as_current_span("imagegate.request") as span:
+        logger.info(
+            "request finished",
+            extra={
+                "event": "request",
+                "outcome": "ok",
+                "provider": "fal",
+                "model": "flux-schnell",
+                "cost_micros": 3000,
+                "duration_ms": 812.5,
+                "notice": "local stood in",
+            },
+        )
+    logger.info("outside any span", extra={"outcome": "ok"})
+    telemetry.shutdown()
+    inside, outside = text().splitlines()
+    ctx = span.get_span_context()
+    assert " router INFO request finished " in inside
+    fields = inside.split(" request finished ", 1)[1]
+    assert fields.startswith(f"trace_id={ctx.trace_id:032x} span_id={ctx.span_id:016x} ")
+    for pair in (
+        "event=request",
+        "outcome=ok",
+        "provider=fal",
+        "model=flux-schnell",
+        "cost_micros=3000",
+        "duration_ms=812.5",
+        'notice="local stood in"',
+    ):
+        assert f" {pair}" in f" {fields}", pair
+    assert outside.endswith("outside any span outcome=ok")
+    assert "trace_id" not in outside
+
+
+@pytest.mark.parametrize("kind", sorted(SECRETS))
+def test_text_lines_redact_secrets_like_json_lines(text_capture, kind):
+    logger, text = text_capture
+    secret = SECRETS[kind]
+    logger.warning("calling provider with %s", secret, extra={"header": f"authorization: {secret}"})
+    logger.info("named", extra={"api_key": "anything-at-all", "token": "x", "data": b"\x89PNG"})
+    try:
+        raise RuntimeError(f"upstream rejected {secret}")
+    except RuntimeError:
+        logger.exception("provider call failed")
+    out = text()
+    token = secret.split()[-1]
+    assert token not in out and token[-12:] not in out
+    assert "api_key=[REDACTED] token=[REDACTED]" in out
+    assert 'data="<4 bytes>"' in out
+    assert "anything-at-all" not in out
+    assert "upstream rejected" in out

@@ -37,6 +37,14 @@ class Connection:
         """IMAGEGATE_ADMIN_TOKEN, else the admin token file written by `make run`."""
         return _secret("IMAGEGATE_ADMIN_TOKEN", self.data_dir / "admin-token", "admin token")
 
+    def api_metadata(self) -> tuple[tuple[str, str], ...]:
+        """Call metadata carrying the API key."""
+        return (("authorization", f"Bearer {self.api_key()}"),)
+
+    def admin_metadata(self) -> tuple[tuple[str, str], ...]:
+        """Call metadata carrying the admin token."""
+        return (("authorization", f"Bearer {self.admin_token()}"),)
+
 
 def _secret(var: str, path: Path, what: str) -> str:
     value = os.environ.get(var, "").strip()

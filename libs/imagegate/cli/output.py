@@ -1,4 +1,4 @@
-"""Formatting helpers for the CLI: tables, money, durations, CSV and JSON."""
+"""Formatting helpers for the CLI: tables, money, enum names, CSV and JSON."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ import io
 import json
 from collections.abc import Sequence
 from typing import Any
+
+from imagegate.common.v1 import catalog_pb2
+from imagegate.metering.v1 import metering_pb2
+from imagegate.router.v1 import router_pb2
 
 
 def usd(micros: int) -> str:
@@ -37,3 +41,17 @@ def as_csv(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def as_json(value: Any) -> str:
     """Indented JSON."""
     return json.dumps(value, indent=2, sort_keys=False, default=str)
+
+
+def enum_name(value: int, prefix: str) -> str:
+    """An enum value's name without its prefix, lower-cased: BREAKER_STATE_OPEN -> open."""
+    enum: Any = {
+        "QUALITY_TIER_": catalog_pb2.QualityTier,
+        "REQUEST_OUTCOME_": metering_pb2.RequestOutcome,
+        "BREAKER_STATE_": router_pb2.BreakerState,
+    }[prefix]
+    try:
+        return str(enum.Name(value)).removeprefix(prefix).lower()
+    except ValueError:
+        # A newer server may send a value this client does not know yet.
+        return str(value)

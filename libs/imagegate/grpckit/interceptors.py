@@ -95,4 +95,11 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         span = trace.get_current_span()
         if span.is_recording():
             span.set_attribute("imagegate.error.reason", err.reason)
-        await context.abort_with_status(err.to_grpc_status())
+        status = err.to_grpc_status()
+        # abort_with_status replaces the trailers; keep those the handler set (trace id, cost).
+        earlier = tuple(context.trailing_metadata() or ())
+        if earlier:
+            status = status._replace(  # type: ignore[attr-defined]
+                trailing_metadata=earlier + tuple(status.trailing_metadata)
+            )
+        await context.abort_with_status(status)

@@ -55,6 +55,7 @@ META_HTTP_STATUS = "http_status"
 META_BILLABLE = "billable"
 META_RETRY_AFTER_SECONDS = "retry_after_seconds"
 META_TRACE_ID = "trace_id"
+META_COST_MICROS = "cost_micros"
 
 # Metering (appended).
 PRICE_NOT_FOUND = "PRICE_NOT_FOUND"

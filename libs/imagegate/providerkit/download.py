@@ -7,6 +7,7 @@ import base64
 import binascii
 import ipaddress
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import httpx
 
@@ -22,6 +23,18 @@ _INLINE_BYTES = 256 * 1024
 # Result hosts may redirect (CDN edges); each hop is checked against the allowlist again.
 _MAX_REDIRECTS = 3
 _EXPIRED = (403, 404, 410)
+
+
+@dataclass(frozen=True)
+class ResultSource:
+    """Where an adapter may download result images from, and how big one may be."""
+
+    hosts: Sequence[str]
+    """Allowed result hosts (exact, or suffix for entries starting with ".")."""
+    loopback_ok: bool
+    """Whether plain http on this machine is allowed (emulators behind a loopback override)."""
+    max_bytes: int
+    """Largest image accepted."""
 
 
 def is_loopback_host(host: str) -> bool:
@@ -162,6 +175,37 @@ async def download_image(
         err.billable = True
         err.provider_job_id = err.provider_job_id or job_id
         raise
+
+
+async def download_images(
+    client: httpx.AsyncClient,
+    urls: Sequence[str],
+    source: ResultSource,
+    *,
+    deadline: Deadline,
+    wanted: OutputFormat,
+    first_seed: int | None,
+    job_id: str,
+) -> list[GeneratedImage]:
+    """`download_image` for every URL concurrently; image i reports seed `first_seed + i`."""
+    return list(
+        await asyncio.gather(
+            *(
+                download_image(
+                    client,
+                    url,
+                    deadline=deadline,
+                    allowed_hosts=source.hosts,
+                    loopback_ok=source.loopback_ok,
+                    max_bytes=source.max_bytes,
+                    wanted=wanted,
+                    seed=first_seed + i if first_seed is not None else None,
+                    job_id=job_id,
+                )
+                for i, url in enumerate(urls)
+            )
+        )
+    )
 
 
 async def _fetch(

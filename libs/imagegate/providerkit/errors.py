@@ -70,3 +70,10 @@ class ProviderError(Exception):
             metadata=metadata,
             retry_after_seconds=self.retry_after_seconds,
         )
+
+
+def bad_answer(message: str, job_id: str) -> ProviderError:
+    """PROVIDER_BAD_RESPONSE about an accepted job's answer; billable, since the job ran."""
+    return ProviderError(
+        reasons.PROVIDER_BAD_RESPONSE, message, billable=True, provider_job_id=job_id
+    )

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any, Generic, TypeVar
 
-import httpx
-
 from imagegate.providerkit.adapter import Adapter
+from imagegate.providerkit.download import ResultSource, check_api_url
+from imagegate.providerkit.errors import ProviderError
+from imagegate.providerkit.http import build_client
 from imagegate.providerkit.settings import ProviderSettings
+from imagegate.telemetry import Telemetry
 
 SettingsT = TypeVar("SettingsT", bound=ProviderSettings)
 
@@ -16,11 +19,27 @@ SettingsT = TypeVar("SettingsT", bound=ProviderSettings)
 class HostedAdapter(Adapter, Generic[SettingsT]):
     """An Adapter whose key, base URL, timeout and concurrency limit come from its settings."""
 
-    _client: httpx.AsyncClient
-    """The adapter's one pooled HTTP client (built by the subclass with `build_client`)."""
+    def __init__(
+        self,
+        settings: SettingsT,
+        *,
+        headers: dict[str, str],
+        max_connections: int,
+        telemetry: Telemetry | None,
+        base_url: str | None = None,
+    ) -> None:
+        """Builds the adapter's one pooled HTTP client, sending `headers` (the credentials).
 
-    def __init__(self, settings: SettingsT) -> None:
+        `base_url` overrides the settings' effective base URL (e.g. without a /v1 suffix).
+        """
         self._settings = settings
+        self._base_url = settings.effective_base_url if base_url is None else base_url
+        self._client = build_client(
+            base_url=self._base_url,
+            headers=headers,
+            max_connections=max_connections,
+            telemetry=telemetry,
+        )
         # Fire-and-forget provider calls (e.g. cancelling a job after the deadline) finish before
         # the client closes.
         self._background: set[asyncio.Task[Any]] = set()
@@ -31,7 +50,7 @@ class HostedAdapter(Adapter, Generic[SettingsT]):
 
     @property
     def base_url(self) -> str:
-        return self._settings.effective_base_url
+        return self._base_url
 
     @property
     def max_concurrency(self) -> int:
@@ -46,3 +65,25 @@ class HostedAdapter(Adapter, Generic[SettingsT]):
         if self._background:
             await asyncio.wait(self._background, timeout=5)
         await self._client.aclose()
+
+    def _job_url(self, url: object, job_id: str, *, hosts: Sequence[str]) -> str:
+        """A job URL from the provider's answer (status, poll, cancel), checked before our key
+        is sent there; a refusal is billable because the job was already accepted."""
+        try:
+            return check_api_url(
+                url,
+                base_url=self._settings.effective_base_url,
+                allowed_hosts=hosts,
+                loopback_ok=self._settings.is_loopback_override,
+            )
+        except ProviderError as err:
+            err.billable, err.provider_job_id = True, job_id
+            raise
+
+    def _results_from(self, hosts: Sequence[str]) -> ResultSource:
+        """Where this adapter's result images may come from: `hosts`, within its settings."""
+        return ResultSource(
+            hosts=hosts,
+            loopback_ok=self._settings.is_loopback_override,
+            max_bytes=self._settings.max_image_bytes,
+        )

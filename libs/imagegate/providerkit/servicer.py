@@ -145,6 +145,7 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
             queue.put_nowait(p)
 
         task = asyncio.ensure_future(self._run(request.request, context, sink))
+        getter: asyncio.Future[Progress] | None = None
         try:
             while True:
                 getter = asyncio.ensure_future(queue.get())
@@ -166,6 +167,10 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
                 yield provider_pb2.StreamGenerateImageResponse(result=task.result())
                 return
         finally:
+            # A caller's cancellation lands in asyncio.wait with the getter still pending; left
+            # alone it is destroyed pending when the queue is collected.
+            if getter is not None:
+                getter.cancel()
             if not task.done():
                 task.cancel()
 

@@ -152,7 +152,7 @@ class ModelSpec:
     guidance: bool = True
     """Guidance settable."""
     price_unit: PriceUnit = PriceUnit.IMAGE
-    """Billing unit."""
+    """Usage unit the provider bills and the adapter must measure; Metering's prices.yaml owns it."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""JSON-lines logging with trace_id and span_id on every line; never keys or image bytes."""
+"""JSON-lines or text logging with trace ids and extra fields; never keys or image bytes."""
 
 from __future__ import annotations
 
@@ -65,7 +65,6 @@ class JsonFormatter(logging.Formatter):
         self._service = service
 
     def format(self, record: logging.LogRecord) -> str:
-        ctx = trace.get_current_span().get_span_context()
         out: dict[str, object] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
@@ -74,17 +73,51 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": _message(record),
         }
-        if ctx.is_valid:
-            out["trace_id"] = f"{ctx.trace_id:032x}"
-            out["span_id"] = f"{ctx.span_id:016x}"
-        for key, value in vars(record).items():
-            if key in _STANDARD or key.startswith("_") or key in out:
-                continue
-            out[key] = "[REDACTED]" if key.lower() in _DROPPED_KEYS else scrub(value)
+        for key, value in _fields(record).items():
+            out.setdefault(key, value)
         if record.exc_info or record.exc_text:
             text = record.exc_text or self.formatException(record.exc_info)  # type: ignore[arg-type]
             out["exc"] = redact(text)
         return json.dumps(out, ensure_ascii=False, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """`time service LEVEL message key=value ...`: the JSON line's fields, for a terminal."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self._service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        parts = [self.formatTime(record), self._service, record.levelname, _message(record)]
+        parts.extend(f"{key}={_text_value(value)}" for key, value in _fields(record).items())
+        line = " ".join(parts)
+        if record.exc_info or record.exc_text:
+            text = record.exc_text or self.formatException(record.exc_info)  # type: ignore[arg-type]
+            line = f"{line}\n{redact(text)}"
+        return line
+
+
+def _fields(record: logging.LogRecord) -> dict[str, object]:
+    """Trace ids of the current span, then the record's `extra` fields, redacted."""
+    out: dict[str, object] = {}
+    ctx = trace.get_current_span().get_span_context()
+    if ctx.is_valid:
+        out["trace_id"] = f"{ctx.trace_id:032x}"
+        out["span_id"] = f"{ctx.span_id:016x}"
+    for key, value in vars(record).items():
+        if key in _STANDARD or key.startswith("_") or key in out:
+            continue
+        out[key] = "[REDACTED]" if key.lower() in _DROPPED_KEYS else scrub(value)
+    return out
+
+
+def _text_value(value: object) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    # Quoted like logfmt when a bare value would be ambiguous to a reader or to grep.
+    if text == "" or any(c.isspace() or c in '"=\\' for c in text):
+        return json.dumps(text, ensure_ascii=False)
+    return text
 
 
 def _message(record: logging.LogRecord) -> str:
@@ -98,7 +131,7 @@ def configure_logging(service: str, *, level: str = "INFO", fmt: str = "json") -
     if fmt == "json":
         handler.setFormatter(JsonFormatter(service))
     else:
-        handler.setFormatter(logging.Formatter(f"%(asctime)s {service} %(levelname)s %(message)s"))
+        handler.setFormatter(TextFormatter(service))
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -1,0 +1,413 @@
+"""Execution: call the planned candidates in order within the deadline, failing over.
+
+Owns the per-attempt decisions: the deadline split between an attempt and its followers,
+breaker permits and accounting, the last-resort probe when every circuit is open, the failover
+budget, and how an adapter's answer is classified.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import grpc
+from opentelemetry import trace
+
+from imagegate.grpckit import reasons
+from imagegate.provider.v1 import provider_pb2, provider_pb2_grpc
+from imagegate.router.v1 import router_pb2
+from services.router.adapters import AdapterPool
+from services.router.breaker import BreakerRegistry, BreakerState, CircuitBreaker, Permit
+from services.router.catalog import Candidate, Catalog
+from services.router.config import RouterSettings
+from services.router.events import EventSink, duration
+from services.router.job import Job
+from services.router.observability import RouterMetrics
+from services.router.outcomes import OUTCOME_NAME, AttemptResult, classify
+from services.router.planning import RoutePlan, Skip
+from services.router.throttle import RetryThrottle
+
+# An attempt with less time than this cannot produce an image; it is skipped, not started.
+MIN_USEFUL_ATTEMPT = 0.05
+
+
+@dataclass
+class Execution:
+    """How the attempts ended: a winner, or the attempt that stopped failover (or neither)."""
+
+    winner: tuple[Candidate, provider_pb2.GenerateImageResponse] | None = None
+    """The candidate that produced the images and the adapter's answer."""
+    stop: AttemptResult | None = None
+    """The attempt whose failure ended the request early (no failover allowed)."""
+
+
+class Executor:
+    """Runs a job's attempts; never settles, never raises for a failed attempt."""
+
+    def __init__(
+        self,
+        *,
+        settings: RouterSettings,
+        catalog: Catalog,
+        adapters: AdapterPool,
+        breakers: BreakerRegistry,
+        tracer: trace.Tracer,
+        metrics: RouterMetrics,
+    ) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.adapters = adapters
+        self.breakers = breakers
+        self.tracer = tracer
+        self.metrics = metrics
+        self.clock = breakers.clock
+        self.throttle = RetryThrottle(settings.failover_max_tokens, settings.failover_token_ratio)
+
+    async def run(self, job: Job) -> Execution:
+        """Tries the plan's candidates in order until one succeeds or failover must stop."""
+        norm, plan, events, span = job.admitted.norm, job.plan, job.events, job.span
+        deadline = job.admitted.deadline
+        request_id = job.admitted.request_id
+        if events is not None:
+            events.emit(
+                accepted=router_pb2.Accepted(
+                    request_id=request_id,
+                    candidates=[c.key for c in plan.candidates],
+                    trace_id=job.trace_id,
+                )
+            )
+        margin = self.settings.settle_margin_seconds
+        queue = list(plan.candidates)
+        forced = False
+        success: tuple[Candidate, provider_pb2.GenerateImageResponse] | None = None
+        stop: AttemptResult | None = None
+        i = 0
+        while i < len(queue):
+            cand = queue[i]
+            i += 1
+            avail = deadline.remaining() - margin
+            pb = self.breakers.get(cand.provider)
+            mb = self.breakers.get(cand.provider, cand.provider_model)
+            observed = mb.latency_quantile(0.5, min_samples=5)
+            if avail < MIN_USEFUL_ATTEMPT or (observed is not None and observed > avail):
+                text = _too_little_time(avail, observed)
+                plan.skipped.append(Skip(cand, "deadline", text))
+                continue
+            permits = self._acquire(pb, mb, force=forced and i == len(queue))
+            if permits is None:
+                retry = [b.retry_at for b in (pb, mb) if b.retry_at is not None]
+                plan.skipped.append(
+                    Skip(
+                        cand,
+                        "breaker",
+                        f"circuit open ({pb.name if pb.retry_at else mb.name})",
+                        retry_at=max(retry) if retry else None,
+                    )
+                )
+                if i == len(queue) and not job.log.attempts and not forced:
+                    last = self._last_resort(plan)
+                    if last is not None:
+                        forced = True
+                        queue.append(last)
+                        plan.notices.append(
+                            f"every candidate's circuit was open; sent one probe to {last.key}"
+                        )
+                continue
+            budget = self._budget(cand, queue[i:], avail)
+            result = await self._attempt(job, cand, permits, budget)
+            if result.outcome == router_pb2.ATTEMPT_OUTCOME_SUCCEEDED:
+                assert result.response is not None
+                self.throttle.on_success()
+                success = (cand, result.response)
+                break
+            if not result.failover or (
+                result.outcome == router_pb2.ATTEMPT_OUTCOME_MODERATED
+                and not norm.request.allow_moderation_failover
+            ):
+                stop = result
+                break
+            if result.scope and not self.throttle.on_failure() and i < len(queue):
+                # Most attempts are failing everywhere: stop multiplying load on the fleet.
+                plan.notices.append("failover budget exhausted")
+                stop = result
+                stop.message += " (failover budget exhausted; not trying further providers)"
+                break
+            nxt_cand = next((c for c in queue[i:]), None)
+            if nxt_cand is not None:
+                attrs = {"from": cand.key, "to": nxt_cand.key, "reason": result.reason}
+                span.add_event("failover", attrs)
+                if events is not None:
+                    events.emit(
+                        failover=router_pb2.Failover(
+                            from_provider=cand.provider,
+                            to_provider=nxt_cand.provider,
+                            reason=result.reason,
+                        )
+                    )
+        if success is None:
+            return Execution(stop=stop)
+        return Execution(winner=success)
+
+    def earliest_serve_in(self, job: Job) -> float:
+        """Seconds until some planned candidate can take a call again (0: one can now).
+
+        An open breaker waits until it half-opens; a provider's own Retry-After counts even
+        where the breaker did not take it. A caller told this and obeying it is served.
+        """
+        now = self.clock()
+        waits = []
+        for cand in job.plan.candidates:
+            until = [
+                b.retry_at
+                for b in (
+                    self.breakers.get(cand.provider),
+                    self.breakers.get(cand.provider, cand.provider_model),
+                )
+                if b.retry_at is not None
+            ]
+            until.append(job.log.retry_at.get(cand.key, now))
+            waits.append(max(0.0, max(until) - now))
+        return min(waits, default=0.0)
+
+    def _budget(self, cand: Candidate, followers: list[Candidate], avail: float) -> float:
+        """An attempt's share of the time left: its provider timeout, minus time kept back for
+        the first follower that could actually be called (its usual p95, at most half)."""
+        budget = min(
+            self.catalog.provider_timeouts.get(
+                cand.provider, self.settings.attempt_timeout_seconds
+            ),
+            avail,
+        )
+        nxt = next(
+            (
+                c
+                for c in followers
+                if self.breakers.get(c.provider).retry_at is None
+                and self.breakers.get(c.provider, c.provider_model).retry_at is None
+            ),
+            None,
+        )
+        if nxt is not None:
+            typical = self.breakers.get(nxt.provider, nxt.provider_model).latency_quantile(
+                0.95, min_samples=5
+            )
+            hold = min(avail / 2, max(self.settings.min_attempt_seconds, typical or 0.0))
+            budget = min(budget, avail - hold)
+        return budget
+
+    def _acquire(
+        self, pb: CircuitBreaker, mb: CircuitBreaker, *, force: bool
+    ) -> tuple[Permit, Permit] | None:
+        p = pb.try_acquire(force=force and pb.retry_at is not None)
+        if p is None:
+            return None
+        m = mb.try_acquire(force=force and mb.retry_at is not None)
+        if m is None:
+            pb.release(p)
+            return None
+        return p, m
+
+    def _last_resort(self, plan: RoutePlan) -> Candidate | None:
+        """When every candidate is open, the one whose wait ends first (never a 429 back-off)."""
+        options = []
+        for s in plan.skipped:
+            if s.kind != "breaker":
+                continue
+            pb = self.breakers.get(s.candidate.provider)
+            mb = self.breakers.get(s.candidate.provider, s.candidate.provider_model)
+            if pb.rate_limited or mb.rate_limited:
+                continue
+            options.append((s.retry_at or 0.0, s.candidate))
+        if not options:
+            return None
+        return min(options, key=lambda o: o[0])[1]
+
+    async def _attempt(
+        self, job: Job, cand: Candidate, permits: tuple[Permit, Permit], budget: float
+    ) -> AttemptResult:
+        norm, events, log = job.admitted.norm, job.events, job.log
+        number = len(log.attempts) + 1
+        adapter = self.adapters.get(cand.provider)
+        assert adapter is not None
+        preq = provider_pb2.GenerateImageRequest()
+        preq.CopyFrom(norm.template)
+        preq.model = cand.provider_model
+        caps = adapter.models.get(cand.provider_model)
+        if caps is not None and not caps.capabilities.negative_prompt and not norm.caller_negative:
+            # A style's negative prompt is best effort; the caller's own is a requirement.
+            preq.negative_prompt = ""
+        pb, mb = (
+            self.breakers.get(cand.provider),
+            self.breakers.get(cand.provider, cand.provider_model),
+        )
+        breaker_state = mb.state if mb.state is not BreakerState.CLOSED else pb.state
+        if events is not None:
+            events.emit(
+                attempt_started=router_pb2.AttemptStarted(
+                    provider=cand.provider,
+                    provider_model=cand.provider_model,
+                    attempt_number=number,
+                    budget=duration(budget),
+                )
+            )
+        with self.tracer.start_as_current_span(
+            "router.attempt",
+            attributes={
+                "imagegate.provider": cand.provider,
+                "imagegate.provider_model": cand.provider_model,
+                "imagegate.model": cand.alias,
+                "imagegate.attempt_number": number,
+                "imagegate.breaker_state": breaker_state.value,
+                "imagegate.attempt_budget_s": round(budget, 3),
+            },
+        ) as aspan:
+            queued_at = time.perf_counter()
+            started = queued_at
+            try:
+                gate = adapter.gate
+                if await gate.acquire(budget - MIN_USEFUL_ATTEMPT):
+                    started = time.perf_counter()
+                    aspan.set_attribute("imagegate.queue_seconds", round(started - queued_at, 4))
+                    try:
+                        result = await self._call(
+                            adapter.stub, preq, budget - (started - queued_at), events, cand
+                        )
+                    finally:
+                        gate.release()
+                else:
+                    started = time.perf_counter()
+                    result = AttemptResult(
+                        router_pb2.ATTEMPT_OUTCOME_OVERLOADED,
+                        reasons.PROVIDER_CONCURRENCY_LIMITED,
+                        f"{gate.limit} calls already in flight to {cand.provider}; no slot came "
+                        f"free within the attempt budget ({budget:.2f}s)",
+                    )
+            except asyncio.CancelledError:
+                for b, p in zip((pb, mb), permits, strict=True):
+                    b.release(p)
+                raise
+            elapsed = time.perf_counter() - started
+            log.adapter_seconds += elapsed
+            if result.outcome == router_pb2.ATTEMPT_OUTCOME_TIMEOUT and self._short_budget(
+                mb, budget, cand
+            ):
+                # We gave it less than it normally needs: that timeout is ours, not its health.
+                result.scope = ""
+            self._account(result, permits, pb, mb, elapsed)
+            if result.reason == reasons.PROVIDER_DISABLED:
+                # Lost its credentials since the last describe: stop routing to it right away.
+                adapter.enabled = False
+            outcome_name = OUTCOME_NAME.get(result.outcome, "failed")
+            aspan.set_attribute("imagegate.outcome", outcome_name)
+            aspan.set_attribute("imagegate.error_reason", result.reason)
+            aspan.set_attribute("imagegate.billable", result.billable)
+            if result.outcome != router_pb2.ATTEMPT_OUTCOME_SUCCEEDED:
+                aspan.set_status(trace.Status(trace.StatusCode.ERROR, result.reason))
+        self.metrics.attempt_duration.record(
+            elapsed, {"provider": cand.provider, "outcome": outcome_name}
+        )
+        attempt = router_pb2.Attempt(
+            provider=cand.provider,
+            provider_model=cand.provider_model,
+            outcome=result.outcome,  # type: ignore[arg-type]
+            error_reason=result.reason,
+            error_message=result.message[:500],
+            latency=duration(elapsed),
+            attempt_number=number,
+            billable=result.billable,
+        )
+        log.attempts.append(attempt)
+        if result.retry_after:
+            log.retry_at[cand.key] = max(
+                log.retry_at.get(cand.key, 0.0), self.clock() + result.retry_after
+            )
+        if result.billable and result.outcome != router_pb2.ATTEMPT_OUTCOME_SUCCEEDED:
+            log.billable_failures.append((cand, attempt))
+        if events is not None and result.outcome != router_pb2.ATTEMPT_OUTCOME_SUCCEEDED:
+            events.emit(attempt_failed=attempt)
+        return result
+
+    async def _call(
+        self,
+        stub: provider_pb2_grpc.ProviderServiceStub,
+        preq: provider_pb2.GenerateImageRequest,
+        budget: float,
+        events: EventSink | None,
+        cand: Candidate,
+    ) -> AttemptResult:
+        try:
+            if events is None:
+                resp = await stub.GenerateImage(preq, timeout=budget)
+            else:
+                resp = None
+                call = stub.StreamGenerateImage(
+                    provider_pb2.StreamGenerateImageRequest(request=preq), timeout=budget
+                )
+                async for msg in call:
+                    if msg.HasField("progress"):
+                        events.emit(
+                            progress=router_pb2.ProviderProgress(
+                                provider=cand.provider,
+                                state=msg.progress.state,
+                                queue_position=msg.progress.queue_position,
+                                fraction=msg.progress.fraction,
+                            )
+                        )
+                    elif msg.HasField("result"):
+                        resp = msg.result
+                if resp is None:
+                    return AttemptResult(
+                        router_pb2.ATTEMPT_OUTCOME_BAD_RESPONSE,
+                        reasons.PROVIDER_BAD_RESPONSE,
+                        "adapter stream ended without a result",
+                        scope="model",
+                    )
+        except grpc.aio.AioRpcError as err:
+            return classify(err)
+        if len(resp.images) != preq.num_images or any(not i.data for i in resp.images):
+            return AttemptResult(
+                router_pb2.ATTEMPT_OUTCOME_BAD_RESPONSE,
+                reasons.PROVIDER_BAD_RESPONSE,
+                f"adapter returned {len(resp.images)} images, {preq.num_images} requested",
+                billable=True,
+                scope="model",
+            )
+        return AttemptResult(router_pb2.ATTEMPT_OUTCOME_SUCCEEDED, response=resp)
+
+    def _short_budget(self, mb: CircuitBreaker, budget: float, cand: Candidate) -> bool:
+        """Whether an attempt's budget was below twice the model's typical latency."""
+        full = self.catalog.provider_timeouts.get(
+            cand.provider, self.settings.attempt_timeout_seconds
+        )
+        typical = mb.latency_quantile(0.5, min_samples=5)
+        return budget < full and typical is not None and budget < 2 * typical
+
+    def _account(
+        self,
+        result: AttemptResult,
+        permits: tuple[Permit, Permit],
+        pb: CircuitBreaker,
+        mb: CircuitBreaker,
+        elapsed: float,
+    ) -> None:
+        pp, mp = permits
+        if result.outcome == router_pb2.ATTEMPT_OUTCOME_SUCCEEDED:
+            pb.on_success(pp, elapsed)
+            mb.on_success(mp, elapsed)
+        elif result.scope == "provider":
+            pb.on_failure(pp, result.reason, retry_after=result.retry_after)
+            mb.release(mp)
+        elif result.scope == "model":
+            mb.on_failure(mp, result.reason, retry_after=result.retry_after)
+            # A model failure still shows the provider answered: it neither helps nor hurts it.
+            pb.release(pp)
+        else:
+            pb.release(pp)
+            mb.release(mp)
+
+
+def _too_little_time(avail: float, typical: float | None) -> str:
+    left = "no time was left" if avail <= 0 else f"only {avail * 1000:.0f} ms were left"
+    usual = f" and it usually takes {typical * 1000:.0f} ms" if typical else ""
+    return f"{left} before the deadline{usual}"

@@ -1,0 +1,53 @@
+"""The data one GenerateImage request carries between the pipeline's stages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from opentelemetry import trace
+
+from imagegate.quota.v1 import quota_pb2
+from imagegate.router.v1 import router_pb2
+from services.router.admission import Admitted
+from services.router.catalog import Candidate
+from services.router.events import EventSink
+from services.router.planning import RoutePlan
+
+
+@dataclass
+class AttemptLog:
+    """What the attempts of one request did, in order (settlement bills from it)."""
+
+    attempts: list[router_pb2.Attempt] = field(default_factory=list)
+    """Every attempt, as the caller sees it."""
+    billable_failures: list[tuple[Candidate, router_pb2.Attempt]] = field(default_factory=list)
+    """Failed attempts the provider may bill."""
+    adapter_seconds: float = 0.0
+    """Time spent inside adapter calls (the rest is the Router's overhead)."""
+    retry_at: dict[str, float] = field(default_factory=dict)
+    """Candidate key -> clock time its provider said to come back (429 Retry-After)."""
+
+
+@dataclass
+class Job:
+    """An admitted, planned and reserved request on its way through execution and settlement."""
+
+    admitted: Admitted
+    """The validated request and its caller."""
+    plan: RoutePlan
+    """Candidates in order, what was skipped, and notices for the caller."""
+    reservation: quota_pb2.Reservation | None
+    """The quota hold, or None when serving fail-open without Quota."""
+    trace_id: str
+    """The request's trace id (hex)."""
+    span: trace.Span
+    """The request's span."""
+    events: EventSink | None = None
+    """Where stream events go (StreamGenerateImage only)."""
+    log: AttemptLog = field(default_factory=AttemptLog)
+    """What the attempts did so far."""
+    settled: bool = False
+    """Whether settlement has been handed its order (it must happen exactly once)."""
+    accepted_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    """When the Router accepted the request (the usage record's time)."""

@@ -1,0 +1,69 @@
+"""Reservation: hold the caller's quota for a planned request (or serve fail-open without Quota)."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from imagegate.grpckit import reasons
+from imagegate.quota.v1 import quota_pb2, quota_pb2_grpc
+from services.router.admission import Admitted, Authenticator, Caller, quota_error
+from services.router.config import RouterSettings
+from services.router.planning import RoutePlan
+
+log = logging.getLogger("services.router")
+# An attempt with less time than this cannot produce an image, so the hold may not use it.
+MIN_USEFUL_ATTEMPT = 0.05
+
+
+class Reserver:
+    """Reserves quota through Quota, which re-checks the key (a revoked key never generates)."""
+
+    def __init__(
+        self,
+        quota: quota_pb2_grpc.QuotaServiceStub,
+        authenticator: Authenticator,
+        settings: RouterSettings,
+    ) -> None:
+        self._quota = quota
+        self._auth = authenticator
+        self._settings = settings
+
+    async def reserve(
+        self, admitted: Admitted, cost_micros: int, plan: RoutePlan
+    ) -> quota_pb2.Reservation | None:
+        """The hold; None when Quota is unreachable and fail-open lets the request through."""
+        norm = admitted.norm
+        req = quota_pb2.ReserveQuotaRequest(
+            api_key=admitted.api_key,
+            request_id=admitted.request_id,
+            images=norm.num_images,
+            megapixels=norm.megapixels,
+            cost_micros=cost_micros,
+        )
+        # Bounded by the caller's deadline, not a short fixed timeout: under a burst Quota queues,
+        # and a caller with time left would rather wait than fail.
+        left = (
+            admitted.deadline.remaining()
+            - self._settings.settle_margin_seconds
+            - MIN_USEFUL_ATTEMPT
+        )
+        timeout = max(0.001, min(self._settings.reserve_timeout_seconds, left))
+        try:
+            resp = await self._quota.ReserveQuota(req, timeout=timeout)
+        except grpc.aio.AioRpcError as err:
+            error = quota_error(err)
+            if error.reason == reasons.DEPENDENCY_UNAVAILABLE and self._settings.fail_open:
+                plan.notices.append(
+                    "quota service unreachable: served in fail-open mode; usage is recorded "
+                    "and charged when it returns"
+                )
+                log.warning(
+                    "quota unreachable, serving in fail-open mode",
+                    extra={"tenant_id": admitted.caller.tenant_id},
+                )
+                return None
+            raise error from None
+        self._auth.remember(admitted.api_key, Caller(resp.tenant.id, resp.plan, resp.key_id))
+        return resp.reservation

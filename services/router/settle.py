@@ -1,0 +1,186 @@
+"""Settlement, the Router's side: price what was done, then commit or release and record it once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from imagegate.common.v1 import image_pb2
+from imagegate.grpckit.deadline import Deadline
+from imagegate.grpckit.errors import timestamp
+from imagegate.metering.v1 import metering_pb2
+from imagegate.provider.v1 import provider_pb2
+from imagegate.quota.v1 import quota_pb2
+from imagegate.router.v1 import router_pb2
+from imagegate.settlement import Settlement, Settler
+from services.router.catalog import Candidate
+from services.router.config import RouterSettings
+from services.router.job import Job
+from services.router.prices import PriceMirror
+
+log = logging.getLogger("services.router")
+# How long a request abandoned by its caller may take to hand back its hold.
+ABANDON_SETTLE_SECONDS = 5.0
+# A release the caller waits for gets at least this long, even past its deadline, so the hold is
+# back before a retry arrives (otherwise the outbox hands it back a second or so later).
+STRICT_FLOOR_SECONDS = 0.25
+
+
+class RouterSettlement:
+    """Turns a finished job into one settlement order and hands it to the durable settler."""
+
+    def __init__(self, *, settings: RouterSettings, settler: Settler, pricer: PriceMirror) -> None:
+        self.settings = settings
+        self.settler = settler
+        self.pricer = pricer
+        self._background: set[asyncio.Task[int]] = set()
+
+    def billed_failures(self, job: Job) -> tuple[list[metering_pb2.BilledAttempt], int]:
+        """Failed attempts the provider may bill, and their price in micro-USD."""
+        billed: list[metering_pb2.BilledAttempt] = []
+        total = 0
+        t = job.admitted.norm.template
+        for cand, attempt in job.log.billable_failures:
+            usage = image_pb2.Usage(
+                images=t.num_images, megapixels=t.width * t.height * t.num_images / 1e6
+            )
+            billed.append(
+                metering_pb2.BilledAttempt(
+                    provider=cand.provider,
+                    provider_model=cand.provider_model,
+                    attempt_number=attempt.attempt_number,
+                    usage=usage,
+                    succeeded=False,
+                    note=f"{attempt.error_reason} after the provider accepted the job",
+                )
+            )
+            total += self.pricer.usage_cost(cand.provider, cand.provider_model, usage) or 0
+        return billed, total
+
+    async def succeed(
+        self, job: Job, cand: Candidate, resp: provider_pb2.GenerateImageResponse
+    ) -> router_pb2.GenerateImageResponse:
+        """Charges the winner's usage (plus billable failures) and builds the caller's answer."""
+        billed, failed_cost = self.billed_failures(job)
+        usage = resp.usage
+        billed.append(
+            metering_pb2.BilledAttempt(
+                provider=cand.provider,
+                provider_model=cand.provider_model,
+                attempt_number=len(job.log.attempts),
+                usage=usage,
+                succeeded=True,
+            )
+        )
+        cost = (
+            self.pricer.usage_cost(cand.provider, cand.provider_model, usage) or 0
+        ) + failed_cost
+        reservation = job.reservation
+        commit = None
+        if reservation is not None:
+            # Quota refuses commits above the hold; Metering's ledger keeps the exact figure.
+            commit = quota_pb2.CommitReservationRequest(
+                reservation_id=reservation.id,
+                images=min(usage.images, reservation.images),
+                megapixels=min(usage.megapixels, reservation.megapixels),
+                cost_micros=min(cost, reservation.cost_micros),
+            )
+        record = self._record(job, cand.alias, metering_pb2.REQUEST_OUTCOME_SUCCEEDED, billed)
+        order = Settlement(reservation.id if reservation else "", commit, record)
+        stored = await self._hand_over(job, order, job.admitted.deadline)
+        if stored is not None and stored.cost_micros:
+            cost = stored.cost_micros
+        plan = job.plan
+        return router_pb2.GenerateImageResponse(
+            request_id=job.admitted.request_id,
+            images=resp.images,
+            provider=cand.provider,
+            model=cand.alias,
+            provider_model=resp.model or cand.provider_model,
+            cost_micros=cost,
+            usage=usage,
+            attempts=job.log.attempts,
+            trace_id=job.trace_id,
+            deviations=resp.deviations,
+            notices=plan.notices,
+            local_substitute=plan.local_substitute,
+        )
+
+    async def fail(self, job: Job, deadline: Deadline | None = None) -> int:
+        """Releases the hold and records billable failures; returns what they cost.
+
+        A failed caller retries at once: its hold is back before it hears of the failure, or
+        the retry could be refused for quota it no longer uses.
+        """
+        billed, cost = self.billed_failures(job)
+        norm = job.admitted.norm
+        record = None
+        if billed:
+            model = norm.explicit_model or (norm.aliases[0] if norm.aliases else "")
+            record = self._record(job, model, metering_pb2.REQUEST_OUTCOME_FAILED, billed)
+        res_id = job.reservation.id if job.reservation is not None else ""
+        job.settled = True
+        if res_id or record is not None:
+            order = Settlement(res_id, None, record)
+            await self._hand_over(job, order, deadline or job.admitted.deadline, strict=True)
+        return cost
+
+    def abandon(self, job: Job) -> None:
+        """The caller left (or the Router failed): settle in the background, not at lease expiry."""
+        if job.settled:
+            return
+        task = asyncio.create_task(self.fail(job, Deadline.after(ABANDON_SETTLE_SECONDS)))
+        job.settled = True
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def settled(self, tenant_id: str) -> None:
+        """Read-your-writes: waits (bounded) for the tenant's settlements still in delivery."""
+        if not await self.settler.wait_settled(tenant_id, self.settings.read_your_writes_seconds):
+            log.warning(
+                "settlements still in delivery; answering with what the ledgers have",
+                extra={"tenant_id": tenant_id},
+            )
+
+    async def close(self) -> None:
+        """Waits (bounded) for abandoned requests' settlements, then closes the settler."""
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=10.0)
+        await self.settler.close()
+
+    def _record(
+        self, job: Job, model: str, outcome: int, billed: list[metering_pb2.BilledAttempt]
+    ) -> metering_pb2.RecordUsageRequest:
+        return metering_pb2.RecordUsageRequest(
+            request_id=job.admitted.request_id,
+            tenant_id=job.admitted.caller.tenant_id,
+            model=model,
+            outcome=outcome,  # type: ignore[arg-type]
+            attempts=billed,
+            occurred_at=timestamp(job.accepted_at),
+            trace_id=job.trace_id,
+        )
+
+    async def _hand_over(
+        self, job: Job, order: Settlement, deadline: Deadline, *, strict: bool = False
+    ) -> metering_pb2.UsageRecord | None:
+        """Never raises (the settler keeps what failed).
+
+        Strict (setting or argument) waits for delivery and returns Metering's record; otherwise
+        the order is only written ahead to the outbox here and delivered in the background.
+        """
+        job.settled = True
+        floor = STRICT_FLOOR_SECONDS if strict else self.settings.settle_margin_seconds
+        timeout = max(floor, deadline.remaining())
+        timeout = min(timeout, self.settings.dependency_timeout_seconds)
+        try:
+            if strict or self.settings.settle_before_reply:
+                return await self.settler.settle(order, timeout=timeout)
+            await self.settler.settle_in_background(
+                order,
+                key=job.admitted.caller.tenant_id,
+                timeout=self.settings.dependency_timeout_seconds,
+            )
+        except Exception:
+            log.exception("settlement failed", extra={"request_id": job.admitted.request_id})
+        return None
