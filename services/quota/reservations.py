@@ -13,7 +13,7 @@ from imagegate.grpckit.errors import FieldViolation, ImagegateError, QuotaViolat
 from imagegate.persistence import Tx
 from imagegate.persistence.periods import period_end, period_of, to_us
 from imagegate.quota.v1 import quota_pb2
-from services.quota import keys
+from services.quota import keys, tombstones
 from services.quota.messages import (
     COMMITTED,
     DOMAIN,
@@ -147,7 +147,7 @@ class ReservationOps(TenantOps):
                     args.images,
                     pixels,
                     args.cost_micros,
-                ):
+                ) and not tombstones.is_tombstone(row.state, row.images):
                     raise ImagegateError(
                         grpc.StatusCode.ALREADY_EXISTS,
                         reasons.IDEMPOTENCY_KEY_REUSED,
@@ -366,6 +366,26 @@ class ReservationOps(TenantOps):
             if moved is not None:
                 return reservation_pb(moved)
             return reservation_pb(self._reservation_row(tx, reservation_id))
+
+    def release_by_request_sync(
+        self, request_id: str, tenant_id: str, api_key: str
+    ) -> quota_pb2.Reservation:
+        """See `QuotaStore.release_by_request` (services/quota/tombstones.py)."""
+        now = self.clock()
+        with self._db.tx() as tx:
+            if api_key:
+                tenant_id = self._authenticate(tx, api_key)[0][0]
+            elif tx.one(self._q.tenant_by_id, (tenant_id,)) is None:
+                raise tenant_not_found(tenant_id)
+            row = tombstones.release_by_request(
+                tx,
+                self._db.sql,
+                tenant_id=tenant_id,
+                request_id=request_id,
+                period=period_of(now),
+                now_us=to_us(now),
+            )
+        return reservation_pb(ResRow(*row))
 
     def get_quota_sync(self, tenant_id: str) -> quota_pb2.QuotaStatus:
         """See `get_quota`."""

@@ -28,6 +28,8 @@ class QuotaServer:
     """The store behind it."""
     sweeper: asyncio.Task[None] | None
     """Background lease sweeper (None when disabled)."""
+    servicer: QuotaServicer | None = None
+    """The servicer, drained of its pending releases before the store closes."""
 
     @property
     def address(self) -> str:
@@ -41,6 +43,8 @@ class QuotaServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.sweeper
         await self.running.stop(grace)
+        if self.servicer is not None:
+            await self.servicer.drain()
         await self.store.close()
 
 
@@ -79,4 +83,4 @@ async def start_quota_server(
         if sweep_interval
         else None
     )
-    return QuotaServer(running=running, store=store, sweeper=sweeper)
+    return QuotaServer(running=running, store=store, sweeper=sweeper, servicer=servicer)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 import math
+from collections.abc import Coroutine
+from typing import Any
 
 import grpc
 
@@ -13,7 +17,7 @@ from imagegate.grpckit.batch import check_batch_size, run_items
 from imagegate.grpckit.errors import FieldViolation, ImagegateError, invalid_argument, timestamp
 from imagegate.persistence.periods import from_us
 from imagegate.quota.v1 import quota_pb2, quota_pb2_grpc
-from services.quota.store import DOMAIN, QuotaStore, ReserveArgs
+from services.quota.store import DOMAIN, QuotaStore, ReserveArgs, ReserveResult
 
 MAX_ID = 255
 MAX_NAME = 100
@@ -48,6 +52,18 @@ def _megapixels(violations: list[FieldViolation], value: float) -> None:
         violations.append(FieldViolation("megapixels", "a finite number >= 0"))
 
 
+def _caller_gone(context: grpc.aio.ServicerContext) -> str:
+    """Why nobody will read this call's answer any more; empty while the caller waits."""
+    if context.cancelled():
+        return "call cancelled"
+    if context.done():
+        return "call done"
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return "deadline passed"
+    return ""
+
+
 class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
     """The QuotaService RPCs; admin RPCs need `authorization: Bearer <admin token>`."""
 
@@ -57,6 +73,18 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
         self._store = store
         self._admin_token = admin_token
         self._max_lease = max_lease_seconds
+        # Releases of holds whose caller left; kept so they finish (and are awaited on stop).
+        self._cleanups: set[asyncio.Task[object]] = set()
+
+    @property
+    def releasing(self) -> int:
+        """How many holds of callers that left are waiting for their write or release now."""
+        return len(self._cleanups)
+
+    async def drain(self) -> None:
+        """Waits for the releases of abandoned holds still running (call before closing the store)."""
+        while self._cleanups:
+            await asyncio.gather(*self._cleanups, return_exceptions=True)
 
     async def AuthenticateApiKey(
         self, request: quota_pb2.AuthenticateApiKeyRequest, context: grpc.aio.ServicerContext
@@ -90,23 +118,83 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
                     FieldViolation("lease", f"more than 0 and at most {self._max_lease:g} seconds")
                 )
         _check(violations)
-        result = await self._store.reserve(
-            ReserveArgs(
-                request_id=request.request_id,
-                tenant_id=request.tenant_id,
-                api_key=request.api_key,
-                images=request.images,
-                megapixels=request.megapixels,
-                cost_micros=request.cost_micros,
-                lease_seconds=lease,
+        # The write runs on a database thread whatever happens to this handler, so it is shielded
+        # and, when the caller is gone by the time it lands, undone: nobody will settle the hold.
+        write = asyncio.ensure_future(
+            self._store.reserve(
+                ReserveArgs(
+                    request_id=request.request_id,
+                    tenant_id=request.tenant_id,
+                    api_key=request.api_key,
+                    images=request.images,
+                    megapixels=request.megapixels,
+                    cost_micros=request.cost_micros,
+                    lease_seconds=lease,
+                )
             )
         )
+        try:
+            result = await asyncio.shield(write)
+        except asyncio.CancelledError:
+            self._spawn(self._release_when_written(write, "handler cancelled"))
+            raise
+        gone = _caller_gone(context)
+        if gone:
+            released = await self._release_abandoned(result, gone)
+            if released is not None:
+                result = dataclasses.replace(result, reservation=released)
+        elif result.reservation.state == quota_pb2.RESERVATION_STATE_PENDING:
+            # A cancel that lands after this return but before the answer goes out.
+            context.add_done_callback(lambda ctx: self._release_if_cancelled(ctx, result))
         return quota_pb2.ReserveQuotaResponse(
             reservation=result.reservation,
             tenant=result.tenant,
             plan=result.plan,
             key_id=result.key_id,
         )
+
+    def _release_if_cancelled(
+        self, context: grpc.aio.ServicerContext, result: ReserveResult
+    ) -> None:
+        if context.cancelled():
+            self._spawn(self._release_abandoned(result, "cancelled before the answer was sent"))
+
+    def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
+        task = asyncio.create_task(work)
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+
+    async def _release_when_written(self, write: asyncio.Future[ReserveResult], why: str) -> None:
+        try:
+            result = await write
+        except Exception as err:
+            log.debug("abandoned reserve held nothing", extra={"why": why, "error": repr(err)})
+            return
+        await self._release_abandoned(result, why)
+
+    async def _release_abandoned(
+        self, result: ReserveResult, why: str
+    ) -> quota_pb2.Reservation | None:
+        """Releases a hold whose caller left; the reservation after, or None if it held nothing."""
+        held = result.reservation
+        if held.state != quota_pb2.RESERVATION_STATE_PENDING:
+            return None
+        try:
+            released = await self._store.release(held.id)
+        except Exception:
+            # The lease still returns the units when it runs out.
+            log.exception("could not release an abandoned hold", extra={"reservation_id": held.id})
+            return None
+        log.debug(
+            "released the hold of a caller that left",
+            extra={
+                "why": why,
+                "reservation_id": held.id,
+                "tenant_id": held.tenant_id,
+                "request_id": held.request_id,
+            },
+        )
+        return released
 
     async def CommitReservation(
         self, request: quota_pb2.CommitReservationRequest, context: grpc.aio.ServicerContext
@@ -149,11 +237,25 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
     async def ReleaseReservation(
         self, request: quota_pb2.ReleaseReservationRequest, context: grpc.aio.ServicerContext
     ) -> quota_pb2.ReleaseReservationResponse:
-        """Returns every unit of a pending reservation."""
+        """Returns every unit of a pending reservation, named by id or by (tenant, request_id)."""
         violations: list[FieldViolation] = []
-        _require_id(violations, "reservation_id", request.reservation_id)
+        if not request.HasField("by_request"):
+            _require_id(violations, "reservation_id", request.reservation_id)
+            _check(violations)
+            reservation = await self._store.release(request.reservation_id)
+            return quota_pb2.ReleaseReservationResponse(reservation=reservation)
+        ref = request.by_request
+        if request.reservation_id:
+            violations.append(
+                FieldViolation("reservation_id", "must be empty when by_request is set")
+            )
+        _require_id(violations, "by_request.request_id", ref.request_id)
+        if not ref.api_key:
+            _require_id(violations, "by_request.tenant_id", ref.tenant_id)
         _check(violations)
-        reservation = await self._store.release(request.reservation_id)
+        reservation = await self._store.release_by_request(
+            ref.request_id, tenant_id=ref.tenant_id, api_key=ref.api_key
+        )
         return quota_pb2.ReleaseReservationResponse(reservation=reservation)
 
     async def GetQuota(

@@ -131,6 +131,13 @@ class QuotaStore(ReservationOps):
         """Returns every unit of a pending reservation; a no-op once resolved."""
         return await self._run_batched(self.release_sync, reservation_id)
 
+    async def release_by_request(
+        self, request_id: str, *, tenant_id: str = "", api_key: str = ""
+    ) -> quota_pb2.Reservation:
+        """Releases the reservation of (tenant, request_id), or leaves a RELEASED tombstone so
+        a later reserve of that request_id holds nothing; the tenant is the key's when given."""
+        return await self._run_batched(self.release_by_request_sync, request_id, tenant_id, api_key)
+
     async def get_quota(self, tenant_id: str) -> quota_pb2.QuotaStatus:
         """The tenant's counters for the current period (expired leases returned first)."""
         return await self._run(self.get_quota_sync, tenant_id)

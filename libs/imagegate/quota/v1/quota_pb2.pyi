@@ -569,25 +569,69 @@ Global___ItemError: _TypeAlias = ItemError  # noqa: Y015
 
 @_typing.final
 class ReleaseReservationRequest(_message.Message):
-    """Request for ReleaseReservation."""
+    """Request for ReleaseReservation. Names the reservation either by its id or by the request it
+    was made for; exactly one of reservation_id and by_request must be set.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     RESERVATION_ID_FIELD_NUMBER: _builtins.int
+    BY_REQUEST_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
-    """Reservation id."""
+    """Reservation id (as returned by ReserveQuota)."""
+    @_builtins.property
+    def by_request(self) -> Global___RequestRef:
+        """The reservation of a request, for a caller that never saw the reservation id (its
+        ReserveQuota call ended in DEADLINE_EXCEEDED or CANCELLED, or its own caller left). When no
+        reservation exists yet, a RELEASED tombstone is left for (tenant, request_id), so a
+        ReserveQuota with that request_id that arrives later holds nothing and answers RELEASED.
+        """
+
     def __init__(
         self,
         *,
         reservation_id: _builtins.str = ...,
+        by_request: Global___RequestRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["by_request", b"by_request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reservation_id", b"reservation_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_request", b"by_request", "reservation_id", b"reservation_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReleaseReservationRequest: _TypeAlias = ReleaseReservationRequest  # noqa: Y015
+
+@_typing.final
+class RequestRef(_message.Message):
+    """A reservation named by its tenant and the request_id of its ReserveQuota."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    API_KEY_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The request_id the ReserveQuota was (or will be) made with; required."""
+    tenant_id: _builtins.str
+    """Tenant of the reservation. Ignored when api_key is set; one of the two is required."""
+    api_key: _builtins.str
+    """When set, the key is authenticated and its tenant is used, exactly as in ReserveQuota;
+    UNAUTHENTICATED when unknown or revoked.
+    """
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        api_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "request_id", b"request_id", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestRef: _TypeAlias = RequestRef  # noqa: Y015
 
 @_typing.final
 class ReleaseReservationResponse(_message.Message):

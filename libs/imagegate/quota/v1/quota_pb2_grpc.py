@@ -120,7 +120,10 @@ class QuotaServiceServicer:
 
     def ReserveQuota(self, request, context):
         """Atomically reserves units against the tenant's current period. Idempotent on
-        (tenant, request_id): a repeat returns the same reservation.
+        (tenant, request_id): a repeat returns the same reservation, and a request_id already
+        released by ReleaseReservation(by_request) returns that RELEASED reservation, holding nothing.
+        A call whose caller left (cancelled, or past its deadline) before the hold was written holds
+        nothing either: the hold is released at once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -143,7 +146,10 @@ class QuotaServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReleaseReservation(self, request, context):
-        """Returns all units of a reservation. A release after a commit changes nothing.
+        """Returns all units of a reservation, named by id or by (tenant, request_id). A release after
+        a commit changes nothing; a repeat returns the same reservation. Releasing by request_id
+        before the ReserveQuota arrives leaves a RELEASED tombstone that the ReserveQuota then
+        returns without holding anything.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -43,7 +43,10 @@ class QuotaServiceStub:
     """Resolves an API key to its tenant; UNAUTHENTICATED when unknown or revoked."""
     ReserveQuota: _grpc.UnaryUnaryMultiCallable[_quota_pb2.ReserveQuotaRequest, _quota_pb2.ReserveQuotaResponse]
     """Atomically reserves units against the tenant's current period. Idempotent on
-    (tenant, request_id): a repeat returns the same reservation.
+    (tenant, request_id): a repeat returns the same reservation, and a request_id already
+    released by ReleaseReservation(by_request) returns that RELEASED reservation, holding nothing.
+    A call whose caller left (cancelled, or past its deadline) before the hold was written holds
+    nothing either: the hold is released at once.
     """
     CommitReservation: _grpc.UnaryUnaryMultiCallable[_quota_pb2.CommitReservationRequest, _quota_pb2.CommitReservationResponse]
     """Charges the actual amount of a reservation (at most what was reserved). Idempotent."""
@@ -53,7 +56,11 @@ class QuotaServiceStub:
     than 256 items fail the whole call with INVALID_ARGUMENT.
     """
     ReleaseReservation: _grpc.UnaryUnaryMultiCallable[_quota_pb2.ReleaseReservationRequest, _quota_pb2.ReleaseReservationResponse]
-    """Returns all units of a reservation. A release after a commit changes nothing."""
+    """Returns all units of a reservation, named by id or by (tenant, request_id). A release after
+    a commit changes nothing; a repeat returns the same reservation. Releasing by request_id
+    before the ReserveQuota arrives leaves a RELEASED tombstone that the ReserveQuota then
+    returns without holding anything.
+    """
     GetQuota: _grpc.UnaryUnaryMultiCallable[_quota_pb2.GetQuotaRequest, _quota_pb2.GetQuotaResponse]
     """Shows a tenant's quota for the current period."""
     ListPlans: _grpc.UnaryUnaryMultiCallable[_quota_pb2.ListPlansRequest, _quota_pb2.ListPlansResponse]
@@ -84,7 +91,10 @@ class QuotaServiceAsyncStub(QuotaServiceStub):
     """Resolves an API key to its tenant; UNAUTHENTICATED when unknown or revoked."""
     ReserveQuota: _aio.UnaryUnaryMultiCallable[_quota_pb2.ReserveQuotaRequest, _quota_pb2.ReserveQuotaResponse]  # type: ignore[assignment]
     """Atomically reserves units against the tenant's current period. Idempotent on
-    (tenant, request_id): a repeat returns the same reservation.
+    (tenant, request_id): a repeat returns the same reservation, and a request_id already
+    released by ReleaseReservation(by_request) returns that RELEASED reservation, holding nothing.
+    A call whose caller left (cancelled, or past its deadline) before the hold was written holds
+    nothing either: the hold is released at once.
     """
     CommitReservation: _aio.UnaryUnaryMultiCallable[_quota_pb2.CommitReservationRequest, _quota_pb2.CommitReservationResponse]  # type: ignore[assignment]
     """Charges the actual amount of a reservation (at most what was reserved). Idempotent."""
@@ -94,7 +104,11 @@ class QuotaServiceAsyncStub(QuotaServiceStub):
     than 256 items fail the whole call with INVALID_ARGUMENT.
     """
     ReleaseReservation: _aio.UnaryUnaryMultiCallable[_quota_pb2.ReleaseReservationRequest, _quota_pb2.ReleaseReservationResponse]  # type: ignore[assignment]
-    """Returns all units of a reservation. A release after a commit changes nothing."""
+    """Returns all units of a reservation, named by id or by (tenant, request_id). A release after
+    a commit changes nothing; a repeat returns the same reservation. Releasing by request_id
+    before the ReserveQuota arrives leaves a RELEASED tombstone that the ReserveQuota then
+    returns without holding anything.
+    """
     GetQuota: _aio.UnaryUnaryMultiCallable[_quota_pb2.GetQuotaRequest, _quota_pb2.GetQuotaResponse]  # type: ignore[assignment]
     """Shows a tenant's quota for the current period."""
     ListPlans: _aio.UnaryUnaryMultiCallable[_quota_pb2.ListPlansRequest, _quota_pb2.ListPlansResponse]  # type: ignore[assignment]
@@ -134,7 +148,10 @@ class QuotaServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_quota_pb2.ReserveQuotaResponse, _abc.Awaitable[_quota_pb2.ReserveQuotaResponse]]:
         """Atomically reserves units against the tenant's current period. Idempotent on
-        (tenant, request_id): a repeat returns the same reservation.
+        (tenant, request_id): a repeat returns the same reservation, and a request_id already
+        released by ReleaseReservation(by_request) returns that RELEASED reservation, holding nothing.
+        A call whose caller left (cancelled, or past its deadline) before the hold was written holds
+        nothing either: the hold is released at once.
         """
 
     @_abc_1.abstractmethod
@@ -162,7 +179,11 @@ class QuotaServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _quota_pb2.ReleaseReservationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_quota_pb2.ReleaseReservationResponse, _abc.Awaitable[_quota_pb2.ReleaseReservationResponse]]:
-        """Returns all units of a reservation. A release after a commit changes nothing."""
+        """Returns all units of a reservation, named by id or by (tenant, request_id). A release after
+        a commit changes nothing; a repeat returns the same reservation. Releasing by request_id
+        before the ReserveQuota arrives leaves a RELEASED tombstone that the ReserveQuota then
+        returns without holding anything.
+        """
 
     @_abc_1.abstractmethod
     def GetQuota(
