@@ -103,6 +103,7 @@ class RouterApp:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.reserver.close()
         await self.settlement.close()
         await self.adapters.close()
 
@@ -201,8 +202,9 @@ class RouterApp:
         hold = self.planner.hold_micros(plan, admitted.norm)
         reservation = await self.reserver.reserve(admitted, hold, plan)
         if reservation is not None and reservation.state != quota_pb2.RESERVATION_STATE_PENDING:
-            # Quota already settled this request_id: it ran before and its result is gone.
-            raise self.idempotency.expired_error(admitted.request_id)
+            # Quota already settled this request_id: it ran before (or was abandoned before it
+            # ran) and its result is no longer held here.
+            raise self.idempotency.spent_error(admitted.request_id, reservation)
         job = Job(admitted, plan, reservation, summary.trace_id, span, events)
         try:
             execution = await self.executor.run(job)

@@ -14,6 +14,7 @@ import grpc
 from imagegate.grpckit import reasons
 from imagegate.grpckit.deadline import Deadline
 from imagegate.grpckit.errors import ImagegateError
+from imagegate.quota.v1 import quota_pb2
 from imagegate.router.v1 import router_pb2
 from services.router.events import EventSink
 
@@ -99,6 +100,20 @@ class IdempotencyCache:
             f"(kept {self._retention:g}s); send a new request_id to generate again",
             domain=DOMAIN,
             metadata={"request_id": request_id, "retention_seconds": f"{self._retention:g}"},
+        )
+
+    def spent_error(self, request_id: str, reservation: quota_pb2.Reservation) -> ImagegateError:
+        """The error for a repeat whose reservation Quota already settled."""
+        if reservation.state == quota_pb2.RESERVATION_STATE_COMMITTED:
+            return self.expired_error(request_id)
+        return ImagegateError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            reasons.REQUEST_ID_SPENT,
+            f"request_id {request_id!r} already ended without images (it failed, or its caller "
+            "left before it ran); nothing is held or charged for it now; send a new request_id "
+            "to try again",
+            domain=DOMAIN,
+            metadata={"request_id": request_id},
         )
 
     def begin(self, tenant: str, request_id: str, fp: bytes) -> asyncio.Future[Outcome]:

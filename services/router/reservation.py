@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import grpc
@@ -15,6 +16,11 @@ from services.router.planning import RoutePlan
 log = logging.getLogger("services.router")
 # An attempt with less time than this cannot produce an image, so the hold may not use it.
 MIN_USEFUL_ATTEMPT = 0.05
+# How long a release for a caller who left may take, and how often it is tried.
+RELEASE_TIMEOUT_SECONDS = 2.0
+RELEASE_TRIES = 3
+# Own-call endings after which Quota may still have written the hold.
+MAYBE_HELD = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
 
 
 class Reserver:
@@ -29,6 +35,7 @@ class Reserver:
         self._quota = quota
         self._auth = authenticator
         self._settings = settings
+        self._releases: set[asyncio.Task[None]] = set()
 
     async def reserve(
         self, admitted: Admitted, cost_micros: int, plan: RoutePlan
@@ -52,7 +59,14 @@ class Reserver:
         timeout = max(0.001, min(self._settings.reserve_timeout_seconds, left))
         try:
             resp = await self._quota.ReserveQuota(req, timeout=timeout)
+        except asyncio.CancelledError:
+            self._release_later(admitted)
+            raise
         except grpc.aio.AioRpcError as err:
+            if err.code() in MAYBE_HELD:
+                # Quota may have written the hold after we stopped listening: hand it back (a
+                # release that arrives first leaves a tombstone the late reserve finds).
+                self._release_later(admitted)
             error = quota_error(err)
             if error.reason == reasons.DEPENDENCY_UNAVAILABLE and self._settings.fail_open:
                 plan.notices.append(
@@ -67,3 +81,32 @@ class Reserver:
             raise error from None
         self._auth.remember(admitted.api_key, Caller(resp.tenant.id, resp.plan, resp.key_id))
         return resp.reservation
+
+    def _release_later(self, admitted: Admitted) -> None:
+        task = asyncio.create_task(self._release(admitted))
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
+    async def _release(self, admitted: Admitted) -> None:
+        req = quota_pb2.ReleaseReservationRequest(
+            by_request=quota_pb2.RequestRef(
+                request_id=admitted.request_id, api_key=admitted.api_key
+            )
+        )
+        for attempt in range(RELEASE_TRIES):
+            try:
+                await self._quota.ReleaseReservation(req, timeout=RELEASE_TIMEOUT_SECONDS)
+                return
+            except grpc.aio.AioRpcError as err:
+                if err.code() != grpc.StatusCode.UNAVAILABLE or attempt == RELEASE_TRIES - 1:
+                    log.warning(
+                        "hold of an abandoned request not released; its lease will expire",
+                        extra={"request_id": admitted.request_id, "code": err.code().name},
+                    )
+                    return
+                await asyncio.sleep(0.1 * (attempt + 1))
+
+    async def close(self) -> None:
+        """Waits (bounded) for releases of abandoned requests still in flight."""
+        if self._releases:
+            await asyncio.wait(set(self._releases), timeout=RELEASE_TIMEOUT_SECONDS * 2)
