@@ -33,7 +33,7 @@ MIN_USEFUL_ATTEMPT = 0.05
 
 
 # A model's p95 is trusted for hedging after this many successful calls.
-HEDGE_MIN_SAMPLES = 5
+HEDGE_MIN_SAMPLES = 3
 
 
 @dataclass
@@ -195,6 +195,9 @@ class Executor:
                 continue
             budget = self._budget(cand, state.queue, avail)
             if hedge:
+                # A hedge spends failover budget, as gRPC's hedging does: a fleet that is slow
+                # everywhere is not sent twice the load.
+                self.throttle.on_failure()
                 job.span.add_event("hedge", {"to": cand.key})
                 plan.notices.append(
                     f"{state.running_candidate().key} was slower than usual; "  # type: ignore[union-attr]

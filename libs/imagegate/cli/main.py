@@ -14,6 +14,7 @@ import grpc
 
 from imagegate.cli.args import build_parser, parse
 from imagegate.cli.connection import Connection
+from imagegate.grpckit import reasons
 from imagegate.grpckit.errors import ImagegateError, parse_rpc_error
 
 __all__ = ["build_parser", "main", "run"]
@@ -59,6 +60,11 @@ def _print_error(parsed: Any) -> int:
         print(f"  quota {q.subject}: {q.description}", file=sys.stderr)
     if parsed.retry_after_seconds is not None:
         print(f"  retry after {parsed.retry_after_seconds:.1f}s", file=sys.stderr)
+    cost = int(parsed.metadata.get(reasons.META_COST_MICROS, "0") or 0)
+    if cost:
+        print(f"  charged ${cost / 1e6:.6f} for attempts the provider bills", file=sys.stderr)
+    if parsed.metadata.get(reasons.META_TRACE_ID):
+        print(f"  trace {parsed.metadata[reasons.META_TRACE_ID]}", file=sys.stderr)
     if parsed.code == grpc.StatusCode.UNAVAILABLE and not parsed.reason:
         print("  is the stack running? start it with `make run`", file=sys.stderr)
     return 1
