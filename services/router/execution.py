@@ -171,18 +171,19 @@ class Executor:
             state.queue.pop(0)
             observed = mb.latency_quantile(0.5, min_samples=5)
             if avail < MIN_USEFUL_ATTEMPT or (observed is not None and observed > avail):
-                plan.skipped.append(Skip(cand, "deadline", _too_little_time(avail, observed)))
+                self._skip(job, Skip(cand, "deadline", _too_little_time(avail, observed)))
                 continue
             permits = self._acquire(pb, mb, force=state.forced and not state.queue)
             if permits is None:
                 retry = [b.retry_at for b in (pb, mb) if b.retry_at is not None]
-                plan.skipped.append(
+                self._skip(
+                    job,
                     Skip(
                         cand,
                         "breaker",
                         f"circuit open ({pb.name if pb.retry_at else mb.name})",
                         retry_at=max(retry) if retry else None,
-                    )
+                    ),
                 )
                 if not state.queue and not job.log.attempts and not state.forced:
                     last = self._last_resort(plan)
@@ -212,6 +213,22 @@ class Executor:
             state.numbers[task] = number
             return True
         return False
+
+    def _skip(self, job: Job, skip: Skip) -> None:
+        """Notes a candidate passed over, and tells a streaming caller at once."""
+        job.plan.skipped.append(skip)
+        if job.events is None:
+            return
+        event = router_pb2.CandidateSkipped(
+            provider=skip.candidate.provider,
+            provider_model=skip.candidate.provider_model,
+            kind=skip.kind,
+            detail=skip.text,
+        )
+        if skip.retry_at is not None:
+            wall = time.time() + (skip.retry_at - self.clock())
+            event.retry_at.FromNanoseconds(int(wall * 1e9))
+        job.events.emit(skipped=event)
 
     def _hedge_delay(self, state: _RunState) -> float | None:
         """Seconds until the one running attempt passes its usual p95, if a hedge may follow."""

@@ -172,3 +172,26 @@ async def test_an_open_breaker_shows_the_failures_that_opened_it() -> None:
         assert row.window_calls == 2 and row.error_rate == 1.0
     finally:
         await s.stop()
+
+
+async def test_stream_says_when_a_candidate_is_skipped_for_an_open_breaker() -> None:
+    fal = ControllableAdapter("fal", [spec(FAL)], default=UNAVAILABLE)
+    rep = ControllableAdapter("replicate", [spec(REP)])
+    s = await start_stack({"fal": fal, "replicate": rep}, breaker_consecutive_failures=1)
+    try:
+        request = router_pb2.GenerateImageRequest(
+            prompt="fox", model="flux-schnell", width=64, height=64
+        )
+        await s.stub.GenerateImage(request, metadata=PRO)  # fal fails, its breaker opens
+        events = [
+            e
+            async for e in s.stub.StreamGenerateImage(
+                router_pb2.StreamGenerateImageRequest(request=request), metadata=PRO
+            )
+        ]
+        skipped = [e.skipped for e in events if e.WhichOneof("event") == "skipped"]
+        assert [(k.provider, k.kind) for k in skipped] == [("fal", "breaker")]
+        assert skipped[0].HasField("retry_at") and "circuit open" in skipped[0].detail
+        assert events[-1].result.provider == "replicate"
+    finally:
+        await s.stop()

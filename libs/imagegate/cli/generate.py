@@ -125,6 +125,9 @@ def _progress(event: router_pb2.StreamGenerateImageResponse, kind: str | None, l
     elif kind == "failover":
         f = event.failover
         text = f"failover {f.from_provider} -> {f.to_provider} ({f.reason})"
+    elif kind == "skipped":
+        k = event.skipped
+        text = f"skipped {k.provider} {k.provider_model}: {k.detail}"
     else:
         return
     line = f"[{event.elapsed_seconds:5.1f}s] {text}"

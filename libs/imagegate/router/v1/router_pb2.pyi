@@ -431,6 +431,7 @@ class StreamGenerateImageResponse(_message.Message):
     ATTEMPT_FAILED_FIELD_NUMBER: _builtins.int
     FAILOVER_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
     elapsed_seconds: _builtins.float
     """Seconds since the Router accepted the request."""
     @_builtins.property
@@ -457,6 +458,10 @@ class StreamGenerateImageResponse(_message.Message):
     def result(self) -> Global___GenerateImageResponse:
         """The final result; the stream ends after it."""
 
+    @_builtins.property
+    def skipped(self) -> Global___CandidateSkipped:
+        """A candidate was passed over without a call (open circuit, too little time left)."""
+
     def __init__(
         self,
         *,
@@ -467,16 +472,57 @@ class StreamGenerateImageResponse(_message.Message):
         attempt_failed: Global___Attempt | None = ...,
         failover: Global___Failover | None = ...,
         result: Global___GenerateImageResponse | None = ...,
+        skipped: Global___CandidateSkipped | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "attempt_failed", b"attempt_failed", "attempt_started", b"attempt_started", "event", b"event", "failover", b"failover", "progress", b"progress", "result", b"result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "attempt_failed", b"attempt_failed", "attempt_started", b"attempt_started", "event", b"event", "failover", b"failover", "progress", b"progress", "result", b"result", "skipped", b"skipped"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "attempt_failed", b"attempt_failed", "attempt_started", b"attempt_started", "elapsed_seconds", b"elapsed_seconds", "event", b"event", "failover", b"failover", "progress", b"progress", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "attempt_failed", b"attempt_failed", "attempt_started", b"attempt_started", "elapsed_seconds", b"elapsed_seconds", "event", b"event", "failover", b"failover", "progress", b"progress", "result", b"result", "skipped", b"skipped"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["accepted", "attempt_started", "progress", "attempt_failed", "failover", "result"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["accepted", "attempt_started", "progress", "attempt_failed", "failover", "result", "skipped"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___StreamGenerateImageResponse: _TypeAlias = StreamGenerateImageResponse  # noqa: Y015
+
+@_typing.final
+class CandidateSkipped(_message.Message):
+    """A candidate the Router passed over without calling it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    PROVIDER_MODEL_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    RETRY_AT_FIELD_NUMBER: _builtins.int
+    provider: _builtins.str
+    """Provider name."""
+    provider_model: _builtins.str
+    """Provider model id."""
+    kind: _builtins.str
+    """Why, in one word: "breaker" (its circuit is open) or "deadline" (too little time left)."""
+    detail: _builtins.str
+    """The same, for a person."""
+    @_builtins.property
+    def retry_at(self) -> _timestamp_pb2.Timestamp:
+        """When the open circuit admits its next call; unset unless kind is "breaker"."""
+
+    def __init__(
+        self,
+        *,
+        provider: _builtins.str = ...,
+        provider_model: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        detail: _builtins.str = ...,
+        retry_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["retry_at", b"retry_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "kind", b"kind", "provider", b"provider", "provider_model", b"provider_model", "retry_at", b"retry_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CandidateSkipped: _TypeAlias = CandidateSkipped  # noqa: Y015
 
 @_typing.final
 class Accepted(_message.Message):
