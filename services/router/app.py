@@ -21,7 +21,6 @@ from imagegate.metering.v1 import metering_pb2_grpc
 from imagegate.quota.v1 import quota_pb2, quota_pb2_grpc
 from imagegate.router.v1 import router_pb2
 from imagegate.settlement import Settler
-from imagegate.telemetry.redact import redact
 from services.router.adapters import AdapterPool
 from services.router.admission import Admitted, Authenticator, Caller
 from services.router.breaker import BreakerRegistry
@@ -32,7 +31,12 @@ from services.router.execution import Executor
 from services.router.failures import all_failed
 from services.router.idempotency import IdempotencyCache, Outcome, await_outcome, fingerprint
 from services.router.job import Job
-from services.router.observability import RequestSummary, RouterMetrics
+from services.router.observability import (
+    RequestSummary,
+    RouterMetrics,
+    span_request,
+    span_result,
+)
 from services.router.planning import Planner
 from services.router.prices import PriceMirror
 from services.router.reservation import Reserver
@@ -161,7 +165,7 @@ class RouterApp:
         span: trace.Span,
         summary: RequestSummary,
     ) -> router_pb2.GenerateImageResponse:
-        self._span_request(span, request)
+        span_request(span, request, self.settings)
         admitted = await self.auth.admit(
             request, context, self.catalog, self.settings.default_deadline_seconds
         )
@@ -223,23 +227,5 @@ class RouterApp:
                 job, execution.stop, retry_in=retry_in, cost_micros=summary.cost_micros
             )
         response = await self.settlement.succeed(job, *execution.winner)
-        self._span_result(span, response)
+        span_result(span, response, self.metrics)
         return response
-
-    def _span_request(self, span: trace.Span, request: router_pb2.GenerateImageRequest) -> None:
-        span.set_attribute("imagegate.preference", router_pb2.Preference.Name(request.preference))
-        span.set_attribute("imagegate.model", request.model or "")
-        if self.settings.record_prompts:
-            # Redacted as well as truncated: prompts sometimes carry pasted credentials.
-            chars = self.settings.prompt_record_chars
-            span.set_attribute("imagegate.prompt", redact(request.prompt[:chars]))
-
-    def _span_result(self, span: trace.Span, response: router_pb2.GenerateImageResponse) -> None:
-        span.set_attribute("imagegate.provider", response.provider)
-        span.set_attribute("imagegate.model", response.model)
-        span.set_attribute("imagegate.cost_micros", response.cost_micros)
-        span.set_attribute("imagegate.images", response.usage.images)
-        span.set_attribute("imagegate.megapixels", response.usage.megapixels)
-        self.metrics.cost.add(
-            response.cost_micros, {"provider": response.provider, "model": response.model}
-        )

@@ -9,7 +9,10 @@ from dataclasses import dataclass
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from imagegate.router.v1 import router_pb2
+from imagegate.telemetry.redact import redact
 from services.router.breaker import BreakerRegistry, BreakerState, CircuitBreaker
+from services.router.config import RouterSettings
 
 log = logging.getLogger("services.router")
 
@@ -112,3 +115,27 @@ def breaker_transition_handler(
         log.log(level, "breaker transition", extra={"event": "breaker_transition", **attrs})
 
     return on_transition
+
+
+def span_request(
+    span: trace.Span, request: router_pb2.GenerateImageRequest, settings: RouterSettings
+) -> None:
+    """Puts what the caller asked for on the request's span."""
+    span.set_attribute("imagegate.preference", router_pb2.Preference.Name(request.preference))
+    span.set_attribute("imagegate.model", request.model or "")
+    if settings.record_prompts:
+        # Redacted as well as truncated: prompts sometimes carry pasted credentials.
+        chars = settings.prompt_record_chars
+        span.set_attribute("imagegate.prompt", redact(request.prompt[:chars]))
+
+
+def span_result(
+    span: trace.Span, response: router_pb2.GenerateImageResponse, metrics: RouterMetrics
+) -> None:
+    """Puts who served the request and what it cost on its span and the cost counter."""
+    span.set_attribute("imagegate.provider", response.provider)
+    span.set_attribute("imagegate.model", response.model)
+    span.set_attribute("imagegate.cost_micros", response.cost_micros)
+    span.set_attribute("imagegate.images", response.usage.images)
+    span.set_attribute("imagegate.megapixels", response.usage.megapixels)
+    metrics.cost.add(response.cost_micros, {"provider": response.provider, "model": response.model})

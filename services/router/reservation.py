@@ -10,12 +10,11 @@ import grpc
 from imagegate.grpckit import reasons
 from imagegate.quota.v1 import quota_pb2, quota_pb2_grpc
 from services.router.admission import Admitted, Authenticator, Caller, quota_error
+from services.router.attempt import MIN_USEFUL_ATTEMPT
 from services.router.config import RouterSettings
 from services.router.planning import RoutePlan
 
 log = logging.getLogger("services.router")
-# An attempt with less time than this cannot produce an image, so the hold may not use it.
-MIN_USEFUL_ATTEMPT = 0.05
 # How long a release for a caller who left may take, and how often it is tried.
 RELEASE_TIMEOUT_SECONDS = 2.0
 RELEASE_TRIES = 3
