@@ -23,6 +23,7 @@ from imagegate.router.v1 import router_pb2
 from imagegate.settlement import Settler
 from services.router.adapters import AdapterPool
 from services.router.admission import Admitted, Authenticator, Caller
+from services.router.attempt import AttemptCaller
 from services.router.breaker import BreakerRegistry
 from services.router.catalog import Catalog
 from services.router.config import RouterSettings
@@ -73,12 +74,14 @@ class RouterApp:
         self.planner = Planner(catalog, adapters, pricer, clock)
         self.reserver = Reserver(quota, self.auth, settings)
         self.executor = Executor(
-            settings=settings,
-            catalog=catalog,
-            adapters=adapters,
-            breakers=breakers,
-            tracer=tracer,
-            metrics=metrics,
+            AttemptCaller(
+                settings=settings,
+                catalog=catalog,
+                adapters=adapters,
+                breakers=breakers,
+                tracer=tracer,
+                metrics=metrics,
+            )
         )
         self.settlement = RouterSettlement(settings=settings, settler=settler, pricer=pricer)
         self.idempotency = IdempotencyCache(

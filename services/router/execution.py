@@ -11,19 +11,14 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-from opentelemetry import trace
-
 from imagegate.grpckit import reasons
 from imagegate.provider.v1 import provider_pb2
 from imagegate.router.v1 import router_pb2
-from services.router.adapters import AdapterPool
 from services.router.attempt import MIN_USEFUL_ATTEMPT, AttemptCaller
-from services.router.breaker import BreakerRegistry, CircuitBreaker, Permit
-from services.router.catalog import Candidate, Catalog
-from services.router.config import RouterSettings
+from services.router.breaker import CircuitBreaker, Permit
+from services.router.catalog import Candidate
 from services.router.events import duration
 from services.router.job import Job
-from services.router.observability import RouterMetrics
 from services.router.outcomes import AttemptResult
 from services.router.planning import RoutePlan, Skip
 from services.router.throttle import RetryThrottle
@@ -64,32 +59,13 @@ class Execution:
 class Executor:
     """Runs a job's attempts; never settles, never raises for a failed attempt."""
 
-    def __init__(
-        self,
-        *,
-        settings: RouterSettings,
-        catalog: Catalog,
-        adapters: AdapterPool,
-        breakers: BreakerRegistry,
-        tracer: trace.Tracer,
-        metrics: RouterMetrics,
-    ) -> None:
-        self.settings = settings
-        self.catalog = catalog
-        self.adapters = adapters
-        self.breakers = breakers
-        self.tracer = tracer
-        self.metrics = metrics
-        self.clock = breakers.clock
-        self.caller = AttemptCaller(
-            settings=settings,
-            catalog=catalog,
-            adapters=adapters,
-            breakers=breakers,
-            tracer=tracer,
-            metrics=metrics,
+    def __init__(self, caller: AttemptCaller) -> None:
+        self.caller = caller
+        self.settings, self.catalog = caller.settings, caller.catalog
+        self.breakers, self.clock = caller.breakers, caller.clock
+        self.throttle = RetryThrottle(
+            self.settings.failover_max_tokens, self.settings.failover_token_ratio
         )
-        self.throttle = RetryThrottle(settings.failover_max_tokens, settings.failover_token_ratio)
 
     async def run(self, job: Job) -> Execution:
         """Tries the plan's candidates in order until one succeeds or failover must stop.
