@@ -114,7 +114,6 @@ class AttemptCaller:
                     b.release(p)
                 raise
             elapsed = time.perf_counter() - started
-            log.adapter_seconds += elapsed
             if result.outcome == router_pb2.ATTEMPT_OUTCOME_TIMEOUT and self._short_budget(
                 mb, budget, cand
             ):

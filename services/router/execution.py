@@ -89,9 +89,14 @@ class Executor:
                 if not state.running and not self._start_next(job, state):
                     return Execution(stop=state.stop)
                 delay = self._hedge_delay(state)
-                done, _ = await asyncio.wait(
-                    state.running, timeout=delay, return_when=asyncio.FIRST_COMPLETED
-                )
+                waited = time.perf_counter()
+                try:
+                    done, _ = await asyncio.wait(
+                        state.running, timeout=delay, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    # Wall time with attempts running (hedges overlap): the rest is overhead.
+                    job.log.adapter_seconds += time.perf_counter() - waited
                 if not done:
                     if not self._start_next(job, state, hedge=True):
                         state.hedge_refused = True
@@ -262,6 +267,7 @@ class Executor:
                 # Past its usual p95 and beaten by the hedge: its model's breaker should know.
                 mb = self.breakers.get(cand.provider, cand.provider_model)
                 mb.record_abandoned(reasons.HEDGE_LOST)
+        job.log.attempts.sort(key=lambda a: a.attempt_number)
         state.running.clear()
 
     def earliest_serve_in(self, job: Job) -> float:

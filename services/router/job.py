@@ -24,7 +24,8 @@ class AttemptLog:
     billable_failures: list[tuple[Candidate, router_pb2.Attempt]] = field(default_factory=list)
     """Failed attempts the provider may bill."""
     adapter_seconds: float = 0.0
-    """Time spent inside adapter calls (the rest is the Router's overhead)."""
+    """Wall time with at least one attempt running, its concurrency-gate wait included (the
+    rest of the request's time is the Router's own overhead)."""
     retry_at: dict[str, float] = field(default_factory=dict)
     """Candidate key -> clock time its provider said to come back (429 Retry-After)."""
     started: int = 0

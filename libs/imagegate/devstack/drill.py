@@ -75,9 +75,14 @@ def phases(options: DrillOptions) -> list[Phase]:
     """503s, then a hang, until the breaker opens; then recovery through a half-open probe."""
     n = options.breaker_failures
     return [
-        Phase("baseline: primary healthy", None, 1),
+        # Three answers teach the Router the primary's usual latency (hedging starts from it).
+        Phase("baseline: primary healthy", None, 3),
         Phase("primary answers HTTP 503", "error_503", max(1, n // 2)),
-        Phase("primary hangs (each attempt costs its share of the deadline)", "hang", n - n // 2),
+        Phase(
+            "primary hangs (past its usual p95 the next candidate is started alongside)",
+            "hang",
+            n - n // 2,
+        ),
         Phase("breaker open: the primary is skipped without a call", "hang", 2),
         Phase(
             "primary healthy again: half-open probe, then closed",
