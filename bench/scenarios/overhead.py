@@ -50,6 +50,10 @@ async def run(ctx: Ctx) -> Result:
             if stack.has_router:
                 chans["router"] = channels(stack.services.address("router"), nchan)
                 paths["router"] = router_call(chans["router"], stack.api_key)
+                if c == 1:
+                    paths["router, no request_id"] = router_call(
+                        chans["router"], stack.api_key, request_ids=False
+                    )
             total = ctx.n({1: 1500, 16: 4000, 64: 6000}[c], {1: 20, 16: 48, 64: 128}[c])
             stats = await interleaved(
                 paths,
@@ -62,6 +66,7 @@ async def run(ctx: Ctx) -> Result:
                     "echo": [echo],
                     "direct": [stack.services.procs["local"]],
                     "router": list(stack.services.procs.values()),
+                    "router, no request_id": list(stack.services.procs.values()),
                 },
             )
             by_c[c] = stats
@@ -115,6 +120,17 @@ def judge(result: Result, by_c: dict[int, dict[str, RunStats]]) -> None:
             p99 is not None and p99 <= 5.0,
         )
     )
+    if "router, no request_id" in serial:
+        claim = serial["router"].pct_ms(50) - serial["router, no request_id"].pct_ms(50)
+        result.targets.append(
+            Target(
+                "Shared idempotency claim + stored result, serial p50 (issue 12)",
+                "<= 0.5 ms",
+                f"{claim:+.2f} ms (with request_id {fmt(serial['router'].pct_ms(50), ' ms')}, "
+                f"without {fmt(serial['router, no request_id'].pct_ms(50), ' ms')})",
+                claim <= 0.5,
+            )
+        )
     router_best = max(s["router"].rps for s in by_c.values())
     echo_best = max(s["echo"].rps for s in by_c.values())
     ratio = router_best / echo_best if echo_best else 0.0

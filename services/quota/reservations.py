@@ -48,6 +48,8 @@ class ReserveArgs:
     """Cost to hold, in micro-USD."""
     lease_seconds: float | None = None
     """Lease length; None uses the store default."""
+    reservation_id: str = ""
+    """Id for a new reservation (the caller's claim token); empty: one is made up."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,7 @@ class ReservationOps(TenantOps):
         pixels = pixels_of(args.megapixels)
         period = period_of(now)
         expire_us = now_us + int(lease * 1_000_000)
-        reservation_id = "r_" + secrets.token_hex(12)
+        reservation_id = args.reservation_id or "r_" + secrets.token_hex(12)
         values = (
             reservation_id,
             args.request_id,

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import math
+import re
 from collections.abc import Coroutine
 from typing import Any
 
@@ -64,6 +65,10 @@ def _caller_gone(context: grpc.aio.ServicerContext) -> str:
     return ""
 
 
+# A caller-chosen reservation id (a claim token).
+RESERVATION_ID = re.compile(r"r_[0-9a-f]{24,32}")
+
+
 class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
     """The QuotaService RPCs; admin RPCs need `authorization: Bearer <admin token>`."""
 
@@ -110,6 +115,10 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
         _megapixels(violations, request.megapixels)
         if request.cost_micros < 0:
             violations.append(FieldViolation("cost_micros", "at least 0"))
+        if request.reservation_id and not RESERVATION_ID.fullmatch(request.reservation_id):
+            violations.append(
+                FieldViolation("reservation_id", '"r_" then 24 to 32 lowercase hex characters')
+            )
         lease: float | None = None
         if request.HasField("lease"):
             lease = request.lease.ToTimedelta().total_seconds()
@@ -130,6 +139,7 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
                     megapixels=request.megapixels,
                     cost_micros=request.cost_micros,
                     lease_seconds=lease,
+                    reservation_id=request.reservation_id,
                 )
             )
         )
@@ -151,6 +161,7 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
             tenant=result.tenant,
             plan=result.plan,
             key_id=result.key_id,
+            created=result.created,
         )
 
     def _release_if_cancelled(

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import grpc
 from opentelemetry import trace
@@ -30,6 +33,7 @@ from services.router.config import RouterSettings
 from services.router.events import EventSink
 from services.router.execution import Executor
 from services.router.failures import all_failed
+from services.router.generations import NO_FINGERPRINT, Generations
 from services.router.idempotency import IdempotencyCache, Outcome, await_outcome, fingerprint
 from services.router.job import Job
 from services.router.observability import (
@@ -38,10 +42,13 @@ from services.router.observability import (
     span_request,
     span_result,
 )
-from services.router.planning import Planner
+from services.router.planning import Planner, RoutePlan
 from services.router.prices import PriceMirror
-from services.router.reservation import Reserver
+from services.router.reservation import Reserver, new_claim
 from services.router.settle import RouterSettlement
+
+# How often expired generations are swept from the result store.
+RESULT_SWEEP_SECONDS = 300.0
 
 
 class RouterApp:
@@ -57,6 +64,7 @@ class RouterApp:
         metering: metering_pb2_grpc.MeteringServiceStub,
         settler: Settler,
         pricer: PriceMirror,
+        generations: Generations,
         breakers: BreakerRegistry,
         tracer: trace.Tracer,
         metrics: RouterMetrics,
@@ -89,7 +97,10 @@ class RouterApp:
             max_entries=settings.idempotency_max_entries,
             max_bytes=settings.idempotency_max_bytes,
         )
+        self.generations = generations
+        self.replica_id = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
         self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Describes adapters, mirrors prices and starts the settler and refresh loops."""
@@ -103,9 +114,13 @@ class RouterApp:
             self.metering, every=self.settings.price_refresh_seconds, timeout=timeout
         )
         self._tasks.append(asyncio.create_task(refresh, name="router-prices"))
+        sweep = self.generations.sweep_forever(every=RESULT_SWEEP_SECONDS)
+        self._tasks.append(asyncio.create_task(sweep, name="router-result-sweep"))
 
     async def close(self) -> None:
         """Stops loops, flushes settlement, closes adapter channels."""
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=5.0)
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -113,6 +128,12 @@ class RouterApp:
         await self.reserver.close()
         await self.settlement.close()
         await self.adapters.close()
+        await self.generations.store.close()
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def authenticate(self, context: grpc.aio.ServicerContext) -> Caller:
         """The caller of a read RPC (every RPC but GenerateImage)."""
@@ -175,7 +196,13 @@ class RouterApp:
         summary.request_id, summary.tenant_id = admitted.request_id, admitted.caller.tenant_id
         span.set_attribute("imagegate.tenant_id", admitted.caller.tenant_id)
         if not admitted.dedupe:
-            return await self._run(admitted, events, span, summary)
+            response = await self._run(admitted, events, span, summary, None)
+            # Kept for GetGeneration, off the reply's path: nobody can repeat a Router-made id.
+            keep = self.generations.keep_success(
+                summary.tenant_id, response.request_id, NO_FINGERPRINT, response
+            )
+            self._spawn(keep)
+            return response
         tenant, fp = admitted.caller.tenant_id, fingerprint(request)
         earlier = self.idempotency.lookup(tenant, admitted.request_id, fp)
         if earlier is not None:
@@ -183,10 +210,15 @@ class RouterApp:
             replay = await await_outcome(earlier, admitted.deadline, admitted.request_id, events)
             await self.settled(tenant)
             return replay
+        found = await self.generations.find(tenant, admitted.request_id, fp)
+        if found is not None:
+            # Finished earlier, on this replica before a restart or on another one.
+            span.set_attribute("imagegate.idempotent_replay", True)
+            return found[0]
         self.idempotency.begin(tenant, admitted.request_id, fp)
         outcome: Outcome = (None, None)
         try:
-            outcome = (await self._run(admitted, events, span, summary), None)
+            outcome = (await self._run(admitted, events, span, summary, fp), None)
             return outcome[0]  # type: ignore[return-value]
         except ImagegateError as err:
             outcome = (None, err)
@@ -203,15 +235,50 @@ class RouterApp:
         events: EventSink | None,
         span: trace.Span,
         summary: RequestSummary,
+        fp: bytes | None,
     ) -> router_pb2.GenerateImageResponse:
-        """Plan, reserve, execute, settle: everything after admission and deduplication."""
+        """Plan, reserve (the claim on the request_id), execute, settle, keep the outcome."""
         plan = self.planner.plan(admitted.norm, admitted.caller)
         hold = self.planner.hold_micros(plan, admitted.norm)
-        reservation = await self.reserver.reserve(admitted, hold, plan)
+        claim = new_claim()
+        reservation = await self.reserver.reserve(admitted, hold, plan, claim)
+        if reservation is not None and reservation.id != claim and fp is not None:
+            # Another call (on any replica) claimed this request_id first: follow it.
+            return await self._follow(admitted, reservation, fp)
         if reservation is not None and reservation.state != quota_pb2.RESERVATION_STATE_PENDING:
-            # Quota already settled this request_id: it ran before (or was abandoned before it
-            # ran) and its result is no longer held here.
             raise self.idempotency.spent_error(admitted.request_id, reservation)
+        try:
+            response = await self._execute(admitted, plan, reservation, events, span, summary)
+        except ImagegateError as err:
+            if fp is not None:
+                await self.generations.keep_failure(summary.tenant_id, admitted.request_id, fp, err)
+            raise
+        if fp is not None:
+            await self.generations.keep_success(
+                summary.tenant_id, admitted.request_id, fp, response
+            )
+        return response
+
+    async def _follow(
+        self, admitted: Admitted, reservation: quota_pb2.Reservation, fp: bytes
+    ) -> router_pb2.GenerateImageResponse:
+        tenant = admitted.caller.tenant_id
+        if reservation.state == quota_pb2.RESERVATION_STATE_PENDING:
+            return await self.generations.wait(tenant, admitted.request_id, fp, admitted.deadline)
+        found = await self.generations.find(tenant, admitted.request_id, fp)
+        if found is not None:
+            return found[0]
+        raise self.idempotency.spent_error(admitted.request_id, reservation)
+
+    async def _execute(
+        self,
+        admitted: Admitted,
+        plan: RoutePlan,
+        reservation: quota_pb2.Reservation | None,
+        events: EventSink | None,
+        span: trace.Span,
+        summary: RequestSummary,
+    ) -> router_pb2.GenerateImageResponse:
         job = Job(admitted, plan, reservation, summary.trace_id, span, events)
         try:
             execution = await self.executor.run(job)

@@ -94,6 +94,18 @@ class RouterSettings(BaseSettings):
     idempotency_retention_seconds: float = Field(
         600.0, description="How long a finished result is kept for repeats of its request_id."
     )
+    results: str = Field(
+        "",
+        description="Shared result store every replica reads and writes: a directory path or "
+        "file:// URL (a volume all replicas mount), or s3://bucket/prefix?endpoint=URL. "
+        "Default: <data_dir>/results (one machine).",
+    )
+    result_retention_seconds: float = Field(
+        86_400.0, description="How long finished generations are kept for replay and GetGeneration."
+    )
+    replica_id: str = Field(
+        "", description="This replica's name in GetProviderStatus; default: host name and pid."
+    )
     idempotency_max_entries: int = Field(10_000, description="Most results kept.")
     idempotency_max_bytes: int = Field(128 * 1024 * 1024, description="Most result bytes kept.")
     describe_interval_seconds: float = Field(

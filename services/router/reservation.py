@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 
 import grpc
 
@@ -22,6 +23,11 @@ RELEASE_TRIES = 3
 MAYBE_HELD = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
 
 
+def new_claim() -> str:
+    """A reservation id only this call knows: finding it on a repeat's answer means "ours"."""
+    return "r_" + secrets.token_hex(16)
+
+
 class Reserver:
     """Reserves quota through Quota, which re-checks the key (a revoked key never generates)."""
 
@@ -37,7 +43,7 @@ class Reserver:
         self._releases: set[asyncio.Task[None]] = set()
 
     async def reserve(
-        self, admitted: Admitted, cost_micros: int, plan: RoutePlan
+        self, admitted: Admitted, cost_micros: int, plan: RoutePlan, claim: str
     ) -> quota_pb2.Reservation | None:
         """The hold; None when Quota is unreachable and fail-open lets the request through."""
         norm = admitted.norm
@@ -47,6 +53,7 @@ class Reserver:
             images=norm.num_images,
             megapixels=norm.megapixels,
             cost_micros=cost_micros,
+            reservation_id=claim,
         )
         # Bounded by the caller's deadline, not a short fixed timeout: under a burst Quota queues,
         # and a caller with time left would rather wait than fail.

@@ -15,6 +15,7 @@ from imagegate.grpckit.server import RunningServer, start_server
 from imagegate.metering.v1 import metering_pb2, metering_pb2_grpc
 from imagegate.provider.v1 import provider_pb2
 from imagegate.quota.v1 import quota_pb2, quota_pb2_grpc
+from imagegate.results import results_store_from_url
 from imagegate.router.v1 import router_pb2, router_pb2_grpc
 from imagegate.settlement import Settler
 from imagegate.telemetry import Telemetry
@@ -23,6 +24,7 @@ from services.router.app import RouterApp
 from services.router.breaker import BreakerConfig, BreakerRegistry
 from services.router.catalog import load_catalog
 from services.router.config import RouterSettings
+from services.router.generations import Generations
 from services.router.observability import RouterMetrics, breaker_transition_handler
 from services.router.prices import PriceMirror
 from services.router.servicer import RouterServicer
@@ -145,6 +147,10 @@ async def start_router(
         metering=metering,
         settler=Settler(quota=quota, metering=metering, outbox_path=outbox, retry_interval=1.0),
         pricer=PriceMirror(),
+        generations=Generations(
+            results_store_from_url(settings.results or str(settings.data_dir / "results")),
+            retention_seconds=settings.result_retention_seconds,
+        ),
         breakers=breakers,
         tracer=telemetry.tracer,
         metrics=metrics,

@@ -10,7 +10,15 @@ from datetime import UTC, datetime
 
 import grpc
 
-from imagegate.grpckit.errors import from_parsed, parse_rpc_error, timestamp
+from imagegate.grpckit import reasons
+from imagegate.grpckit.errors import (
+    FieldViolation,
+    ImagegateError,
+    from_parsed,
+    invalid_argument,
+    parse_rpc_error,
+    timestamp,
+)
 from imagegate.metering.v1 import metering_pb2
 from imagegate.provider.v1 import provider_pb2
 from imagegate.quota.v1 import quota_pb2
@@ -167,7 +175,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> router_pb2.GetProviderStatusResponse:
         await self._app.authenticate(context)
         app = self._app
-        out = router_pb2.GetProviderStatusResponse()
+        out = router_pb2.GetProviderStatusResponse(replica_id=app.replica_id)
         for a in app.adapters.all():
             app.breakers.get(a.name)
         wall_offset = time.time() - app.clock()
@@ -255,6 +263,31 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         except grpc.aio.AioRpcError as err:
             raise from_parsed(parse_rpc_error(err)) from None
         return router_pb2.GetQuotaResponse(quota=resp.quota)
+
+    async def GetGeneration(
+        self, request: router_pb2.GetGenerationRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.GetGenerationResponse:
+        if not request.request_id:
+            raise invalid_argument(
+                [FieldViolation("request_id", "required")], domain="imagegate.router"
+            )
+        caller = await self._app.authenticate(context)
+        found = await self._app.generations.find(caller.tenant_id, request.request_id, None)
+        if found is None:
+            raise _generation_missing(request.request_id)
+        response, expires = found
+        return router_pb2.GetGenerationResponse(generation=response, expire_time=timestamp(expires))
+
+
+def _generation_missing(request_id: str) -> ImagegateError:
+    return ImagegateError(
+        grpc.StatusCode.NOT_FOUND,
+        reasons.GENERATION_NOT_FOUND,
+        f"no finished generation with request_id {request_id!r} for this tenant (it never ran, "
+        "is still running, failed without a stored result, or its retention has passed)",
+        domain="imagegate.router",
+        metadata={"request_id": request_id},
+    )
 
 
 def _timeout(context: grpc.aio.ServicerContext, cap: float) -> float:

@@ -14,6 +14,10 @@ IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
 RESULT_EXPIRED = "RESULT_EXPIRED"
 # A repeated request_id whose request ended without images (failed, or abandoned before it ran).
 REQUEST_ID_SPENT = "REQUEST_ID_SPENT"
+# A repeated request_id whose first call is still running (on this or another Router replica).
+REQUEST_IN_PROGRESS = "REQUEST_IN_PROGRESS"
+# GetGeneration for a request_id with no stored result.
+GENERATION_NOT_FOUND = "GENERATION_NOT_FOUND"
 NOT_FOUND = "NOT_FOUND"
 ALREADY_EXISTS = "ALREADY_EXISTS"
 

@@ -322,6 +322,7 @@ class ReserveQuotaRequest(_message.Message):
     MEGAPIXELS_FIELD_NUMBER: _builtins.int
     COST_MICROS_FIELD_NUMBER: _builtins.int
     LEASE_FIELD_NUMBER: _builtins.int
+    RESERVATION_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key, unique per tenant."""
     tenant_id: _builtins.str
@@ -336,6 +337,11 @@ class ReserveQuotaRequest(_message.Message):
     """Megapixels to hold."""
     cost_micros: _builtins.int
     """Cost to hold, in micro-USD."""
+    reservation_id: _builtins.str
+    """Optional id for the reservation if this call makes it: "r_" then 24 to 32 lowercase hex
+    characters, unique per caller. A caller that finds this id on the reservation of a repeat
+    knows the reservation is its own (a transparently retried call), not another replica's.
+    """
     @_builtins.property
     def lease(self) -> _duration_pb2.Duration:
         """Lease length; unset uses the server default (5 minutes)."""
@@ -350,10 +356,11 @@ class ReserveQuotaRequest(_message.Message):
         megapixels: _builtins.float = ...,
         cost_micros: _builtins.int = ...,
         lease: _duration_pb2.Duration | None = ...,
+        reservation_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "cost_micros", b"cost_micros", "images", b"images", "lease", b"lease", "megapixels", b"megapixels", "request_id", b"request_id", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "cost_micros", b"cost_micros", "images", b"images", "lease", b"lease", "megapixels", b"megapixels", "request_id", b"request_id", "reservation_id", b"reservation_id", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -369,8 +376,14 @@ class ReserveQuotaResponse(_message.Message):
     TENANT_FIELD_NUMBER: _builtins.int
     PLAN_FIELD_NUMBER: _builtins.int
     KEY_ID_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
     """Public id of the key when api_key was given."""
+    created: _builtins.bool
+    """True when this call made the reservation: its caller owns the request_id and does the work.
+    False on a repeat of a request_id already seen (by any Router replica): the caller must not
+    generate, but wait for or replay the owner's result.
+    """
     @_builtins.property
     def reservation(self) -> Global___Reservation:
         """The reservation."""
@@ -390,10 +403,11 @@ class ReserveQuotaResponse(_message.Message):
         tenant: Global___Tenant | None = ...,
         plan: Global___Plan | None = ...,
         key_id: _builtins.str = ...,
+        created: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan", "reservation", b"reservation", "tenant", b"tenant"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "plan", b"plan", "reservation", b"reservation", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "key_id", b"key_id", "plan", b"plan", "reservation", b"reservation", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -84,6 +84,11 @@ class RouterServiceStub:
                 request_serializer=imagegate_dot_router_dot_v1_dot_router__pb2.GetQuotaRequest.SerializeToString,
                 response_deserializer=imagegate_dot_router_dot_v1_dot_router__pb2.GetQuotaResponse.FromString,
                 _registered_method=True)
+        self.GetGeneration = channel.unary_unary(
+                '/imagegate.router.v1.RouterService/GetGeneration',
+                request_serializer=imagegate_dot_router_dot_v1_dot_router__pb2.GetGenerationRequest.SerializeToString,
+                response_deserializer=imagegate_dot_router_dot_v1_dot_router__pb2.GetGenerationResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServiceServicer:
@@ -157,6 +162,14 @@ class RouterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetGeneration(self, request, context):
+        """Returns a finished generation of the caller's tenant by its request_id (images, model, cost
+        and attempts), from the shared result store, for its retention period (default 24 h).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -204,6 +217,11 @@ def add_RouterServiceServicer_to_server(servicer, server):
                     servicer.GetQuota,
                     request_deserializer=imagegate_dot_router_dot_v1_dot_router__pb2.GetQuotaRequest.FromString,
                     response_serializer=imagegate_dot_router_dot_v1_dot_router__pb2.GetQuotaResponse.SerializeToString,
+            ),
+            'GetGeneration': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetGeneration,
+                    request_deserializer=imagegate_dot_router_dot_v1_dot_router__pb2.GetGenerationRequest.FromString,
+                    response_serializer=imagegate_dot_router_dot_v1_dot_router__pb2.GetGenerationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -454,6 +472,33 @@ class RouterService:
             '/imagegate.router.v1.RouterService/GetQuota',
             imagegate_dot_router_dot_v1_dot_router__pb2.GetQuotaRequest.SerializeToString,
             imagegate_dot_router_dot_v1_dot_router__pb2.GetQuotaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetGeneration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagegate.router.v1.RouterService/GetGeneration',
+            imagegate_dot_router_dot_v1_dot_router__pb2.GetGenerationRequest.SerializeToString,
+            imagegate_dot_router_dot_v1_dot_router__pb2.GetGenerationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,10 @@ class RouterServiceStub:
     """Lists the caller's own usage records, newest first, one page at a time."""
     GetQuota: _grpc.UnaryUnaryMultiCallable[_router_pb2.GetQuotaRequest, _router_pb2.GetQuotaResponse]
     """Shows the caller's own quota: plan, used, reserved, remaining and reset time."""
+    GetGeneration: _grpc.UnaryUnaryMultiCallable[_router_pb2.GetGenerationRequest, _router_pb2.GetGenerationResponse]
+    """Returns a finished generation of the caller's tenant by its request_id (images, model, cost
+    and attempts), from the shared result store, for its retention period (default 24 h).
+    """
 
 @_typing.type_check_only
 class RouterServiceAsyncStub(RouterServiceStub):
@@ -85,6 +89,10 @@ class RouterServiceAsyncStub(RouterServiceStub):
     """Lists the caller's own usage records, newest first, one page at a time."""
     GetQuota: _aio.UnaryUnaryMultiCallable[_router_pb2.GetQuotaRequest, _router_pb2.GetQuotaResponse]  # type: ignore[assignment]
     """Shows the caller's own quota: plan, used, reserved, remaining and reset time."""
+    GetGeneration: _aio.UnaryUnaryMultiCallable[_router_pb2.GetGenerationRequest, _router_pb2.GetGenerationResponse]  # type: ignore[assignment]
+    """Returns a finished generation of the caller's tenant by its request_id (images, model, cost
+    and attempts), from the shared result store, for its retention period (default 24 h).
+    """
 
 class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
     """The front door of imagegate. Callers authenticate with `authorization: Bearer <api key>`
@@ -165,5 +173,15 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_router_pb2.GetQuotaResponse, _abc.Awaitable[_router_pb2.GetQuotaResponse]]:
         """Shows the caller's own quota: plan, used, reserved, remaining and reset time."""
+
+    @_abc_1.abstractmethod
+    def GetGeneration(
+        self,
+        request: _router_pb2.GetGenerationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_router_pb2.GetGenerationResponse, _abc.Awaitable[_router_pb2.GetGenerationResponse]]:
+        """Returns a finished generation of the caller's tenant by its request_id (images, model, cost
+        and attempts), from the shared result store, for its retention period (default 24 h).
+        """
 
 def add_RouterServiceServicer_to_server(servicer: RouterServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
