@@ -261,8 +261,8 @@ def test_router_keeps_its_outbox_on_its_own_volume_and_mounts_the_shared_results
     assert env["IMAGEGATE_DATA_DIR"] == "/data"
     claims = {t["metadata"]["name"]: t for t in router["spec"].get("volumeClaimTemplates", [])}
     assert mounts["/data"] in claims
-    # One ReadWriteMany claim shared by every replica at IMAGEGATE_ROUTER_RESULTS_DIR.
-    assert env["IMAGEGATE_ROUTER_RESULTS_DIR"] == "/results"
+    # One ReadWriteMany claim shared by every replica at IMAGEGATE_ROUTER_RESULTS.
+    assert env["IMAGEGATE_ROUTER_RESULTS"] == "/results"
     volumes = {v["name"]: v for v in router["spec"]["template"]["spec"]["volumes"]}
     claim = find(
         base,
