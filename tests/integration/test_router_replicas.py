@@ -149,4 +149,3 @@ async def test_get_generation_of_an_unknown_request_id_is_not_found(replicas) ->
                 timeout=10,
             )
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
-
