@@ -52,6 +52,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> AsyncIterator[router_pb2.StreamGenerateImageResponse]:
         sink = EventSink()
         task = asyncio.ensure_future(self._app.generate(request.request, context, sink))
+        # The RPC can end (client cancel) while this generator is parked at a `yield`, where no
+        # CancelledError reaches it until it is garbage-collected: stop the work when the RPC ends.
+        context.add_done_callback(lambda _: task.cancel())
         getter: asyncio.Future[router_pb2.StreamGenerateImageResponse | None] | None = None
         try:
             while True:
