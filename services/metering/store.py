@@ -11,7 +11,8 @@ Transactions run on `imagegate.persistence.DbRunner` (one writer thread for SQLi
 commit of concurrent RecordUsage calls; a thread pool for PostgreSQL) with SQL prepared once.
 Idempotency lives in the unique (tenant_id, request_id) constraint: the record is inserted with
 ON CONFLICT DO NOTHING, so duplicates (also concurrent ones) never create a second row; a
-duplicate whose content hash differs is refused with IDEMPOTENCY_KEY_REUSED.
+duplicate whose billable content differs (`content_hash`: trace id, time and notes aside) is
+refused with IDEMPOTENCY_KEY_REUSED.
 """
 
 from __future__ import annotations
@@ -58,14 +59,47 @@ def _pixels(megapixels: float) -> int:
     return round(megapixels * 1_000_000)
 
 
-def content_hash(request: metering_pb2.RecordUsageRequest) -> str:
-    """SHA-256 of the request as the caller sent it, ignoring fields Metering fills in."""
-    canonical = metering_pb2.RecordUsageRequest()
-    canonical.CopyFrom(request)
+# What a replay of the same request may change without changing what is billed: the trace and the
+# time of the call that reports it, the adapter's own wall-clock measurement and the free-text
+# note on a billable failure. Metering fills cost_micros and price_id itself. The first record
+# stands: a replay with another occurred_at counts in the period the original was recorded in.
+# Every RecordUsageRequest field is one or the other (a test keeps the lists complete).
+BILLABLE_REQUEST_FIELDS = ("request_id", "tenant_id", "model", "outcome", "attempts")
+INCIDENTAL_REQUEST_FIELDS = ("trace_id", "occurred_at")
+INCIDENTAL_ATTEMPT_FIELDS = ("note", "cost_micros", "price_id")
+INCIDENTAL_USAGE_FIELDS = ("wall_seconds",)
+_HASH_DOMAIN = b"imagegate.metering.billable.v2\0"
+
+
+def billable_content(
+    source: metering_pb2.RecordUsageRequest | metering_pb2.UsageRecord,
+) -> metering_pb2.RecordUsageRequest:
+    """The billable content of a request, or of a stored record (which holds every field of the
+    request it came from): key, model, outcome and attempts, without the incidental fields."""
+    canonical = metering_pb2.RecordUsageRequest(
+        **{name: getattr(source, name) for name in BILLABLE_REQUEST_FIELDS}
+    )
     for attempt in canonical.attempts:
-        attempt.ClearField("cost_micros")
-        attempt.ClearField("price_id")
-    return hashlib.sha256(canonical.SerializeToString(deterministic=True)).hexdigest()
+        for name in INCIDENTAL_ATTEMPT_FIELDS:
+            attempt.ClearField(name)  # type: ignore[arg-type]
+        if attempt.HasField("usage"):
+            for name in INCIDENTAL_USAGE_FIELDS:
+                attempt.usage.ClearField(name)  # type: ignore[arg-type]
+            if attempt.usage.ByteSize() == 0:
+                attempt.ClearField("usage")
+    return canonical
+
+
+def content_hash(source: metering_pb2.RecordUsageRequest | metering_pb2.UsageRecord) -> str:
+    """SHA-256 of the billable content (`billable_content`): a replay of a request with another
+    trace id or time has the same hash; other attempts, usage, model or outcome do not.
+
+    Rows written before this hash (which covered the whole request, trace id and time included)
+    keep their old hash: `MeteringStore` compares a mismatch against the stored record's own
+    billable content, so those rows need no migration.
+    """
+    canonical = billable_content(source).SerializeToString(deterministic=True)
+    return hashlib.sha256(_HASH_DOMAIN + canonical).hexdigest()
 
 
 class MeteringStore:
@@ -236,7 +270,10 @@ class MeteringStore:
         self, tx: Tx, request: metering_pb2.RecordUsageRequest, digest: str
     ) -> metering_pb2.UsageRecord:
         stored_hash, stored = tx.one(self._q_existing, (request.tenant_id, request.request_id))
-        if stored_hash != digest:
+        record = metering_pb2.UsageRecord.FromString(bytes(stored))
+        # A row hashed the old way (whole request) differs from every new hash: decide on the
+        # stored record's billable content instead.
+        if stored_hash != digest and content_hash(record) != digest:
             raise ImagegateError(
                 grpc.StatusCode.ALREADY_EXISTS,
                 reasons.IDEMPOTENCY_KEY_REUSED,
@@ -244,7 +281,7 @@ class MeteringStore:
                 domain=DOMAIN,
                 metadata={"request_id": request.request_id, "tenant_id": request.tenant_id},
             )
-        return metering_pb2.UsageRecord.FromString(bytes(stored))
+        return record
 
     def usage_summary_sync(self, tenant_id: str, period: str) -> metering_pb2.UsageSummary:
         """See `usage_summary`."""
