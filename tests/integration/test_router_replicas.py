@@ -57,12 +57,16 @@ class Replica:
         await self.process.wait()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 async def replicas(
-    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[tuple[RunningStack, Replica, Emulator]]:
-    root = tmp_path_factory.mktemp("replicas")
+    root = tmp_path_factory.mktemp(f"replicas-{request.param}")
     env: dict[str, str] = {"IMAGEGATE_ROUTER_RESULTS": str(root / "results")}
+    if request.param == "postgresql":
+        server = request.getfixturevalue("postgres_server")
+        env["QUOTA_DATABASE_URL"] = server.create_database()
+        env["METERING_DATABASE_URL"] = server.create_database()
     emulators = await start_emulators(env, ["fal"], latency=0.4)
     running = await start_stack(root / "a", **env)
     second = Replica(running, root / "b")
