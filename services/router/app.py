@@ -196,13 +196,7 @@ class RouterApp:
         summary.request_id, summary.tenant_id = admitted.request_id, admitted.caller.tenant_id
         span.set_attribute("imagegate.tenant_id", admitted.caller.tenant_id)
         if not admitted.dedupe:
-            response = await self._run(admitted, events, span, summary, None)
-            # Kept for GetGeneration, off the reply's path: nobody can repeat a Router-made id.
-            keep = self.generations.keep_success(
-                summary.tenant_id, response.request_id, NO_FINGERPRINT, response
-            )
-            self._spawn(keep)
-            return response
+            return await self._run(admitted, events, span, summary, None)
         tenant, fp = admitted.caller.tenant_id, fingerprint(request)
         earlier = self.idempotency.lookup(tenant, admitted.request_id, fp)
         if earlier is not None:
@@ -251,12 +245,18 @@ class RouterApp:
             response = await self._execute(admitted, plan, reservation, events, span, summary)
         except ImagegateError as err:
             if fp is not None:
-                await self.generations.keep_failure(summary.tenant_id, admitted.request_id, fp, err)
+                self._spawn(
+                    self.generations.keep_failure(summary.tenant_id, admitted.request_id, fp, err)
+                )
             raise
-        if fp is not None:
-            await self.generations.keep_success(
-                summary.tenant_id, admitted.request_id, fp, response
+        # Stored after the reply (a follower polls for it; this replica's repeats are served from
+        # memory): the write's fsync stays off the request's latency. A crash in between costs
+        # only the replay of a request whose caller already has its answer.
+        self._spawn(
+            self.generations.keep_success(
+                summary.tenant_id, admitted.request_id, fp or NO_FINGERPRINT, response
             )
+        )
         return response
 
     async def _follow(

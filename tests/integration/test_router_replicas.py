@@ -134,6 +134,18 @@ async def test_a_restarted_replica_replays_a_finished_request_from_the_result_st
     key = running.api_key
     first = await _generate(second.address, key, "restart-1")
     calls = len(fal.calls_to(FAL_SUBMIT, "POST"))
+    # The result is stored just after the reply; kill -9 only once it is there.
+    async with create_channel(second.address) as channel:
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        auth = (("authorization", f"Bearer {key}"),)
+        for _ in range(100):
+            try:
+                await stub.GetGeneration(
+                    router_pb2.GetGenerationRequest(request_id="restart-1"), metadata=auth
+                )
+                break
+            except grpc.aio.AioRpcError:
+                await asyncio.sleep(0.05)
     await second.kill()
     await second.start()
     again = await _generate(second.address, key, "restart-1")
