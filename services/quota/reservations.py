@@ -360,6 +360,17 @@ class ReservationOps(TenantOps):
             ),
         )
 
+    def pending_with_prefix_sync(self, claim_prefix: str) -> list[str]:
+        """Ids of pending reservations whose id starts with `claim_prefix` (a replica's claims)."""
+        with self._db.tx() as tx:
+            rows = tx.all(
+                self._db.sql(
+                    "SELECT id FROM reservations WHERE state = ? AND substr(id, 1, ?) = ?"
+                ),
+                (PENDING, len(claim_prefix), claim_prefix),
+            )
+        return [r[0] for r in rows]
+
     def release_sync(self, reservation_id: str) -> quota_pb2.Reservation:
         """See `release`."""
         now_us = to_us(self.clock())

@@ -67,6 +67,8 @@ def _caller_gone(context: grpc.aio.ServicerContext) -> str:
 
 # A caller-chosen reservation id (a claim token).
 RESERVATION_ID = re.compile(r"r_[0-9a-f]{24,32}")
+# One replica's claim tokens share this prefix.
+CLAIM_PREFIX = re.compile(r"r_[0-9a-f]{8}")
 
 
 class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
@@ -268,6 +270,17 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
             ref.request_id, tenant_id=ref.tenant_id, api_key=ref.api_key
         )
         return quota_pb2.ReleaseReservationResponse(reservation=reservation)
+
+    async def ReleaseClaims(
+        self, request: quota_pb2.ReleaseClaimsRequest, context: grpc.aio.ServicerContext
+    ) -> quota_pb2.ReleaseClaimsResponse:
+        """Releases the pending claims a Router replica's previous life left behind."""
+        if not CLAIM_PREFIX.fullmatch(request.claim_prefix):
+            _check([FieldViolation("claim_prefix", '"r_" then 8 lowercase hex characters')])
+        released = await self._store.release_claims(request.claim_prefix)
+        if released:
+            log.info("released a restarted replica's claims", extra={"released": released})
+        return quota_pb2.ReleaseClaimsResponse(released=released)
 
     async def GetQuota(
         self, request: quota_pb2.GetQuotaRequest, context: grpc.aio.ServicerContext

@@ -131,6 +131,13 @@ class QuotaStore(ReservationOps):
         """Returns every unit of a pending reservation; a no-op once resolved."""
         return await self._run_batched(self.release_sync, reservation_id)
 
+    async def release_claims(self, claim_prefix: str) -> int:
+        """Releases every pending reservation whose id starts with `claim_prefix`."""
+        ids = await self._run(self.pending_with_prefix_sync, claim_prefix)
+        for reservation_id in ids:
+            await self.release(reservation_id)
+        return len(ids)
+
     async def release_by_request(
         self, request_id: str, *, tenant_id: str = "", api_key: str = ""
     ) -> quota_pb2.Reservation:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -44,7 +42,7 @@ from services.router.observability import (
 )
 from services.router.planning import Planner, RoutePlan
 from services.router.prices import PriceMirror
-from services.router.reservation import Reserver, new_claim
+from services.router.reservation import Reserver, default_replica_id
 from services.router.settle import RouterSettlement
 
 # How often expired generations are swept from the result store.
@@ -98,7 +96,7 @@ class RouterApp:
             max_bytes=settings.idempotency_max_bytes,
         )
         self.generations = generations
-        self.replica_id = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.replica_id = settings.replica_id or default_replica_id(settings.data_dir)
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
 
@@ -106,6 +104,7 @@ class RouterApp:
         """Describes adapters, mirrors prices and starts the settler and refresh loops."""
         timeout = self.settings.dependency_timeout_seconds
         await asyncio.gather(
+            self.reserver.release_stale_claims(),
             self.adapters.start(),
             self.pricer.refresh(self.metering, timeout),
             self.settlement.settler.start(),
@@ -234,7 +233,7 @@ class RouterApp:
         """Plan, reserve (the claim on the request_id), execute, settle, keep the outcome."""
         plan = self.planner.plan(admitted.norm, admitted.caller)
         hold = self.planner.hold_micros(plan, admitted.norm)
-        claim = new_claim()
+        claim = self.reserver.new_claim()
         reservation = await self.reserver.reserve(admitted, hold, plan, claim)
         if reservation is not None and reservation.id != claim and fp is not None:
             # Another call (on any replica) claimed this request_id first: follow it.

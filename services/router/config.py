@@ -104,7 +104,10 @@ class RouterSettings(BaseSettings):
         86_400.0, description="How long finished generations are kept for replay and GetGeneration."
     )
     replica_id: str = Field(
-        "", description="This replica's name in GetProviderStatus; default: host name and pid."
+        "",
+        description="This replica's name, unique and stable across its restarts (a StatefulSet "
+        "pod name): it prefixes its quota claims, which it releases when it starts again. "
+        "Default: host name plus a digest of the data directory.",
     )
     idempotency_max_entries: int = Field(10_000, description="Most results kept.")
     idempotency_max_bytes: int = Field(128 * 1024 * 1024, description="Most result bytes kept.")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import secrets
+import socket
+from pathlib import Path
 
 import grpc
 
@@ -23,9 +26,15 @@ RELEASE_TRIES = 3
 MAYBE_HELD = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
 
 
-def new_claim() -> str:
-    """A reservation id only this call knows: finding it on a repeat's answer means "ours"."""
-    return "r_" + secrets.token_hex(16)
+def claim_prefix(replica_id: str) -> str:
+    """The reservation-id prefix of one replica's claims (stable across its restarts)."""
+    return "r_" + hashlib.sha256(replica_id.encode()).hexdigest()[:8]
+
+
+def default_replica_id(data_dir: Path) -> str:
+    """Host name plus the data directory: stable across restarts, distinct per replica."""
+    digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:6]
+    return f"{socket.gethostname()}-{digest}"
 
 
 class Reserver:
@@ -41,6 +50,28 @@ class Reserver:
         self._auth = authenticator
         self._settings = settings
         self._releases: set[asyncio.Task[None]] = set()
+        self.prefix = claim_prefix(settings.replica_id or default_replica_id(settings.data_dir))
+
+    def new_claim(self) -> str:
+        """A reservation id only this call knows: finding it on a repeat's answer means "ours";
+        its prefix names this replica, so a restart can release what a killed life left held."""
+        return self.prefix + secrets.token_hex(12)
+
+    async def release_stale_claims(self) -> None:
+        """Releases the holds this replica's previous life left (killed mid-request)."""
+        try:
+            resp = await self._quota.ReleaseClaims(
+                quota_pb2.ReleaseClaimsRequest(claim_prefix=self.prefix),
+                timeout=self._settings.dependency_timeout_seconds,
+            )
+        except grpc.aio.AioRpcError as err:
+            log.warning(
+                "claims of an earlier run not released (their leases will expire)",
+                extra={"code": err.code().name},
+            )
+            return
+        if resp.released:
+            log.info("released an earlier run's claims", extra={"released": resp.released})
 
     async def reserve(
         self, admitted: Admitted, cost_micros: int, plan: RoutePlan, claim: str

@@ -165,3 +165,42 @@ async def test_get_generation_of_an_unknown_request_id_is_not_found(replicas) ->
                 timeout=10,
             )
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_replica_killed_mid_request_leaves_no_hold_once_it_restarts(replicas) -> None:
+    running, second, fal = replicas
+    key = running.api_key
+    auth = (("authorization", f"Bearer {key}"),)
+    async with create_channel(running.stack.address("router")) as channel:
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+
+        async def reserved() -> int:
+            resp = await stub.GetQuota(router_pb2.GetQuotaRequest(), metadata=auth, timeout=10)
+            return resp.quota.reserved_images
+
+        assert await reserved() == 0
+        calls = len(fal.calls_to(FAL_SUBMIT, "POST"))
+        victim = asyncio.ensure_future(_generate(second.address, key, "killed-1"))
+        for _ in range(200):  # until the provider has the job (0.4 s emulator latency)
+            if len(fal.calls_to(FAL_SUBMIT, "POST")) > calls:
+                break
+            await asyncio.sleep(0.01)
+        await second.kill()
+        with pytest.raises(grpc.aio.AioRpcError):
+            await victim
+        assert await reserved() == 1, "the killed request's hold is still there"
+        await second.start()
+        for _ in range(100):
+            if await reserved() == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert await reserved() == 0, "the restarted replica did not release its old claim"
+        # The id is spent, not run again (the provider was called once) nor charged.
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await _generate(second.address, key, "killed-1")
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert len(fal.calls_to(FAL_SUBMIT, "POST")) == calls + 1
+        records = await stub.ListUsageRecords(
+            router_pb2.ListUsageRecordsRequest(page_size=500), metadata=auth, timeout=10
+        )
+        assert "killed-1" not in [r.request_id for r in records.records]

@@ -648,6 +648,50 @@ class RequestRef(_message.Message):
 Global___RequestRef: _TypeAlias = RequestRef  # noqa: Y015
 
 @_typing.final
+class ReleaseClaimsRequest(_message.Message):
+    """Request for ReleaseClaims."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLAIM_PREFIX_FIELD_NUMBER: _builtins.int
+    claim_prefix: _builtins.str
+    """Reservation id prefix of one replica's claims: "r_" then 8 lowercase hex characters."""
+    def __init__(
+        self,
+        *,
+        claim_prefix: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim_prefix", b"claim_prefix"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseClaimsRequest: _TypeAlias = ReleaseClaimsRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseClaimsResponse(_message.Message):
+    """Response of ReleaseClaims."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RELEASED_FIELD_NUMBER: _builtins.int
+    released: _builtins.int
+    """Pending reservations released."""
+    def __init__(
+        self,
+        *,
+        released: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["released", b"released"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseClaimsResponse: _TypeAlias = ReleaseClaimsResponse  # noqa: Y015
+
+@_typing.final
 class ReleaseReservationResponse(_message.Message):
     """Response of ReleaseReservation."""
 

@@ -65,6 +65,11 @@ class QuotaServiceStub:
                 request_serializer=imagegate_dot_quota_dot_v1_dot_quota__pb2.ReleaseReservationRequest.SerializeToString,
                 response_deserializer=imagegate_dot_quota_dot_v1_dot_quota__pb2.ReleaseReservationResponse.FromString,
                 _registered_method=True)
+        self.ReleaseClaims = channel.unary_unary(
+                '/imagegate.quota.v1.QuotaService/ReleaseClaims',
+                request_serializer=imagegate_dot_quota_dot_v1_dot_quota__pb2.ReleaseClaimsRequest.SerializeToString,
+                response_deserializer=imagegate_dot_quota_dot_v1_dot_quota__pb2.ReleaseClaimsResponse.FromString,
+                _registered_method=True)
         self.GetQuota = channel.unary_unary(
                 '/imagegate.quota.v1.QuotaService/GetQuota',
                 request_serializer=imagegate_dot_quota_dot_v1_dot_quota__pb2.GetQuotaRequest.SerializeToString,
@@ -155,6 +160,14 @@ class QuotaServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReleaseClaims(self, request, context):
+        """Releases every pending reservation whose id starts with a claim prefix: a Router replica
+        calls it when it starts, for the claims its previous life (killed mid-request) left behind.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetQuota(self, request, context):
         """Shows a tenant's quota for the current period.
         """
@@ -231,6 +244,11 @@ def add_QuotaServiceServicer_to_server(servicer, server):
                     servicer.ReleaseReservation,
                     request_deserializer=imagegate_dot_quota_dot_v1_dot_quota__pb2.ReleaseReservationRequest.FromString,
                     response_serializer=imagegate_dot_quota_dot_v1_dot_quota__pb2.ReleaseReservationResponse.SerializeToString,
+            ),
+            'ReleaseClaims': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseClaims,
+                    request_deserializer=imagegate_dot_quota_dot_v1_dot_quota__pb2.ReleaseClaimsRequest.FromString,
+                    response_serializer=imagegate_dot_quota_dot_v1_dot_quota__pb2.ReleaseClaimsResponse.SerializeToString,
             ),
             'GetQuota': grpc.unary_unary_rpc_method_handler(
                     servicer.GetQuota,
@@ -409,6 +427,33 @@ class QuotaService:
             '/imagegate.quota.v1.QuotaService/ReleaseReservation',
             imagegate_dot_quota_dot_v1_dot_quota__pb2.ReleaseReservationRequest.SerializeToString,
             imagegate_dot_quota_dot_v1_dot_quota__pb2.ReleaseReservationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseClaims(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagegate.quota.v1.QuotaService/ReleaseClaims',
+            imagegate_dot_quota_dot_v1_dot_quota__pb2.ReleaseClaimsRequest.SerializeToString,
+            imagegate_dot_quota_dot_v1_dot_quota__pb2.ReleaseClaimsResponse.FromString,
             options,
             channel_credentials,
             insecure,

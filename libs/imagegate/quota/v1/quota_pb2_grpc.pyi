@@ -61,6 +61,10 @@ class QuotaServiceStub:
     before the ReserveQuota arrives leaves a RELEASED tombstone that the ReserveQuota then
     returns without holding anything.
     """
+    ReleaseClaims: _grpc.UnaryUnaryMultiCallable[_quota_pb2.ReleaseClaimsRequest, _quota_pb2.ReleaseClaimsResponse]
+    """Releases every pending reservation whose id starts with a claim prefix: a Router replica
+    calls it when it starts, for the claims its previous life (killed mid-request) left behind.
+    """
     GetQuota: _grpc.UnaryUnaryMultiCallable[_quota_pb2.GetQuotaRequest, _quota_pb2.GetQuotaResponse]
     """Shows a tenant's quota for the current period."""
     ListPlans: _grpc.UnaryUnaryMultiCallable[_quota_pb2.ListPlansRequest, _quota_pb2.ListPlansResponse]
@@ -108,6 +112,10 @@ class QuotaServiceAsyncStub(QuotaServiceStub):
     a commit changes nothing; a repeat returns the same reservation. Releasing by request_id
     before the ReserveQuota arrives leaves a RELEASED tombstone that the ReserveQuota then
     returns without holding anything.
+    """
+    ReleaseClaims: _aio.UnaryUnaryMultiCallable[_quota_pb2.ReleaseClaimsRequest, _quota_pb2.ReleaseClaimsResponse]  # type: ignore[assignment]
+    """Releases every pending reservation whose id starts with a claim prefix: a Router replica
+    calls it when it starts, for the claims its previous life (killed mid-request) left behind.
     """
     GetQuota: _aio.UnaryUnaryMultiCallable[_quota_pb2.GetQuotaRequest, _quota_pb2.GetQuotaResponse]  # type: ignore[assignment]
     """Shows a tenant's quota for the current period."""
@@ -183,6 +191,16 @@ class QuotaServiceServicer(metaclass=_abc_1.ABCMeta):
         a commit changes nothing; a repeat returns the same reservation. Releasing by request_id
         before the ReserveQuota arrives leaves a RELEASED tombstone that the ReserveQuota then
         returns without holding anything.
+        """
+
+    @_abc_1.abstractmethod
+    def ReleaseClaims(
+        self,
+        request: _quota_pb2.ReleaseClaimsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_quota_pb2.ReleaseClaimsResponse, _abc.Awaitable[_quota_pb2.ReleaseClaimsResponse]]:
+        """Releases every pending reservation whose id starts with a claim prefix: a Router replica
+        calls it when it starts, for the claims its previous life (killed mid-request) left behind.
         """
 
     @_abc_1.abstractmethod
