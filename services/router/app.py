@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable
 
 import grpc
 from opentelemetry import trace
@@ -28,11 +28,12 @@ from services.router.attempt import AttemptCaller
 from services.router.breaker import BreakerRegistry
 from services.router.catalog import Catalog
 from services.router.config import RouterSettings
+from services.router.dedupe import Deduplicator
 from services.router.events import EventSink
 from services.router.execution import Executor
 from services.router.failures import all_failed
-from services.router.generations import NO_FINGERPRINT, Generations
-from services.router.idempotency import IdempotencyCache, Outcome, await_outcome, fingerprint
+from services.router.generations import Generations
+from services.router.idempotency import IdempotencyCache, fingerprint
 from services.router.job import Job
 from services.router.observability import (
     RequestSummary,
@@ -90,15 +91,18 @@ class RouterApp:
             )
         )
         self.settlement = RouterSettlement(settings=settings, settler=settler, pricer=pricer)
-        self.idempotency = IdempotencyCache(
-            retention_seconds=settings.idempotency_retention_seconds,
-            max_entries=settings.idempotency_max_entries,
-            max_bytes=settings.idempotency_max_bytes,
-        )
         self.generations = generations
+        self.dedupe = Deduplicator(
+            IdempotencyCache(
+                retention_seconds=settings.idempotency_retention_seconds,
+                max_entries=settings.idempotency_max_entries,
+                max_bytes=settings.idempotency_max_bytes,
+            ),
+            generations,
+            self.settled,
+        )
         self.replica_id = settings.replica_id or default_replica_id(settings.data_dir)
         self._tasks: list[asyncio.Task[None]] = []
-        self._background: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Describes adapters, mirrors prices and starts the settler and refresh loops."""
@@ -118,8 +122,6 @@ class RouterApp:
 
     async def close(self) -> None:
         """Stops loops, flushes settlement, closes adapter channels."""
-        if self._background:
-            await asyncio.wait(set(self._background), timeout=5.0)
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -127,12 +129,7 @@ class RouterApp:
         await self.reserver.close()
         await self.settlement.close()
         await self.adapters.close()
-        await self.generations.store.close()
-
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        await self.dedupe.close()
 
     async def authenticate(self, context: grpc.aio.ServicerContext) -> Caller:
         """The caller of a read RPC (every RPC but GenerateImage)."""
@@ -196,31 +193,9 @@ class RouterApp:
         span.set_attribute("imagegate.tenant_id", admitted.caller.tenant_id)
         if not admitted.dedupe:
             return await self._run(admitted, events, span, summary, None)
-        tenant, fp = admitted.caller.tenant_id, fingerprint(request)
-        earlier = self.idempotency.lookup(tenant, admitted.request_id, fp)
-        if earlier is not None:
-            span.set_attribute("imagegate.idempotent_replay", True)
-            replay = await await_outcome(earlier, admitted.deadline, admitted.request_id, events)
-            await self.settled(tenant)
-            return replay
-        found = await self.generations.find(tenant, admitted.request_id, fp)
-        if found is not None:
-            # Finished earlier, on this replica before a restart or on another one.
-            span.set_attribute("imagegate.idempotent_replay", True)
-            return found[0]
-        self.idempotency.begin(tenant, admitted.request_id, fp)
-        outcome: Outcome = (None, None)
-        try:
-            outcome = (await self._run(admitted, events, span, summary, fp), None)
-            return outcome[0]  # type: ignore[return-value]
-        except ImagegateError as err:
-            outcome = (None, err)
-            raise
-        finally:
-            if outcome == (None, None):
-                self.idempotency.forget(tenant, admitted.request_id)
-            else:
-                self.idempotency.finish(tenant, admitted.request_id, outcome)
+        fp = fingerprint(request)
+        run = functools.partial(self._run, admitted, events, span, summary, fp)
+        return await self.dedupe.once(admitted, fp, events, span, run)
 
     async def _run(
         self,
@@ -237,37 +212,16 @@ class RouterApp:
         reservation = await self.reserver.reserve(admitted, hold, plan, claim)
         if reservation is not None and reservation.id != claim and fp is not None:
             # Another call (on any replica) claimed this request_id first: follow it.
-            return await self._follow(admitted, reservation, fp)
+            return await self.dedupe.follow(admitted, reservation, fp)
         if reservation is not None and reservation.state != quota_pb2.RESERVATION_STATE_PENDING:
-            raise self.idempotency.spent_error(admitted.request_id, reservation)
+            raise self.dedupe.cache.spent_error(admitted.request_id, reservation)
         try:
             response = await self._execute(admitted, plan, reservation, events, span, summary)
         except ImagegateError as err:
-            if fp is not None:
-                self._spawn(
-                    self.generations.keep_failure(summary.tenant_id, admitted.request_id, fp, err)
-                )
+            self.dedupe.keep(admitted, fp, err)
             raise
-        # Stored after the reply (a follower polls for it; this replica's repeats are served from
-        # memory): the write's fsync stays off the request's latency. A crash in between costs
-        # only the replay of a request whose caller already has its answer.
-        self._spawn(
-            self.generations.keep_success(
-                summary.tenant_id, admitted.request_id, fp or NO_FINGERPRINT, response
-            )
-        )
+        self.dedupe.keep(admitted, fp, response)
         return response
-
-    async def _follow(
-        self, admitted: Admitted, reservation: quota_pb2.Reservation, fp: bytes
-    ) -> router_pb2.GenerateImageResponse:
-        tenant = admitted.caller.tenant_id
-        if reservation.state == quota_pb2.RESERVATION_STATE_PENDING:
-            return await self.generations.wait(tenant, admitted.request_id, fp, admitted.deadline)
-        found = await self.generations.find(tenant, admitted.request_id, fp)
-        if found is not None:
-            return found[0]
-        raise self.idempotency.spent_error(admitted.request_id, reservation)
 
     async def _execute(
         self,
