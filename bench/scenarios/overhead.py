@@ -72,7 +72,7 @@ async def run(ctx: Ctx) -> Result:
             by_c[c] = stats
             for label, s in stats.items():
                 row = s.summary()
-                if label == "router":
+                if label.startswith("router"):
                     row["added_over_direct"] = added(stats["direct"], s)
                 if label == "direct":
                     row["added_over_echo"] = added(stats["echo"], s)
