@@ -14,6 +14,7 @@ from imagegate.grpckit.deadline import Deadline
 from imagegate.grpckit.errors import ImagegateError
 from imagegate.results import ResultStore
 from imagegate.router.v1 import router_pb2
+from services.router.idempotency import key_reused_error
 
 log = logging.getLogger("services.router")
 DOMAIN = "imagegate.router"
@@ -67,13 +68,7 @@ class Generations:
         blob = stored.response
         kind, got_fp, body = blob[:1], blob[1 : 1 + _FP_LEN], blob[1 + _FP_LEN :]
         if fp is not None and got_fp != fp:
-            raise ImagegateError(
-                grpc.StatusCode.ALREADY_EXISTS,
-                reasons.IDEMPOTENCY_KEY_REUSED,
-                f"request_id {request_id!r} was already used with a different request body",
-                domain=DOMAIN,
-                metadata={"request_id": request_id},
-            )
+            raise key_reused_error(request_id)
         if kind == _FAILURE:
             raise StoredFailure(status_pb2.Status.FromString(body))
         response = router_pb2.GenerateImageResponse.FromString(body)

@@ -30,6 +30,17 @@ def fingerprint(request: router_pb2.GenerateImageRequest) -> bytes:
     return hashlib.sha256(body.SerializeToString(deterministic=True)).digest()
 
 
+def key_reused_error(request_id: str) -> ImagegateError:
+    """The error for a request_id sent again with another body."""
+    return ImagegateError(
+        grpc.StatusCode.ALREADY_EXISTS,
+        reasons.IDEMPOTENCY_KEY_REUSED,
+        f"request_id {request_id!r} was already used with a different request body",
+        domain=DOMAIN,
+        metadata={"request_id": request_id},
+    )
+
+
 @dataclass
 class _Entry:
     fingerprint: bytes
@@ -79,13 +90,7 @@ class IdempotencyCache:
         entry = self._entries.get(key)
         if entry is not None:
             if entry.fingerprint != fp:
-                raise ImagegateError(
-                    grpc.StatusCode.ALREADY_EXISTS,
-                    reasons.IDEMPOTENCY_KEY_REUSED,
-                    f"request_id {request_id!r} was already used with a different request body",
-                    domain=DOMAIN,
-                    metadata={"request_id": request_id},
-                )
+                raise key_reused_error(request_id)
             return entry.future
         if key in self._tombstones:
             raise self.expired_error(request_id)

@@ -204,3 +204,20 @@ async def test_a_replica_killed_mid_request_leaves_no_hold_once_it_restarts(repl
             router_pb2.ListUsageRecordsRequest(page_size=500), metadata=auth, timeout=10
         )
         assert "killed-1" not in [r.request_id for r in records.records]
+
+
+async def test_a_request_id_reused_with_another_body_on_another_replica_is_refused(
+    replicas,
+) -> None:
+    running, second, _ = replicas
+    key = running.api_key
+    await _generate(running.stack.address("router"), key, "reuse-1")
+    other = _request("reuse-1")
+    other.prompt = "a different lighthouse"
+    async with create_channel(second.address) as channel:
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.GenerateImage(
+                other, metadata=(("authorization", f"Bearer {key}"),), timeout=30
+            )
+    assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
