@@ -41,6 +41,7 @@ from services.router.observability import (
     span_request,
     span_result,
 )
+from services.router.pending import PendingWork
 from services.router.planning import Planner, RoutePlan
 from services.router.prices import PriceMirror
 from services.router.reservation import Reserver, default_replica_id
@@ -79,7 +80,9 @@ class RouterApp:
             clock=clock,
         )
         self.planner = Planner(catalog, adapters, pricer, clock)
-        self.reserver = Reserver(quota, self.auth, settings)
+        # Releases of abandoned requests: a tenant's reads wait for them (read-your-writes).
+        self.pending = pending = PendingWork()
+        self.reserver = Reserver(quota, self.auth, settings, pending)
         self.executor = Executor(
             AttemptCaller(
                 settings=settings,
@@ -90,7 +93,9 @@ class RouterApp:
                 metrics=metrics,
             )
         )
-        self.settlement = RouterSettlement(settings=settings, settler=settler, pricer=pricer)
+        self.settlement = RouterSettlement(
+            settings=settings, settler=settler, pricer=pricer, pending=pending
+        )
         self.generations = generations
         self.dedupe = Deduplicator(
             IdempotencyCache(
@@ -126,7 +131,6 @@ class RouterApp:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.reserver.close()
         await self.settlement.close()
         await self.adapters.close()
         await self.dedupe.close()
@@ -233,6 +237,7 @@ class RouterApp:
         summary: RequestSummary,
     ) -> router_pb2.GenerateImageResponse:
         job = Job(admitted, plan, reservation, summary.trace_id, span, events)
+        tenant = admitted.caller.tenant_id
         try:
             execution = await self.executor.run(job)
         except BaseException:
@@ -242,13 +247,14 @@ class RouterApp:
             summary.attempts = len(job.log.attempts)
             summary.adapter_seconds = job.log.adapter_seconds
         if execution.winner is None:
-            summary.cost_micros = await self.settlement.fail(job)
+            # To the end even if the caller leaves now: no hold or record may be left half-done.
+            summary.cost_micros = await self.pending.run(tenant, self.settlement.fail(job))
             if not job.log.attempts:
                 raise self.planner.no_candidate(plan, admitted.norm)
             retry_in = self.executor.earliest_serve_in(job)
             raise all_failed(
                 job, execution.stop, retry_in=retry_in, cost_micros=summary.cost_micros
             )
-        response = await self.settlement.succeed(job, *execution.winner)
+        response = await self.pending.run(tenant, self.settlement.succeed(job, *execution.winner))
         span_result(span, response, self.metrics)
         return response

@@ -16,6 +16,7 @@ from imagegate.quota.v1 import quota_pb2, quota_pb2_grpc
 from services.router.admission import Admitted, Authenticator, Caller, quota_error
 from services.router.attempt import MIN_USEFUL_ATTEMPT
 from services.router.config import RouterSettings
+from services.router.pending import PendingWork
 from services.router.planning import RoutePlan
 
 log = logging.getLogger("services.router")
@@ -45,11 +46,12 @@ class Reserver:
         quota: quota_pb2_grpc.QuotaServiceStub,
         authenticator: Authenticator,
         settings: RouterSettings,
+        pending: PendingWork,
     ) -> None:
         self._quota = quota
         self._auth = authenticator
         self._settings = settings
-        self._releases: set[asyncio.Task[None]] = set()
+        self._pending = pending
         self.prefix = claim_prefix(settings.replica_id or default_replica_id(settings.data_dir))
 
     def new_claim(self) -> str:
@@ -120,9 +122,7 @@ class Reserver:
         return resp.reservation
 
     def _release_later(self, admitted: Admitted) -> None:
-        task = asyncio.create_task(self._release(admitted))
-        self._releases.add(task)
-        task.add_done_callback(self._releases.discard)
+        self._pending.spawn(admitted.caller.tenant_id, self._release(admitted))
 
     async def _release(self, admitted: Admitted) -> None:
         req = quota_pb2.ReleaseReservationRequest(
@@ -142,8 +142,3 @@ class Reserver:
                     )
                     return
                 await asyncio.sleep(0.1 * (attempt + 1))
-
-    async def close(self) -> None:
-        """Waits (bounded) for releases of abandoned requests still in flight."""
-        if self._releases:
-            await asyncio.wait(set(self._releases), timeout=RELEASE_TIMEOUT_SECONDS * 2)

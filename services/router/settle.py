@@ -16,6 +16,7 @@ from imagegate.settlement import Settlement, Settler
 from services.router.catalog import Candidate
 from services.router.config import RouterSettings
 from services.router.job import Job
+from services.router.pending import PendingWork
 from services.router.prices import PriceMirror
 
 log = logging.getLogger("services.router")
@@ -29,11 +30,18 @@ STRICT_FLOOR_SECONDS = 0.25
 class RouterSettlement:
     """Turns a finished job into one settlement order and hands it to the durable settler."""
 
-    def __init__(self, *, settings: RouterSettings, settler: Settler, pricer: PriceMirror) -> None:
+    def __init__(
+        self,
+        *,
+        settings: RouterSettings,
+        settler: Settler,
+        pricer: PriceMirror,
+        pending: PendingWork,
+    ) -> None:
         self.settings = settings
         self.settler = settler
         self.pricer = pricer
-        self._background: set[asyncio.Task[int]] = set()
+        self.pending = pending
 
     def billed_failures(self, job: Job) -> tuple[list[metering_pb2.BilledAttempt], int]:
         """Failed attempts the provider may bill, and their price in micro-USD."""
@@ -133,14 +141,18 @@ class RouterSettlement:
         """The caller left (or the Router failed): settle in the background, not at lease expiry."""
         if job.settled:
             return
-        task = asyncio.create_task(self.fail(job, Deadline.after(ABANDON_SETTLE_SECONDS)))
+        deadline = Deadline.after(ABANDON_SETTLE_SECONDS)
+        self.pending.spawn(job.admitted.caller.tenant_id, self.fail(job, deadline))
         job.settled = True
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
     async def settled(self, tenant_id: str) -> None:
-        """Read-your-writes: waits (bounded) for the tenant's settlements still in delivery."""
-        if not await self.settler.wait_settled(tenant_id, self.settings.read_your_writes_seconds):
+        """Read-your-writes: waits (bounded) for the tenant's settlements still in delivery,
+        abandoned requests' releases included."""
+        wait = self.settings.read_your_writes_seconds
+        done = await asyncio.gather(
+            self.settler.wait_settled(tenant_id, wait), self.pending.wait(tenant_id, wait)
+        )
+        if not all(done):
             log.warning(
                 "settlements still in delivery; answering with what the ledgers have",
                 extra={"tenant_id": tenant_id},
@@ -148,8 +160,7 @@ class RouterSettlement:
 
     async def close(self) -> None:
         """Waits (bounded) for abandoned requests' settlements, then closes the settler."""
-        if self._background:
-            await asyncio.wait(set(self._background), timeout=10.0)
+        await self.pending.wait_all(timeout=10.0)
         await self.settler.close()
 
     def _record(
