@@ -28,7 +28,9 @@ async def test_hanging_primary_costs_its_usual_p95_plus_the_follower_from_the_fi
     fal = ControllableAdapter("fal", [spec(FAL)], default=("sleep", 0.05))
     rep = ControllableAdapter("replicate", [spec(REP)], default=("sleep", 0.05))
     prices = [price("fal", FAL, 3000), price("replicate", REP, 3000)]
-    s = await start_stack({"fal": fal, "replicate": rep}, prices=prices)
+    s = await start_stack(
+        {"fal": fal, "replicate": rep}, prices=prices, hedge_min_delay_seconds=0.05
+    )
     try:
         for i in range(5):  # the primary's usual latency: ~50 ms
             resp = await s.stub.GenerateImage(request(f"warm-{i}"), metadata=PRO, timeout=10)
