@@ -29,13 +29,12 @@ HEDGE_MIN_SAMPLES = 3
 
 @dataclass
 class _RunState:
-    """The attempts of one run: candidates left, attempts running, and what stopped it."""
+    """The attempts of one run: candidates left, attempts running, hedge and probe state."""
 
     queue: list[Candidate]
     running: dict[asyncio.Task[AttemptResult], Candidate] = field(default_factory=dict)
     started_at: dict[asyncio.Task[AttemptResult], float] = field(default_factory=dict)
     numbers: dict[asyncio.Task[AttemptResult], int] = field(default_factory=dict)
-    stop: AttemptResult | None = None
     forced: bool = False
     hedged: asyncio.Task[AttemptResult] | None = None
     """The attempt a hedge was started against (past its usual p95)."""
@@ -87,7 +86,7 @@ class Executor:
         try:
             while True:
                 if not state.running and not self._start_next(job, state):
-                    return Execution(stop=state.stop)
+                    return Execution()  # every candidate tried or skipped
                 delay = self._hedge_delay(state)
                 waited = time.perf_counter()
                 try:
