@@ -10,7 +10,7 @@ import httpx
 from imagegate.grpckit import reasons
 from imagegate.grpckit.deadline import Deadline
 from imagegate.providerkit.download import download_images
-from imagegate.providerkit.errors import ProviderError, bad_answer
+from imagegate.providerkit.errors import BilledUsage, ProviderError, bad_answer
 from imagegate.providerkit.hosted import HostedAdapter
 from imagegate.providerkit.http import (
     Pending,
@@ -116,41 +116,85 @@ class BflAdapter(HostedAdapter[BflSettings]):
             )
         self._active_tasks += n
         try:
-            tasks = [
-                asyncio.ensure_future(
-                    self._one(
-                        request,
-                        {**body, "seed": request.seed + i} if request.seed is not None else body,
-                        deadline,
-                        progress,
-                    )
-                )
-                for i in range(n)
-            ]
-            try:
-                done = await asyncio.gather(*tasks)
-            except BaseException:
-                for t in tasks:
-                    t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-                raise
+            return await self._run_tasks(request, body, deviations, deadline, progress)
         finally:
             self._active_tasks -= n
-        return GenerationResult(
-            images=[img for img, _, _ in done],
-            provider_job_id=",".join(job for _, job, _ in done),
-            provider_seconds=sum(seconds for _, _, seconds in done),
-            deviations=deviations,
-            model=request.model,
-        )
 
-    async def _one(
+    async def _run_tasks(
         self,
         request: GenerationRequest,
         body: dict[str, Any],
+        deviations: list[Deviation],
         deadline: Deadline,
         progress: ProgressSink | None,
-    ) -> tuple[GeneratedImage, str, float]:
+    ) -> GenerationResult:
+        """Submits every task first, then polls them; a failure reports what BFL bills.
+
+        BFL bills each submitted task except a moderated one and has no cancel endpoint, so a
+        sibling of a failed task is billed although its image is never fetched. Submitting all
+        tasks before polling any keeps that count exact: no submit is left in flight.
+        """
+        n = request.num_images
+        bodies = [
+            {**body, "seed": request.seed + i} if request.seed is not None else body
+            for i in range(n)
+        ]
+        submits = await asyncio.gather(
+            *(self._submit(request, b, deadline) for b in bodies), return_exceptions=True
+        )
+        submitted = [s for s in submits if isinstance(s, tuple)]
+        moderated: set[str] = set()
+        failure = next((s for s in submits if isinstance(s, BaseException)), None)
+        if failure is None:
+            # Every task is awaited, failed or not, so each moderated one is known (not billed).
+            outcomes = await asyncio.gather(
+                *(
+                    self._finish(request, b, job, url, deadline, progress)
+                    for b, (job, url) in zip(bodies, submitted, strict=True)
+                ),
+                return_exceptions=True,
+            )
+            done = [o for o in outcomes if isinstance(o, tuple)]
+            if len(done) == n:
+                return GenerationResult(
+                    images=[img for img, _, _ in done],
+                    provider_job_id=",".join(job for _, job, _ in done),
+                    provider_seconds=sum(seconds for _, _, seconds in done),
+                    deviations=deviations,
+                    model=request.model,
+                )
+            errors = [o for o in outcomes if isinstance(o, BaseException)]
+            for e in errors:
+                if not isinstance(e, Exception):
+                    raise e  # cancellation
+            moderated = {
+                e.provider_job_id
+                for e in errors
+                if isinstance(e, ProviderError) and e.reason == reasons.PROVIDER_CONTENT_MODERATED
+            }
+            # The most telling failure: anything but a moderation, else the moderation.
+            failure = next(
+                (
+                    e
+                    for e in errors
+                    if getattr(e, "reason", "") != reasons.PROVIDER_CONTENT_MODERATED
+                ),
+                errors[0],
+            )
+        if isinstance(failure, ProviderError):
+            billed = [job for job, _ in submitted if job not in moderated]
+            failure.billed = BilledUsage(
+                images=len(billed),
+                megapixels=len(billed) * request.width * request.height / 1_000_000,
+            )
+            if submitted and not failure.provider_job_id:
+                failure.provider_job_id = ",".join(job for job, _ in submitted)
+        raise failure
+
+    async def _submit(
+        self, request: GenerationRequest, body: dict[str, Any], deadline: Deadline
+    ) -> tuple[str, str]:
+        """Submits one task: (task id, polling URL)."""
         resp = await send(
             self._client, "POST", f"/v1/{request.model}", deadline=deadline, json=body
         )
@@ -161,7 +205,17 @@ class BflAdapter(HostedAdapter[BflSettings]):
         polling_url = submitted.get("polling_url") or (
             f"{self._settings.effective_base_url}/v1/get_result?id={job_id}"
         )
-        polling_url = self._job_url(polling_url, job_id, hosts=self._settings.hosts)
+        return job_id, self._job_url(polling_url, job_id, hosts=self._settings.hosts)
+
+    async def _finish(
+        self,
+        request: GenerationRequest,
+        body: dict[str, Any],
+        job_id: str,
+        polling_url: str,
+        deadline: Deadline,
+        progress: ProgressSink | None,
+    ) -> tuple[GeneratedImage, str, float]:
         if progress is not None:
             await progress(Progress(state="Pending", fraction=0.0, provider_job_id=job_id))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -29,20 +30,25 @@ class Catalog:
     version: str
     """Catalog version, e.g. "2026-11-24.1"."""
     prices: list[metering_pb2.Price]
-    """Every entry, in file order."""
+    """Every entry, past ones included, by model then effective date."""
     book: PriceBook
     """Lookup by (provider, provider model)."""
 
 
 def load_catalog(path: Path | None = None) -> Catalog:
-    """Reads and validates the catalog from `path` or the packaged prices.yaml."""
+    """Reads and validates the catalog from `path` or the packaged prices.yaml.
+
+    A model may have several dated entries (its price history): each applies from its
+    `effective_from` day (default: its `as_of`) until the next one's; two entries of one model
+    on the same day are refused.
+    """
     if path is None:
         text = resources.files("services.metering").joinpath("prices.yaml").read_text()
     else:
         text = path.read_text()
     data: dict[str, Any] = yaml.safe_load(text)
     prices: list[metering_pb2.Price] = []
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple[str, str, str]] = set()
     for entry in data["prices"]:
         unit = _UNITS.get(str(entry["unit"]))
         if unit is None:
@@ -57,11 +63,17 @@ def load_catalog(path: Path | None = None) -> Catalog:
             assumed_tokens_per_megapixel=float(entry.get("assumed_tokens_per_megapixel", 0)),
             source=str(entry["source"]),
             as_of=str(entry["as_of"]),
+            confirmed=bool(entry.get("confirmed", False)),
+            effective_from=str(entry.get("effective_from", entry["as_of"])),
         )
-        price.id = f"{price.provider}/{price.provider_model}@{price.as_of}"
-        key = (price.provider, price.provider_model)
+        try:
+            date.fromisoformat(price.effective_from)
+        except ValueError as err:
+            raise ValueError(f"{price.provider}/{price.provider_model}: bad date") from err
+        price.id = f"{price.provider}/{price.provider_model}@{price.effective_from}"
+        key = (price.provider, price.provider_model, price.effective_from)
         if key in seen:
-            raise ValueError(f"two prices for {key}")
+            raise ValueError(f"two prices for {key[:2]} from {price.effective_from}")
         if price.unit_price_micros < 0 or not price.source:
             raise ValueError(f"price {price.id}: negative or unsourced")
         if unit == catalog_pb2.PRICE_UNIT_COMPUTE_SECOND and price.assumed_seconds_per_image <= 0:
@@ -70,4 +82,5 @@ def load_catalog(path: Path | None = None) -> Catalog:
             raise ValueError(f"price {price.id}: needs assumed_tokens_per_megapixel")
         seen.add(key)
         prices.append(price)
-    return Catalog(version=str(data["version"]), prices=prices, book=PriceBook(prices))
+    book = PriceBook(prices)
+    return Catalog(version=str(data["version"]), prices=book.entries(), book=book)

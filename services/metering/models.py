@@ -11,6 +11,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     UniqueConstraint,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -26,6 +27,7 @@ class UsageRecordRow(Base):
     __table_args__ = (
         UniqueConstraint("tenant_id", "request_id", name="uq_usage_records_tenant_request"),
         Index("ix_usage_records_tenant_period_time", "tenant_id", "period", "occurred_us", "id"),
+        Index("ix_usage_records_period_plan", "period", "plan"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
@@ -40,6 +42,9 @@ class UsageRecordRow(Base):
     images: Mapped[int] = mapped_column(Integer)
     pixels: Mapped[int] = mapped_column(BigInteger)
     cost_micros: Mapped[int] = mapped_column(BigInteger)
+    tenant_charge_micros: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    failed_cost_micros: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    plan: Mapped[str] = mapped_column(String(64), server_default="")
     content_hash: Mapped[str] = mapped_column(String(64))
     record: Mapped[bytes] = mapped_column(LargeBinary)
     create_us: Mapped[int] = mapped_column(BigInteger)
@@ -71,3 +76,4 @@ class BilledAttemptRow(Base):
     note: Mapped[str] = mapped_column(String(500))
     price_id: Mapped[str] = mapped_column(String(300))
     cost_micros: Mapped[int] = mapped_column(BigInteger)
+    usage_reported: Mapped[bool] = mapped_column(Boolean, server_default=true())

@@ -21,7 +21,7 @@ import base64
 import hashlib
 import json
 from collections.abc import Callable
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 import grpc
@@ -42,15 +42,16 @@ _records: Table = cast(Table, UsageRecordRow.__table__)
 _attempts: Table = cast(Table, BilledAttemptRow.__table__)
 _INSERT_RECORD = (
     "INSERT INTO usage_records (tenant_id, request_id, period, occurred_us, model, provider,"
-    " provider_model, outcome, images, pixels, cost_micros, content_hash, record, create_us)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " provider_model, outcome, images, pixels, cost_micros, content_hash, record, create_us,"
+    " tenant_charge_micros, failed_cost_micros, plan)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (tenant_id, request_id) DO NOTHING RETURNING id"
 )
 _INSERT_ATTEMPT = (
     "INSERT INTO usage_attempts (record_id, tenant_id, period, attempt_number, provider,"
     " provider_model, succeeded, images, pixels, provider_seconds, input_tokens, output_tokens,"
-    " provider_job_id, note, price_id, cost_micros)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " provider_job_id, note, price_id, cost_micros, usage_reported)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _EXISTING = "SELECT content_hash, record FROM usage_records WHERE tenant_id = ? AND request_id = ?"
 
@@ -64,7 +65,15 @@ def _pixels(megapixels: float) -> int:
 # note on a billable failure. Metering fills cost_micros and price_id itself. The first record
 # stands: a replay with another occurred_at counts in the period the original was recorded in.
 # Every RecordUsageRequest field is one or the other (a test keeps the lists complete).
-BILLABLE_REQUEST_FIELDS = ("request_id", "tenant_id", "model", "outcome", "attempts")
+BILLABLE_REQUEST_FIELDS = (
+    "request_id",
+    "tenant_id",
+    "model",
+    "outcome",
+    "attempts",
+    "tenant_charge_micros",
+    "plan",
+)
 INCIDENTAL_REQUEST_FIELDS = ("trace_id", "occurred_at")
 INCIDENTAL_ATTEMPT_FIELDS = ("note", "cost_micros", "price_id")
 INCIDENTAL_USAGE_FIELDS = ("wall_seconds",)
@@ -146,9 +155,12 @@ class MeteringStore:
     async def _run(self, fn: Callable[..., _T], *args: Any, batch: bool = False) -> _T:
         return await self._db.run(fn, *args, batch=batch)
 
-    def price(self, provider: str, provider_model: str) -> metering_pb2.Price:
-        """The catalog entry of a provider's model; FAILED_PRECONDITION PRICE_NOT_FOUND if none."""
-        price = self.catalog.book.find(provider, provider_model)
+    def price(
+        self, provider: str, provider_model: str, at: datetime | None = None
+    ) -> metering_pb2.Price:
+        """The catalog entry of a provider's model in force at `at` (default: the newest);
+        FAILED_PRECONDITION PRICE_NOT_FOUND if the model has none."""
+        price = self.catalog.book.find(provider, provider_model, at)
         if price is None:
             raise ImagegateError(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -165,23 +177,29 @@ class MeteringStore:
         return price
 
     def price_record(self, request: metering_pb2.RecordUsageRequest) -> metering_pb2.UsageRecord:
-        """The ledger record of a request: every billable attempt priced with the catalog."""
+        """The ledger record of a request: every billable attempt priced with the catalog entry
+        in force when the request was accepted; the tenant charge as the Router committed it."""
+        at = request.occurred_at.ToDatetime().replace(tzinfo=UTC)
         record = metering_pb2.UsageRecord(
+            tenant_charge_micros=request.tenant_charge_micros,
+            plan=request.plan,
             request_id=request.request_id,
             tenant_id=request.tenant_id,
             model=request.model,
             outcome=request.outcome,
             occurred_at=request.occurred_at,
-            period=period_of(request.occurred_at.ToDatetime().replace(tzinfo=UTC)),
+            period=period_of(at),
             trace_id=request.trace_id,
         )
         for attempt in request.attempts:
-            price = self.price(attempt.provider, attempt.provider_model)
+            price = self.price(attempt.provider, attempt.provider_model, at)
             priced = record.attempts.add()
             priced.CopyFrom(attempt)
             priced.price_id = price.id
             priced.cost_micros = usage_micros(price, attempt.usage)
             record.cost_micros += priced.cost_micros
+            if not attempt.succeeded:
+                record.failed_cost_micros += priced.cost_micros
             if attempt.succeeded:
                 record.provider = attempt.provider
                 record.provider_model = attempt.provider_model
@@ -234,6 +252,9 @@ class MeteringStore:
                     digest,
                     record.SerializeToString(deterministic=True),
                     to_us(self.clock()),
+                    record.tenant_charge_micros,
+                    record.failed_cost_micros,
+                    record.plan,
                 ),
             )
             if inserted is None:
@@ -260,6 +281,7 @@ class MeteringStore:
                             a.note,
                             a.price_id,
                             a.cost_micros,
+                            a.usage_reported,
                         )
                         for a in record.attempts
                     ],
@@ -293,6 +315,8 @@ class MeteringStore:
                     func.coalesce(func.sum(r.images), 0),
                     func.coalesce(func.sum(r.pixels), 0),
                     func.coalesce(func.sum(r.cost_micros), 0),
+                    func.coalesce(func.sum(r.tenant_charge_micros), 0),
+                    func.coalesce(func.sum(r.failed_cost_micros), 0),
                 ).where(r.tenant_id == tenant_id, r.period == period)
             ).one()
             delivered_images = func.sum(case((a.succeeded, a.images), else_=0))
@@ -305,6 +329,8 @@ class MeteringStore:
                     func.coalesce(delivered_images, 0),
                     func.coalesce(delivered_pixels, 0),
                     func.coalesce(func.sum(a.cost_micros), 0),
+                    func.coalesce(func.sum(case((a.succeeded, 0), else_=1)), 0),
+                    func.coalesce(func.sum(case((a.succeeded, 0), else_=a.cost_micros)), 0),
                 )
                 .where(a.tenant_id == tenant_id, a.period == period)
                 .group_by(a.provider, a.provider_model)
@@ -317,6 +343,8 @@ class MeteringStore:
             images=int(totals[1]),
             megapixels=int(totals[2]) / 1_000_000,
             cost_micros=int(totals[3]),
+            tenant_charge_micros=int(totals[4]),
+            failed_cost_micros=int(totals[5]),
             groups=[
                 metering_pb2.UsageGroup(
                     provider=g[0],
@@ -325,6 +353,8 @@ class MeteringStore:
                     images=int(g[3]),
                     megapixels=int(g[4]) / 1_000_000,
                     cost_micros=int(g[5]),
+                    failed_attempts=int(g[6]),
+                    failed_cost_micros=int(g[7]),
                 )
                 for g in groups
             ],

@@ -148,7 +148,7 @@ class AttemptCaller:
                 log.retry_at.get(cand.key, 0.0), self.clock() + result.retry_after
             )
         if result.billable and result.outcome != router_pb2.ATTEMPT_OUTCOME_SUCCEEDED:
-            log.billable_failures.append((cand, attempt))
+            log.billable_failures.append((cand, attempt, result.usage))
         if events is not None and result.outcome != router_pb2.ATTEMPT_OUTCOME_SUCCEEDED:
             events.emit(attempt_failed=attempt)
         return result
@@ -197,6 +197,7 @@ class AttemptCaller:
                 f"adapter returned {len(resp.images)} images, {preq.num_images} requested",
                 billable=True,
                 scope="model",
+                usage=resp.usage,
             )
         return AttemptResult(router_pb2.ATTEMPT_OUTCOME_SUCCEEDED, response=resp)
 

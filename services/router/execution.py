@@ -261,7 +261,7 @@ class Executor:
                 billable=True,
             )
             job.log.attempts.append(attempt)
-            job.log.billable_failures.append((cand, attempt))
+            job.log.billable_failures.append((cand, attempt, None))
             if task is state.hedged:
                 # Past its usual p95 and beaten by the hedge: its model's breaker should know.
                 mb = self.breakers.get(cand.provider, cand.provider_model)

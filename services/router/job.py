@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 from opentelemetry import trace
 
+from imagegate.common.v1 import image_pb2
 from imagegate.quota.v1 import quota_pb2
 from imagegate.router.v1 import router_pb2
 from services.router.admission import Admitted
@@ -21,8 +22,11 @@ class AttemptLog:
 
     attempts: list[router_pb2.Attempt] = field(default_factory=list)
     """Every attempt, as the caller sees it."""
-    billable_failures: list[tuple[Candidate, router_pb2.Attempt]] = field(default_factory=list)
-    """Failed attempts the provider may bill."""
+    billable_failures: list[tuple[Candidate, router_pb2.Attempt, image_pb2.Usage | None]] = field(
+        default_factory=list
+    )
+    """Failed attempts the provider may bill, with the usage the adapter reported (None: none
+    reported, e.g. the Router's own timeout or a cancelled hedge loser)."""
     adapter_seconds: float = 0.0
     """Wall time with at least one attempt running, its concurrency-gate wait included (the
     rest of the request's time is the Router's own overhead)."""

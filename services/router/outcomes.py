@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from imagegate.common.v1 import image_pb2
 from imagegate.grpckit import reasons
 from imagegate.grpckit.errors import parse_rpc_error
 from imagegate.provider.v1 import provider_pb2
@@ -38,6 +39,26 @@ class AttemptResult:
     """Code to return when this attempt ends the request."""
     response: provider_pb2.GenerateImageResponse | None = None
     """The adapter's answer on success."""
+    usage: image_pb2.Usage | None = None
+    """What the provider bills for a failed attempt, as the adapter reported it; None when it
+    reported nothing (settlement then estimates it from the request)."""
+
+
+def billed_usage(metadata: dict[str, str]) -> image_pb2.Usage | None:
+    """The provider-reported usage of a failure (reasons.META_BILLED_*), or None."""
+    if reasons.META_BILLED_IMAGES not in metadata:
+        return None
+    try:
+        return image_pb2.Usage(
+            images=int(metadata[reasons.META_BILLED_IMAGES]),
+            megapixels=float(metadata.get(reasons.META_BILLED_MEGAPIXELS, "0")),
+            provider_seconds=float(metadata.get(reasons.META_BILLED_PROVIDER_SECONDS, "0")),
+            input_tokens=int(metadata.get(reasons.META_BILLED_INPUT_TOKENS, "0")),
+            output_tokens=int(metadata.get(reasons.META_BILLED_OUTPUT_TOKENS, "0")),
+            provider_job_id=metadata.get(reasons.META_PROVIDER_JOB_ID, ""),
+        )
+    except ValueError:
+        return None
 
 
 def classify(err: grpc.aio.AioRpcError) -> AttemptResult:
@@ -49,10 +70,13 @@ def classify(err: grpc.aio.AioRpcError) -> AttemptResult:
     o = router_pb2
     if not reason:
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            # Our own deadline ran out with the adapter still working: it may have submitted a
+            # job the provider bills, and no one can tell us, so it counts as billable.
             return AttemptResult(
                 o.ATTEMPT_OUTCOME_TIMEOUT,
                 reasons.PROVIDER_TIMEOUT,
                 message or "attempt timed out",
+                billable=True,
                 scope="model",
                 code=grpc.StatusCode.DEADLINE_EXCEEDED,
             )
@@ -92,11 +116,13 @@ def classify(err: grpc.aio.AioRpcError) -> AttemptResult:
     }
     outcome, scope, failover = table.get(reason, (o.ATTEMPT_OUTCOME_FAILED, "model", True))
     retry_after = parsed.retry_after_seconds if reason == reasons.PROVIDER_RATE_LIMITED else None
+    usage = billed_usage(parsed.metadata) if billable else None
     return AttemptResult(
         outcome,
         reason,
         message,
         billable=billable,
+        usage=usage,
         retry_after=retry_after,
         scope=scope,
         failover=failover,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import datetime
 
 import grpc
 
@@ -58,9 +59,16 @@ class PriceMirror:
             return None
         return quote_micros(price, width=width, height=height, num_images=num_images, steps=steps)
 
-    def usage_cost(self, provider: str, provider_model: str, usage: image_pb2.Usage) -> int | None:
-        """Price of measured usage in micro-USD, or None when the catalog has no entry."""
-        price = self._book.find(provider, provider_model)
+    def usage_cost(
+        self,
+        provider: str,
+        provider_model: str,
+        usage: image_pb2.Usage,
+        at: datetime | None = None,
+    ) -> int | None:
+        """Price of measured usage in micro-USD with the entry in force at `at` (default: the
+        newest), or None when the catalog has no entry."""
+        price = self._book.find(provider, provider_model, at)
         if price is None:
             return None
         return usage_micros(price, usage)

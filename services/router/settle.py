@@ -44,14 +44,23 @@ class RouterSettlement:
         self.pending = pending
 
     def billed_failures(self, job: Job) -> tuple[list[metering_pb2.BilledAttempt], int]:
-        """Failed attempts the provider may bill, and their price in micro-USD."""
+        """Failed attempts the provider may bill, and their provider cost in micro-USD.
+
+        Each carries the usage the adapter reported for it (what the provider bills, e.g. only
+        the BFL tasks that were not moderated). When nothing was reported (the Router's own
+        timeout, a cancelled hedge loser) the requested size times n is recorded, marked as an
+        estimate (`usage_reported` false): the provider may have run all of it.
+        """
         billed: list[metering_pb2.BilledAttempt] = []
         total = 0
         t = job.admitted.norm.template
-        for cand, attempt in job.log.billable_failures:
-            usage = image_pb2.Usage(
-                images=t.num_images, megapixels=t.width * t.height * t.num_images / 1e6
-            )
+        for cand, attempt, reported in job.log.billable_failures:
+            usage = reported
+            if usage is None:
+                usage = image_pb2.Usage(
+                    images=t.num_images, megapixels=t.width * t.height * t.num_images / 1e6
+                )
+            note = f"{attempt.error_reason} after the provider accepted the job"
             billed.append(
                 metering_pb2.BilledAttempt(
                     provider=cand.provider,
@@ -59,17 +68,26 @@ class RouterSettlement:
                     attempt_number=attempt.attempt_number,
                     usage=usage,
                     succeeded=False,
-                    note=f"{attempt.error_reason} after the provider accepted the job",
+                    note=note if reported is not None else note + " (usage estimated)",
+                    usage_reported=reported is not None,
                 )
             )
-            total += self.pricer.usage_cost(cand.provider, cand.provider_model, usage) or 0
+            total += (
+                self.pricer.usage_cost(cand.provider, cand.provider_model, usage, job.accepted_at)
+                or 0
+            )
         return billed, total
 
     async def succeed(
         self, job: Job, cand: Candidate, resp: provider_pb2.GenerateImageResponse
     ) -> router_pb2.GenerateImageResponse:
-        """Charges the winner's usage (plus billable failures) and builds the caller's answer."""
-        billed, failed_cost = self.billed_failures(job)
+        """Charges the tenant for the delivered images, records every attempt's provider cost,
+        and builds the caller's answer.
+
+        The tenant charge is the winner's usage priced; failed attempts (failovers, hedge
+        losers) are the gateway's own provider cost and never reach the tenant's plan.
+        """
+        billed, _ = self.billed_failures(job)
         usage = resp.usage
         billed.append(
             metering_pb2.BilledAttempt(
@@ -82,26 +100,29 @@ class RouterSettlement:
                 ),
                 usage=usage,
                 succeeded=True,
+                usage_reported=True,
             )
         )
-        cost = (
-            self.pricer.usage_cost(cand.provider, cand.provider_model, usage) or 0
-        ) + failed_cost
+        charge = (
+            self.pricer.usage_cost(cand.provider, cand.provider_model, usage, job.accepted_at) or 0
+        )
         reservation = job.reservation
         commit = None
         if reservation is not None:
-            # Quota refuses commits above the hold; Metering's ledger keeps the exact figure.
+            # Quota refuses commits above the hold (worst-case holds make that rare); the tenant
+            # is charged what the plan counted.
+            charge = min(charge, reservation.cost_micros)
             commit = quota_pb2.CommitReservationRequest(
                 reservation_id=reservation.id,
                 images=min(usage.images, reservation.images),
                 megapixels=min(usage.megapixels, reservation.megapixels),
-                cost_micros=min(cost, reservation.cost_micros),
+                cost_micros=charge,
             )
-        record = self._record(job, cand.alias, metering_pb2.REQUEST_OUTCOME_SUCCEEDED, billed)
+        record = self._record(
+            job, cand.alias, metering_pb2.REQUEST_OUTCOME_SUCCEEDED, billed, charge
+        )
         order = Settlement(reservation.id if reservation else "", commit, record)
-        stored = await self._hand_over(job, order, job.admitted.deadline)
-        if stored is not None and stored.cost_micros:
-            cost = stored.cost_micros
+        await self._hand_over(job, order, job.admitted.deadline)
         plan = job.plan
         return router_pb2.GenerateImageResponse(
             request_id=job.admitted.request_id,
@@ -109,7 +130,7 @@ class RouterSettlement:
             provider=cand.provider,
             model=cand.alias,
             provider_model=resp.model or cand.provider_model,
-            cost_micros=cost,
+            cost_micros=charge,
             usage=usage,
             attempts=job.log.attempts,
             trace_id=job.trace_id,
@@ -164,9 +185,16 @@ class RouterSettlement:
         await self.settler.close()
 
     def _record(
-        self, job: Job, model: str, outcome: int, billed: list[metering_pb2.BilledAttempt]
+        self,
+        job: Job,
+        model: str,
+        outcome: int,
+        billed: list[metering_pb2.BilledAttempt],
+        charge: int = 0,
     ) -> metering_pb2.RecordUsageRequest:
         return metering_pb2.RecordUsageRequest(
+            tenant_charge_micros=charge,
+            plan=job.admitted.caller.plan.id,
             request_id=job.admitted.request_id,
             tenant_id=job.admitted.caller.tenant_id,
             model=model,

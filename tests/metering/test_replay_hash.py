@@ -27,7 +27,14 @@ from tests.metering.test_metering import _error, _rows, _ts
 
 Request = metering_pb2.RecordUsageRequest
 SCHNELL = ("replicate", "black-forest-labs/flux-schnell")
-BILLABLE_ATTEMPT_FIELDS = {"provider", "provider_model", "attempt_number", "usage", "succeeded"}
+BILLABLE_ATTEMPT_FIELDS = {
+    "provider",
+    "provider_model",
+    "attempt_number",
+    "usage",
+    "succeeded",
+    "usage_reported",
+}
 BILLABLE_USAGE_FIELDS = {
     "images",
     "megapixels",

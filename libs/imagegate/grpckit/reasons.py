@@ -65,6 +65,13 @@ META_BILLABLE = "billable"
 META_RETRY_AFTER_SECONDS = "retry_after_seconds"
 META_TRACE_ID = "trace_id"
 META_COST_MICROS = "cost_micros"
+# What a failed attempt's provider bills, as the provider reported it (absent: not reported).
+# The Router reads these into the attempt's usage; see docs/cost.md.
+META_BILLED_IMAGES = "billed_images"
+META_BILLED_MEGAPIXELS = "billed_megapixels"
+META_BILLED_PROVIDER_SECONDS = "billed_provider_seconds"
+META_BILLED_INPUT_TOKENS = "billed_input_tokens"
+META_BILLED_OUTPUT_TOKENS = "billed_output_tokens"
 
 # Metering (appended).
 PRICE_NOT_FOUND = "PRICE_NOT_FOUND"

@@ -18,8 +18,10 @@ the recorded cost of the same generation never disagree.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 
 from imagegate.common.v1 import catalog_pb2, image_pb2
@@ -104,19 +106,54 @@ def quote_micros(
 
 
 class PriceBook:
-    """The catalog indexed by (provider, provider model), for pricing without a round trip."""
+    """The catalog indexed by (provider, provider model), with each model's price history.
+
+    A model's entries apply from their `effective_from` day (UTC) until the next entry's; a time
+    before the first entry is priced by the first (the catalog's oldest figure is all we know).
+    The book fills in each entry's `effective_until`.
+    """
 
     def __init__(self, prices: Iterable[metering_pb2.Price]) -> None:
-        self._by_key: dict[tuple[str, str], metering_pb2.Price] = {}
+        history: dict[tuple[str, str], list[metering_pb2.Price]] = {}
         for price in prices:
-            self._by_key[(price.provider, price.provider_model)] = price
+            entry = metering_pb2.Price()
+            entry.CopyFrom(price)
+            if not entry.effective_from:
+                entry.effective_from = entry.as_of
+            history.setdefault((entry.provider, entry.provider_model), []).append(entry)
+        for entries in history.values():
+            entries.sort(key=lambda p: p.effective_from)
+            for older, newer in itertools.pairwise(entries):
+                older.effective_until = newer.effective_from
+            entries[-1].ClearField("effective_until")
+        self._history = history
 
-    def find(self, provider: str, provider_model: str) -> metering_pb2.Price | None:
-        """The price of a provider's model, or None when the catalog has none."""
-        return self._by_key.get((provider, provider_model))
+    def find(
+        self, provider: str, provider_model: str, at: datetime | None = None
+    ) -> metering_pb2.Price | None:
+        """The entry of a provider's model in force at `at` (default: the newest), or None."""
+        entries = self._history.get((provider, provider_model))
+        if not entries:
+            return None
+        if at is None:
+            return entries[-1]
+        day = at.astimezone(UTC).date().isoformat() if at.tzinfo else at.date().isoformat()
+        chosen = entries[0]
+        for entry in entries:
+            if entry.effective_from <= day:
+                chosen = entry
+        return chosen
+
+    def history(self, provider: str, provider_model: str) -> list[metering_pb2.Price]:
+        """Every entry of a model, oldest first."""
+        return list(self._history.get((provider, provider_model), []))
+
+    def entries(self) -> list[metering_pb2.Price]:
+        """Every entry, by model then effective date."""
+        return [p for key in sorted(self._history) for p in self._history[key]]
 
     def __len__(self) -> int:
-        return len(self._by_key)
+        return len(self._history)
 
     def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter(self._by_key.values())
+        return iter(entries[-1] for entries in self._history.values())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import grpc
 
 from imagegate.grpckit import reasons
@@ -23,6 +25,32 @@ CODE_FOR_REASON: dict[str, grpc.StatusCode] = {
 }
 
 
+@dataclass(frozen=True)
+class BilledUsage:
+    """What the provider bills for a failed call, as it reported it (or as its rule counts it)."""
+
+    images: int = 0
+    """Images (tasks, predictions) the provider bills."""
+    megapixels: float = 0.0
+    """Megapixels of those images."""
+    provider_seconds: float = 0.0
+    """Compute seconds the provider reported."""
+    input_tokens: int = 0
+    """Input tokens the provider reported."""
+    output_tokens: int = 0
+    """Output tokens the provider reported."""
+
+    def metadata(self) -> dict[str, str]:
+        """ErrorInfo metadata carrying this usage (reasons.META_BILLED_*)."""
+        return {
+            reasons.META_BILLED_IMAGES: str(self.images),
+            reasons.META_BILLED_MEGAPIXELS: repr(float(self.megapixels)),
+            reasons.META_BILLED_PROVIDER_SECONDS: repr(float(self.provider_seconds)),
+            reasons.META_BILLED_INPUT_TOKENS: str(self.input_tokens),
+            reasons.META_BILLED_OUTPUT_TOKENS: str(self.output_tokens),
+        }
+
+
 class ProviderError(Exception):
     """A provider call failed in a known way."""
 
@@ -36,6 +64,7 @@ class ProviderError(Exception):
         billable: bool = False,
         provider_job_id: str = "",
         extra: dict[str, str] | None = None,
+        billed: BilledUsage | None = None,
     ) -> None:
         if reason not in CODE_FOR_REASON:
             raise ValueError(f"unknown provider error reason {reason!r}")
@@ -47,6 +76,8 @@ class ProviderError(Exception):
         self.billable = billable
         self.provider_job_id = provider_job_id
         self.extra = dict(extra or {})
+        self.billed = billed
+        """What the provider bills for this failure, when the adapter knows it."""
 
     def to_imagegate_error(self, provider: str, provider_model: str) -> ImagegateError:
         """The status the adapter returns; metadata carries every variable in the message."""
@@ -56,6 +87,10 @@ class ProviderError(Exception):
             reasons.META_BILLABLE: "true" if self.billable else "false",
             **self.extra,
         }
+        if self.billed is not None:
+            # Reported usage implies the provider bills: billable is set to match.
+            metadata[reasons.META_BILLABLE] = "true" if self.billed != BilledUsage() else "false"
+            metadata.update(self.billed.metadata())
         if self.http_status is not None:
             metadata[reasons.META_HTTP_STATUS] = str(self.http_status)
         if self.provider_job_id:

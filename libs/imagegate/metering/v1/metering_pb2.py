@@ -27,53 +27,53 @@ from imagegate.common.v1 import catalog_pb2 as imagegate_dot_common_dot_v1_dot_c
 from imagegate.common.v1 import image_pb2 as imagegate_dot_common_dot_v1_dot_image__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$imagegate/metering/v1/metering.proto\x12\x15imagegate.metering.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!imagegate/common/v1/catalog.proto\x1a\x1fimagegate/common/v1/image.proto\"\xc4\x01\n\rBilledAttempt\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x16\n\x0eprovider_model\x18\x02 \x01(\t\x12\x16\n\x0e\x61ttempt_number\x18\x03 \x01(\x05\x12)\n\x05usage\x18\x04 \x01(\x0b\x32\x1a.imagegate.common.v1.Usage\x12\x11\n\tsucceeded\x18\x05 \x01(\x08\x12\x0c\n\x04note\x18\x06 \x01(\t\x12\x13\n\x0b\x63ost_micros\x18\x07 \x01(\x03\x12\x10\n\x08price_id\x18\x08 \x01(\t\"\xfd\x01\n\x12RecordUsageRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x36\n\x07outcome\x18\x04 \x01(\x0e\x32%.imagegate.metering.v1.RequestOutcome\x12\x36\n\x08\x61ttempts\x18\x05 \x03(\x0b\x32$.imagegate.metering.v1.BilledAttempt\x12/\n\x0boccurred_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08trace_id\x18\x07 \x01(\t\"Z\n\x13RecordUsageResponse\x12\x32\n\x06record\x18\x01 \x01(\x0b\x32\".imagegate.metering.v1.UsageRecord\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"V\n\x17\x42\x61tchRecordUsageRequest\x12;\n\x08requests\x18\x01 \x03(\x0b\x32).imagegate.metering.v1.RecordUsageRequest\"U\n\x18\x42\x61tchRecordUsageResponse\x12\x39\n\x07results\x18\x01 \x03(\x0b\x32(.imagegate.metering.v1.BatchRecordResult\"\x97\x01\n\x11\x42\x61tchRecordResult\x12\x34\n\x06record\x18\x01 \x01(\x0b\x32\".imagegate.metering.v1.UsageRecordH\x00\x12\x31\n\x05\x65rror\x18\x02 \x01(\x0b\x32 .imagegate.metering.v1.ItemErrorH\x00\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x08\x42\x08\n\x06result\":\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xe9\x02\n\x0bUsageRecord\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\x16\n\x0eprovider_model\x18\x05 \x01(\t\x12\x36\n\x07outcome\x18\x06 \x01(\x0e\x32%.imagegate.metering.v1.RequestOutcome\x12\x0e\n\x06images\x18\x07 \x01(\x05\x12\x12\n\nmegapixels\x18\x08 \x01(\x01\x12\x13\n\x0b\x63ost_micros\x18\t \x01(\x03\x12\x36\n\x08\x61ttempts\x18\n \x03(\x0b\x32$.imagegate.metering.v1.BilledAttempt\x12/\n\x0boccurred_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06period\x18\x0c \x01(\t\x12\x10\n\x08trace_id\x18\r \x01(\t\";\n\x16GetUsageSummaryRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06period\x18\x02 \x01(\t\"O\n\x17GetUsageSummaryResponse\x12\x34\n\x07summary\x18\x01 \x01(\x0b\x32#.imagegate.metering.v1.UsageSummary\"\xaf\x01\n\x0cUsageSummary\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06period\x18\x02 \x01(\t\x12\x10\n\x08requests\x18\x03 \x01(\x03\x12\x0e\n\x06images\x18\x04 \x01(\x03\x12\x12\n\nmegapixels\x18\x05 \x01(\x01\x12\x13\n\x0b\x63ost_micros\x18\x06 \x01(\x03\x12\x31\n\x06groups\x18\x07 \x03(\x0b\x32!.imagegate.metering.v1.UsageGroup\"\x81\x01\n\nUsageGroup\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x16\n\x0eprovider_model\x18\x02 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\x03\x12\x0e\n\x06images\x18\x04 \x01(\x03\x12\x12\n\nmegapixels\x18\x05 \x01(\x01\x12\x13\n\x0b\x63ost_micros\x18\x06 \x01(\x03\"c\n\x17ListUsageRecordsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06period\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"h\n\x18ListUsageRecordsResponse\x12\x33\n\x07records\x18\x01 \x03(\x0b\x32\".imagegate.metering.v1.UsageRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8e\x01\n\x11QuotePriceRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x16\n\x0eprovider_model\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\x12\x12\n\nnum_images\x18\x05 \x01(\x05\x12\x12\n\x05steps\x18\x06 \x01(\x05H\x00\x88\x01\x01\x42\x08\n\x06_steps\"V\n\x12QuotePriceResponse\x12\x13\n\x0b\x63ost_micros\x18\x01 \x01(\x03\x12+\n\x05price\x18\x02 \x01(\x0b\x32\x1c.imagegate.metering.v1.Price\"\x13\n\x11ListPricesRequest\"[\n\x12ListPricesResponse\x12\x17\n\x0f\x63\x61talog_version\x18\x01 \x01(\t\x12,\n\x06prices\x18\x02 \x03(\x0b\x32\x1c.imagegate.metering.v1.Price\"\x90\x02\n\x05Price\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x16\n\x0eprovider_model\x18\x03 \x01(\t\x12,\n\x04unit\x18\x04 \x01(\x0e\x32\x1e.imagegate.common.v1.PriceUnit\x12\x19\n\x11unit_price_micros\x18\x05 \x01(\x01\x12 \n\x18input_token_price_micros\x18\x06 \x01(\x01\x12!\n\x19\x61ssumed_seconds_per_image\x18\x07 \x01(\x01\x12$\n\x1c\x61ssumed_tokens_per_megapixel\x18\x08 \x01(\x01\x12\x0e\n\x06source\x18\t \x01(\t\x12\r\n\x05\x61s_of\x18\n \x01(\t*l\n\x0eRequestOutcome\x12\x1f\n\x1bREQUEST_OUTCOME_UNSPECIFIED\x10\x00\x12\x1d\n\x19REQUEST_OUTCOME_SUCCEEDED\x10\x01\x12\x1a\n\x16REQUEST_OUTCOME_FAILED\x10\x02\x32\x99\x05\n\x0fMeteringService\x12\x64\n\x0bRecordUsage\x12).imagegate.metering.v1.RecordUsageRequest\x1a*.imagegate.metering.v1.RecordUsageResponse\x12s\n\x10\x42\x61tchRecordUsage\x12..imagegate.metering.v1.BatchRecordUsageRequest\x1a/.imagegate.metering.v1.BatchRecordUsageResponse\x12p\n\x0fGetUsageSummary\x12-.imagegate.metering.v1.GetUsageSummaryRequest\x1a..imagegate.metering.v1.GetUsageSummaryResponse\x12s\n\x10ListUsageRecords\x12..imagegate.metering.v1.ListUsageRecordsRequest\x1a/.imagegate.metering.v1.ListUsageRecordsResponse\x12\x61\n\nQuotePrice\x12(.imagegate.metering.v1.QuotePriceRequest\x1a).imagegate.metering.v1.QuotePriceResponse\x12\x61\n\nListPrices\x12(.imagegate.metering.v1.ListPricesRequest\x1a).imagegate.metering.v1.ListPricesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$imagegate/metering/v1/metering.proto\x12\x15imagegate.metering.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!imagegate/common/v1/catalog.proto\x1a\x1fimagegate/common/v1/image.proto\"\xdc\x01\n\rBilledAttempt\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x16\n\x0eprovider_model\x18\x02 \x01(\t\x12\x16\n\x0e\x61ttempt_number\x18\x03 \x01(\x05\x12)\n\x05usage\x18\x04 \x01(\x0b\x32\x1a.imagegate.common.v1.Usage\x12\x11\n\tsucceeded\x18\x05 \x01(\x08\x12\x0c\n\x04note\x18\x06 \x01(\t\x12\x13\n\x0b\x63ost_micros\x18\x07 \x01(\x03\x12\x10\n\x08price_id\x18\x08 \x01(\t\x12\x16\n\x0eusage_reported\x18\x13 \x01(\x08\"\xa9\x02\n\x12RecordUsageRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x36\n\x07outcome\x18\x04 \x01(\x0e\x32%.imagegate.metering.v1.RequestOutcome\x12\x36\n\x08\x61ttempts\x18\x05 \x03(\x0b\x32$.imagegate.metering.v1.BilledAttempt\x12/\n\x0boccurred_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08trace_id\x18\x07 \x01(\t\x12\x1c\n\x14tenant_charge_micros\x18\x13 \x01(\x03\x12\x0c\n\x04plan\x18\x14 \x01(\t\"Z\n\x13RecordUsageResponse\x12\x32\n\x06record\x18\x01 \x01(\x0b\x32\".imagegate.metering.v1.UsageRecord\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"V\n\x17\x42\x61tchRecordUsageRequest\x12;\n\x08requests\x18\x01 \x03(\x0b\x32).imagegate.metering.v1.RecordUsageRequest\"U\n\x18\x42\x61tchRecordUsageResponse\x12\x39\n\x07results\x18\x01 \x03(\x0b\x32(.imagegate.metering.v1.BatchRecordResult\"\x97\x01\n\x11\x42\x61tchRecordResult\x12\x34\n\x06record\x18\x01 \x01(\x0b\x32\".imagegate.metering.v1.UsageRecordH\x00\x12\x31\n\x05\x65rror\x18\x02 \x01(\x0b\x32 .imagegate.metering.v1.ItemErrorH\x00\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x08\x42\x08\n\x06result\":\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xb1\x03\n\x0bUsageRecord\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\x16\n\x0eprovider_model\x18\x05 \x01(\t\x12\x36\n\x07outcome\x18\x06 \x01(\x0e\x32%.imagegate.metering.v1.RequestOutcome\x12\x0e\n\x06images\x18\x07 \x01(\x05\x12\x12\n\nmegapixels\x18\x08 \x01(\x01\x12\x13\n\x0b\x63ost_micros\x18\t \x01(\x03\x12\x36\n\x08\x61ttempts\x18\n \x03(\x0b\x32$.imagegate.metering.v1.BilledAttempt\x12/\n\x0boccurred_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06period\x18\x0c \x01(\t\x12\x10\n\x08trace_id\x18\r \x01(\t\x12\x1c\n\x14tenant_charge_micros\x18\x13 \x01(\x03\x12\x1a\n\x12\x66\x61iled_cost_micros\x18\x14 \x01(\x03\x12\x0c\n\x04plan\x18\x15 \x01(\t\";\n\x16GetUsageSummaryRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06period\x18\x02 \x01(\t\"O\n\x17GetUsageSummaryResponse\x12\x34\n\x07summary\x18\x01 \x01(\x0b\x32#.imagegate.metering.v1.UsageSummary\"\xe9\x01\n\x0cUsageSummary\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06period\x18\x02 \x01(\t\x12\x10\n\x08requests\x18\x03 \x01(\x03\x12\x0e\n\x06images\x18\x04 \x01(\x03\x12\x12\n\nmegapixels\x18\x05 \x01(\x01\x12\x13\n\x0b\x63ost_micros\x18\x06 \x01(\x03\x12\x31\n\x06groups\x18\x07 \x03(\x0b\x32!.imagegate.metering.v1.UsageGroup\x12\x1c\n\x14tenant_charge_micros\x18\x13 \x01(\x03\x12\x1a\n\x12\x66\x61iled_cost_micros\x18\x14 \x01(\x03\"\xb6\x01\n\nUsageGroup\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x16\n\x0eprovider_model\x18\x02 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\x03\x12\x0e\n\x06images\x18\x04 \x01(\x03\x12\x12\n\nmegapixels\x18\x05 \x01(\x01\x12\x13\n\x0b\x63ost_micros\x18\x06 \x01(\x03\x12\x17\n\x0f\x66\x61iled_attempts\x18\x13 \x01(\x03\x12\x1a\n\x12\x66\x61iled_cost_micros\x18\x14 \x01(\x03\"c\n\x17ListUsageRecordsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06period\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"h\n\x18ListUsageRecordsResponse\x12\x33\n\x07records\x18\x01 \x03(\x0b\x32\".imagegate.metering.v1.UsageRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x9f\x01\n\x11QuotePriceRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x16\n\x0eprovider_model\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\x12\x12\n\nnum_images\x18\x05 \x01(\x05\x12\x12\n\x05steps\x18\x06 \x01(\x05H\x00\x88\x01\x01\x12\x0f\n\x07quality\x18\x13 \x01(\tB\x08\n\x06_steps\"V\n\x12QuotePriceResponse\x12\x13\n\x0b\x63ost_micros\x18\x01 \x01(\x03\x12+\n\x05price\x18\x02 \x01(\x0b\x32\x1c.imagegate.metering.v1.Price\"\x13\n\x11ListPricesRequest\"[\n\x12ListPricesResponse\x12\x17\n\x0f\x63\x61talog_version\x18\x01 \x01(\t\x12,\n\x06prices\x18\x02 \x03(\x0b\x32\x1c.imagegate.metering.v1.Price\"\xd4\x02\n\x05Price\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x16\n\x0eprovider_model\x18\x03 \x01(\t\x12,\n\x04unit\x18\x04 \x01(\x0e\x32\x1e.imagegate.common.v1.PriceUnit\x12\x19\n\x11unit_price_micros\x18\x05 \x01(\x01\x12 \n\x18input_token_price_micros\x18\x06 \x01(\x01\x12!\n\x19\x61ssumed_seconds_per_image\x18\x07 \x01(\x01\x12$\n\x1c\x61ssumed_tokens_per_megapixel\x18\x08 \x01(\x01\x12\x0e\n\x06source\x18\t \x01(\t\x12\r\n\x05\x61s_of\x18\n \x01(\t\x12\x11\n\tconfirmed\x18\x13 \x01(\x08\x12\x16\n\x0e\x65\x66\x66\x65\x63tive_from\x18\x14 \x01(\t\x12\x17\n\x0f\x65\x66\x66\x65\x63tive_until\x18\x15 \x01(\t*l\n\x0eRequestOutcome\x12\x1f\n\x1bREQUEST_OUTCOME_UNSPECIFIED\x10\x00\x12\x1d\n\x19REQUEST_OUTCOME_SUCCEEDED\x10\x01\x12\x1a\n\x16REQUEST_OUTCOME_FAILED\x10\x02\x32\x99\x05\n\x0fMeteringService\x12\x64\n\x0bRecordUsage\x12).imagegate.metering.v1.RecordUsageRequest\x1a*.imagegate.metering.v1.RecordUsageResponse\x12s\n\x10\x42\x61tchRecordUsage\x12..imagegate.metering.v1.BatchRecordUsageRequest\x1a/.imagegate.metering.v1.BatchRecordUsageResponse\x12p\n\x0fGetUsageSummary\x12-.imagegate.metering.v1.GetUsageSummaryRequest\x1a..imagegate.metering.v1.GetUsageSummaryResponse\x12s\n\x10ListUsageRecords\x12..imagegate.metering.v1.ListUsageRecordsRequest\x1a/.imagegate.metering.v1.ListUsageRecordsResponse\x12\x61\n\nQuotePrice\x12(.imagegate.metering.v1.QuotePriceRequest\x1a).imagegate.metering.v1.QuotePriceResponse\x12\x61\n\nListPrices\x12(.imagegate.metering.v1.ListPricesRequest\x1a).imagegate.metering.v1.ListPricesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'imagegate.metering.v1.metering_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REQUESTOUTCOME']._serialized_start=2745
-  _globals['_REQUESTOUTCOME']._serialized_end=2853
+  _globals['_REQUESTOUTCOME']._serialized_start=3081
+  _globals['_REQUESTOUTCOME']._serialized_end=3189
   _globals['_BILLEDATTEMPT']._serialized_start=165
-  _globals['_BILLEDATTEMPT']._serialized_end=361
-  _globals['_RECORDUSAGEREQUEST']._serialized_start=364
-  _globals['_RECORDUSAGEREQUEST']._serialized_end=617
-  _globals['_RECORDUSAGERESPONSE']._serialized_start=619
-  _globals['_RECORDUSAGERESPONSE']._serialized_end=709
-  _globals['_BATCHRECORDUSAGEREQUEST']._serialized_start=711
-  _globals['_BATCHRECORDUSAGEREQUEST']._serialized_end=797
-  _globals['_BATCHRECORDUSAGERESPONSE']._serialized_start=799
-  _globals['_BATCHRECORDUSAGERESPONSE']._serialized_end=884
-  _globals['_BATCHRECORDRESULT']._serialized_start=887
-  _globals['_BATCHRECORDRESULT']._serialized_end=1038
-  _globals['_ITEMERROR']._serialized_start=1040
-  _globals['_ITEMERROR']._serialized_end=1098
-  _globals['_USAGERECORD']._serialized_start=1101
-  _globals['_USAGERECORD']._serialized_end=1462
-  _globals['_GETUSAGESUMMARYREQUEST']._serialized_start=1464
-  _globals['_GETUSAGESUMMARYREQUEST']._serialized_end=1523
-  _globals['_GETUSAGESUMMARYRESPONSE']._serialized_start=1525
-  _globals['_GETUSAGESUMMARYRESPONSE']._serialized_end=1604
-  _globals['_USAGESUMMARY']._serialized_start=1607
-  _globals['_USAGESUMMARY']._serialized_end=1782
-  _globals['_USAGEGROUP']._serialized_start=1785
-  _globals['_USAGEGROUP']._serialized_end=1914
-  _globals['_LISTUSAGERECORDSREQUEST']._serialized_start=1916
-  _globals['_LISTUSAGERECORDSREQUEST']._serialized_end=2015
-  _globals['_LISTUSAGERECORDSRESPONSE']._serialized_start=2017
-  _globals['_LISTUSAGERECORDSRESPONSE']._serialized_end=2121
-  _globals['_QUOTEPRICEREQUEST']._serialized_start=2124
-  _globals['_QUOTEPRICEREQUEST']._serialized_end=2266
-  _globals['_QUOTEPRICERESPONSE']._serialized_start=2268
-  _globals['_QUOTEPRICERESPONSE']._serialized_end=2354
-  _globals['_LISTPRICESREQUEST']._serialized_start=2356
-  _globals['_LISTPRICESREQUEST']._serialized_end=2375
-  _globals['_LISTPRICESRESPONSE']._serialized_start=2377
-  _globals['_LISTPRICESRESPONSE']._serialized_end=2468
-  _globals['_PRICE']._serialized_start=2471
-  _globals['_PRICE']._serialized_end=2743
-  _globals['_METERINGSERVICE']._serialized_start=2856
-  _globals['_METERINGSERVICE']._serialized_end=3521
+  _globals['_BILLEDATTEMPT']._serialized_end=385
+  _globals['_RECORDUSAGEREQUEST']._serialized_start=388
+  _globals['_RECORDUSAGEREQUEST']._serialized_end=685
+  _globals['_RECORDUSAGERESPONSE']._serialized_start=687
+  _globals['_RECORDUSAGERESPONSE']._serialized_end=777
+  _globals['_BATCHRECORDUSAGEREQUEST']._serialized_start=779
+  _globals['_BATCHRECORDUSAGEREQUEST']._serialized_end=865
+  _globals['_BATCHRECORDUSAGERESPONSE']._serialized_start=867
+  _globals['_BATCHRECORDUSAGERESPONSE']._serialized_end=952
+  _globals['_BATCHRECORDRESULT']._serialized_start=955
+  _globals['_BATCHRECORDRESULT']._serialized_end=1106
+  _globals['_ITEMERROR']._serialized_start=1108
+  _globals['_ITEMERROR']._serialized_end=1166
+  _globals['_USAGERECORD']._serialized_start=1169
+  _globals['_USAGERECORD']._serialized_end=1602
+  _globals['_GETUSAGESUMMARYREQUEST']._serialized_start=1604
+  _globals['_GETUSAGESUMMARYREQUEST']._serialized_end=1663
+  _globals['_GETUSAGESUMMARYRESPONSE']._serialized_start=1665
+  _globals['_GETUSAGESUMMARYRESPONSE']._serialized_end=1744
+  _globals['_USAGESUMMARY']._serialized_start=1747
+  _globals['_USAGESUMMARY']._serialized_end=1980
+  _globals['_USAGEGROUP']._serialized_start=1983
+  _globals['_USAGEGROUP']._serialized_end=2165
+  _globals['_LISTUSAGERECORDSREQUEST']._serialized_start=2167
+  _globals['_LISTUSAGERECORDSREQUEST']._serialized_end=2266
+  _globals['_LISTUSAGERECORDSRESPONSE']._serialized_start=2268
+  _globals['_LISTUSAGERECORDSRESPONSE']._serialized_end=2372
+  _globals['_QUOTEPRICEREQUEST']._serialized_start=2375
+  _globals['_QUOTEPRICEREQUEST']._serialized_end=2534
+  _globals['_QUOTEPRICERESPONSE']._serialized_start=2536
+  _globals['_QUOTEPRICERESPONSE']._serialized_end=2622
+  _globals['_LISTPRICESREQUEST']._serialized_start=2624
+  _globals['_LISTPRICESREQUEST']._serialized_end=2643
+  _globals['_LISTPRICESRESPONSE']._serialized_start=2645
+  _globals['_LISTPRICESRESPONSE']._serialized_end=2736
+  _globals['_PRICE']._serialized_start=2739
+  _globals['_PRICE']._serialized_end=3079
+  _globals['_METERINGSERVICE']._serialized_start=3192
+  _globals['_METERINGSERVICE']._serialized_end=3857
 # @@protoc_insertion_point(module_scope)

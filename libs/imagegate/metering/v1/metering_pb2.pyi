@@ -60,6 +60,7 @@ class BilledAttempt(_message.Message):
     NOTE_FIELD_NUMBER: _builtins.int
     COST_MICROS_FIELD_NUMBER: _builtins.int
     PRICE_ID_FIELD_NUMBER: _builtins.int
+    USAGE_REPORTED_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     """Provider name."""
     provider_model: _builtins.str
@@ -73,7 +74,12 @@ class BilledAttempt(_message.Message):
     cost_micros: _builtins.int
     """Price computed by Metering, in micro-USD (ignored on input)."""
     price_id: _builtins.str
-    """Price entry used (ignored on input)."""
+    """Price entry used (ignored on input); its id carries the entry's version (effective date)."""
+    usage_reported: _builtins.bool
+    """True when `usage` is what the provider reported (adapter-measured, also on failure); false
+    when the Router estimated it from the request because nothing was reported (its own
+    timeout, a cancelled hedge loser): the estimate is the requested size times n.
+    """
     @_builtins.property
     def usage(self) -> _image_pb2.Usage:
         """Usage of the attempt (for a failed but billable attempt, the usage the provider would bill)."""
@@ -89,10 +95,11 @@ class BilledAttempt(_message.Message):
         note: _builtins.str = ...,
         cost_micros: _builtins.int = ...,
         price_id: _builtins.str = ...,
+        usage_reported: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_number", b"attempt_number", "cost_micros", b"cost_micros", "note", b"note", "price_id", b"price_id", "provider", b"provider", "provider_model", b"provider_model", "succeeded", b"succeeded", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_number", b"attempt_number", "cost_micros", b"cost_micros", "note", b"note", "price_id", b"price_id", "provider", b"provider", "provider_model", b"provider_model", "succeeded", b"succeeded", "usage", b"usage", "usage_reported", b"usage_reported"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -111,6 +118,8 @@ class RecordUsageRequest(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
     TRACE_ID_FIELD_NUMBER: _builtins.int
+    TENANT_CHARGE_MICROS_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key of the request, unique per tenant."""
     tenant_id: _builtins.str
@@ -121,6 +130,13 @@ class RecordUsageRequest(_message.Message):
     """How the request ended."""
     trace_id: _builtins.str
     """Trace id of the request, for cross-reference."""
+    tenant_charge_micros: _builtins.int
+    """What the tenant is charged for the request, in micro-USD: the delivered images priced from
+    the catalog (what Quota committed); 0 for a failed request. The provider cost of the
+    attempts is priced by Metering from `attempts`.
+    """
+    plan: _builtins.str
+    """The tenant's plan id when the request was accepted (groups the margin report)."""
     @_builtins.property
     def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___BilledAttempt]:
         """Attempts the providers may bill; the successful one included."""
@@ -139,10 +155,12 @@ class RecordUsageRequest(_message.Message):
         attempts: _abc.Iterable[Global___BilledAttempt] | None = ...,
         occurred_at: _timestamp_pb2.Timestamp | None = ...,
         trace_id: _builtins.str = ...,
+        tenant_charge_micros: _builtins.int = ...,
+        plan: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "model", b"model", "occurred_at", b"occurred_at", "outcome", b"outcome", "request_id", b"request_id", "tenant_id", b"tenant_id", "trace_id", b"trace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "model", b"model", "occurred_at", b"occurred_at", "outcome", b"outcome", "plan", b"plan", "request_id", b"request_id", "tenant_charge_micros", b"tenant_charge_micros", "tenant_id", b"tenant_id", "trace_id", b"trace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -309,6 +327,9 @@ class UsageRecord(_message.Message):
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
     PERIOD_FIELD_NUMBER: _builtins.int
     TRACE_ID_FIELD_NUMBER: _builtins.int
+    TENANT_CHARGE_MICROS_FIELD_NUMBER: _builtins.int
+    FAILED_COST_MICROS_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key of the request."""
     tenant_id: _builtins.str
@@ -326,11 +347,17 @@ class UsageRecord(_message.Message):
     megapixels: _builtins.float
     """Megapixels delivered."""
     cost_micros: _builtins.int
-    """Total cost of all billable attempts, in micro-USD."""
+    """Provider cost: what all billable attempts cost the gateway, in micro-USD."""
     period: _builtins.str
     """Calendar month "YYYY-MM" (UTC) the record counts in."""
     trace_id: _builtins.str
     """Trace id of the request."""
+    tenant_charge_micros: _builtins.int
+    """What the tenant is charged (what the plan counts), in micro-USD."""
+    failed_cost_micros: _builtins.int
+    """Provider cost of the failed attempts alone (part of `cost_micros`), in micro-USD."""
+    plan: _builtins.str
+    """The tenant's plan id when the request was accepted."""
     @_builtins.property
     def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___BilledAttempt]:
         """Billable attempts with their prices."""
@@ -355,10 +382,13 @@ class UsageRecord(_message.Message):
         occurred_at: _timestamp_pb2.Timestamp | None = ...,
         period: _builtins.str = ...,
         trace_id: _builtins.str = ...,
+        tenant_charge_micros: _builtins.int = ...,
+        failed_cost_micros: _builtins.int = ...,
+        plan: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cost_micros", b"cost_micros", "images", b"images", "megapixels", b"megapixels", "model", b"model", "occurred_at", b"occurred_at", "outcome", b"outcome", "period", b"period", "provider", b"provider", "provider_model", b"provider_model", "request_id", b"request_id", "tenant_id", b"tenant_id", "trace_id", b"trace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cost_micros", b"cost_micros", "failed_cost_micros", b"failed_cost_micros", "images", b"images", "megapixels", b"megapixels", "model", b"model", "occurred_at", b"occurred_at", "outcome", b"outcome", "period", b"period", "plan", b"plan", "provider", b"provider", "provider_model", b"provider_model", "request_id", b"request_id", "tenant_charge_micros", b"tenant_charge_micros", "tenant_id", b"tenant_id", "trace_id", b"trace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -427,6 +457,8 @@ class UsageSummary(_message.Message):
     MEGAPIXELS_FIELD_NUMBER: _builtins.int
     COST_MICROS_FIELD_NUMBER: _builtins.int
     GROUPS_FIELD_NUMBER: _builtins.int
+    TENANT_CHARGE_MICROS_FIELD_NUMBER: _builtins.int
+    FAILED_COST_MICROS_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     """Tenant."""
     period: _builtins.str
@@ -438,7 +470,11 @@ class UsageSummary(_message.Message):
     megapixels: _builtins.float
     """Megapixels delivered."""
     cost_micros: _builtins.int
-    """Total cost in micro-USD."""
+    """Provider cost in micro-USD: every billable attempt, failed ones included."""
+    tenant_charge_micros: _builtins.int
+    """What the tenant is charged (what the plan counts), in micro-USD."""
+    failed_cost_micros: _builtins.int
+    """Provider cost of failed attempts alone (part of `cost_micros`), in micro-USD."""
     @_builtins.property
     def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageGroup]:
         """Totals per provider and provider model."""
@@ -453,10 +489,12 @@ class UsageSummary(_message.Message):
         megapixels: _builtins.float = ...,
         cost_micros: _builtins.int = ...,
         groups: _abc.Iterable[Global___UsageGroup] | None = ...,
+        tenant_charge_micros: _builtins.int = ...,
+        failed_cost_micros: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_micros", b"cost_micros", "groups", b"groups", "images", b"images", "megapixels", b"megapixels", "period", b"period", "requests", b"requests", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_micros", b"cost_micros", "failed_cost_micros", b"failed_cost_micros", "groups", b"groups", "images", b"images", "megapixels", b"megapixels", "period", b"period", "requests", b"requests", "tenant_charge_micros", b"tenant_charge_micros", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -474,6 +512,8 @@ class UsageGroup(_message.Message):
     IMAGES_FIELD_NUMBER: _builtins.int
     MEGAPIXELS_FIELD_NUMBER: _builtins.int
     COST_MICROS_FIELD_NUMBER: _builtins.int
+    FAILED_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    FAILED_COST_MICROS_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     """Provider name."""
     provider_model: _builtins.str
@@ -485,7 +525,11 @@ class UsageGroup(_message.Message):
     megapixels: _builtins.float
     """Megapixels delivered."""
     cost_micros: _builtins.int
-    """Cost in micro-USD."""
+    """Provider cost in micro-USD (failed attempts included)."""
+    failed_attempts: _builtins.int
+    """Failed billable attempts."""
+    failed_cost_micros: _builtins.int
+    """Provider cost of the failed attempts, in micro-USD."""
     def __init__(
         self,
         *,
@@ -495,10 +539,12 @@ class UsageGroup(_message.Message):
         images: _builtins.int = ...,
         megapixels: _builtins.float = ...,
         cost_micros: _builtins.int = ...,
+        failed_attempts: _builtins.int = ...,
+        failed_cost_micros: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cost_micros", b"cost_micros", "images", b"images", "megapixels", b"megapixels", "provider", b"provider", "provider_model", b"provider_model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cost_micros", b"cost_micros", "failed_attempts", b"failed_attempts", "failed_cost_micros", b"failed_cost_micros", "images", b"images", "megapixels", b"megapixels", "provider", b"provider", "provider_model", b"provider_model"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -578,6 +624,7 @@ class QuotePriceRequest(_message.Message):
     HEIGHT_FIELD_NUMBER: _builtins.int
     NUM_IMAGES_FIELD_NUMBER: _builtins.int
     STEPS_FIELD_NUMBER: _builtins.int
+    QUALITY_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     """Provider name."""
     provider_model: _builtins.str
@@ -590,6 +637,10 @@ class QuotePriceRequest(_message.Message):
     """Number of images."""
     steps: _builtins.int
     """Inference steps, when set; some prices depend on it."""
+    quality: _builtins.str
+    """Provider quality setting ("low", "medium", "high", "auto"); empty for the model's default.
+    The quote covers the worst case of the setting ("auto" is quoted as "high").
+    """
     def __init__(
         self,
         *,
@@ -599,10 +650,11 @@ class QuotePriceRequest(_message.Message):
         height: _builtins.int = ...,
         num_images: _builtins.int = ...,
         steps: _builtins.int | None = ...,
+        quality: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_steps", b"_steps", "steps", b"steps"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_steps", b"_steps", "height", b"height", "num_images", b"num_images", "provider", b"provider", "provider_model", b"provider_model", "steps", b"steps", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_steps", b"_steps", "height", b"height", "num_images", b"num_images", "provider", b"provider", "provider_model", b"provider_model", "quality", b"quality", "steps", b"steps", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__steps: _TypeAlias = _typing.Literal["steps"]  # noqa: Y015
     _WhichOneofArgType__steps: _TypeAlias = _typing.Literal["_steps", b"_steps"]  # noqa: Y015
@@ -699,6 +751,9 @@ class Price(_message.Message):
     ASSUMED_TOKENS_PER_MEGAPIXEL_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
     AS_OF_FIELD_NUMBER: _builtins.int
+    CONFIRMED_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_FROM_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_UNTIL_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Stable id, e.g. "fal/fal-ai/flux/schnell@2026-11-01"."""
     provider: _builtins.str
@@ -719,6 +774,14 @@ class Price(_message.Message):
     """Where the figure comes from."""
     as_of: _builtins.str
     """When the figure was checked."""
+    confirmed: _builtins.bool
+    """True when the figure was checked against the provider's own published price page."""
+    effective_from: _builtins.str
+    """First UTC day ("YYYY-MM-DD") the entry prices requests; it applies until the next entry of
+    the same model takes over.
+    """
+    effective_until: _builtins.str
+    """First UTC day the next entry of the model takes over; empty for the entry in force now."""
     def __init__(
         self,
         *,
@@ -732,10 +795,13 @@ class Price(_message.Message):
         assumed_tokens_per_megapixel: _builtins.float = ...,
         source: _builtins.str = ...,
         as_of: _builtins.str = ...,
+        confirmed: _builtins.bool = ...,
+        effective_from: _builtins.str = ...,
+        effective_until: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "assumed_seconds_per_image", b"assumed_seconds_per_image", "assumed_tokens_per_megapixel", b"assumed_tokens_per_megapixel", "id", b"id", "input_token_price_micros", b"input_token_price_micros", "provider", b"provider", "provider_model", b"provider_model", "source", b"source", "unit", b"unit", "unit_price_micros", b"unit_price_micros"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "assumed_seconds_per_image", b"assumed_seconds_per_image", "assumed_tokens_per_megapixel", b"assumed_tokens_per_megapixel", "confirmed", b"confirmed", "effective_from", b"effective_from", "effective_until", b"effective_until", "id", b"id", "input_token_price_micros", b"input_token_price_micros", "provider", b"provider", "provider_model", b"provider_model", "source", b"source", "unit", b"unit", "unit_price_micros", b"unit_price_micros"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
