@@ -9,7 +9,7 @@ import httpx
 from imagegate.grpckit import reasons
 from imagegate.grpckit.deadline import Deadline
 from imagegate.providerkit.download import download_images
-from imagegate.providerkit.errors import ProviderError, bad_answer
+from imagegate.providerkit.errors import BilledUsage, ProviderError, bad_answer
 from imagegate.providerkit.hosted import HostedAdapter
 from imagegate.providerkit.http import (
     Pending,
@@ -198,13 +198,22 @@ class FalAdapter(HostedAdapter[FalSettings]):
             max_interval=self._settings.max_poll_interval_seconds,
             background=self._background,
         )
-        result_resp = await send(self._client, "GET", urls["response_url"], deadline=deadline)
-        if result_resp.status_code >= 300:
-            raise self._error(result_resp, "result", job_id=job_id, billable=True)
-        if status.get("error"):
-            raise self._completed_error(status, job_id)
-        result = json_object(result_resp, billable=True, job_id=job_id)
-        images = await self._images(result, request, deadline, job_id)
+        try:
+            result_resp = await send(self._client, "GET", urls["response_url"], deadline=deadline)
+            if result_resp.status_code >= 300:
+                raise self._error(result_resp, "result", job_id=job_id, billable=True)
+            if status.get("error"):
+                raise self._completed_error(status, job_id)
+            result = json_object(result_resp, billable=True, job_id=job_id)
+            images = await self._images(result, request, deadline, job_id)
+        except ProviderError as err:
+            if err.billable and err.billed is None:
+                # fal charges a completed request by its output, used or not.
+                n = request.num_images
+                err.billed = BilledUsage(
+                    images=n, megapixels=n * request.width * request.height / 1_000_000
+                )
+            raise
         metrics = status.get("metrics")
         timings = result.get("timings")
         seconds = _float(metrics.get("inference_time") if isinstance(metrics, dict) else None)

@@ -10,7 +10,7 @@ import httpx
 from imagegate.grpckit import reasons
 from imagegate.grpckit.deadline import Deadline
 from imagegate.providerkit.download import to_image
-from imagegate.providerkit.errors import ProviderError
+from imagegate.providerkit.errors import BilledUsage, ProviderError
 from imagegate.providerkit.hosted import HostedAdapter
 from imagegate.providerkit.images import sniff_format
 from imagegate.providerkit.synchronous import post_sync
@@ -84,8 +84,18 @@ class HuggingFaceAdapter(HostedAdapter[HuggingFaceSettings]):
             err = failed.exceptions[0]
             assert isinstance(err, ProviderError)
             # Images already rendered are billed even though the generation failed.
-            if any(t.done() and not t.cancelled() and t.exception() is None for t in tasks):
+            done = [
+                t.result()
+                for t in tasks
+                if t.done() and not t.cancelled() and t.exception() is None
+            ]
+            if done:
                 err.billable = True
+                err.billed = BilledUsage(
+                    images=len(done),
+                    megapixels=len(done) * request.width * request.height / 1_000_000,
+                    provider_seconds=sum(seconds for _, seconds, _ in done),
+                )
             raise err from None
         results = [t.result() for t in tasks]
         return GenerationResult(

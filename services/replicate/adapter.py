@@ -10,7 +10,7 @@ import httpx
 from imagegate.grpckit import reasons
 from imagegate.grpckit.deadline import Deadline
 from imagegate.providerkit.download import download_images
-from imagegate.providerkit.errors import ProviderError, bad_answer
+from imagegate.providerkit.errors import BilledUsage, ProviderError, bad_answer
 from imagegate.providerkit.hosted import HostedAdapter
 from imagegate.providerkit.http import Pending, error_from_status, json_object, poll_until, send
 from imagegate.providerkit.jobs import cancel_at_deadline, poll_get
@@ -163,18 +163,30 @@ class ReplicateAdapter(HostedAdapter[ReplicateSettings]):
             await progress(Progress(state=str(pred.get("status", "")), provider_job_id=job_id))
         if not self._usable(pred, request.num_images):
             pred = await self._wait(pred, request, deadline, progress)
-        output = self._outputs(pred, request.num_images, job_id)
-        images = await download_images(
-            self._client,
-            output,
-            self._results_from(self._settings.result_hosts),
-            deadline=deadline,
-            wanted=request.output_format,
-            first_seed=request.seed,
-            job_id=job_id,
-        )
         metrics = pred.get("metrics")
         seconds = metrics.get("predict_time") if isinstance(metrics, dict) else None
+        try:
+            output = self._outputs(pred, request.num_images, job_id)
+            images = await download_images(
+                self._client,
+                output,
+                self._results_from(self._settings.result_hosts),
+                deadline=deadline,
+                wanted=request.output_format,
+                first_seed=request.seed,
+                job_id=job_id,
+            )
+        except ProviderError as err:
+            if err.billable and err.billed is None:
+                # What Replicate bills for the prediction it ran: its outputs (official models)
+                # or its predict_time (per-second models), even when we cannot use them.
+                made = len([o for o in _as_list(pred.get("output")) if isinstance(o, str)])
+                err.billed = BilledUsage(
+                    images=made,
+                    megapixels=made * request.width * request.height / 1_000_000,
+                    provider_seconds=float(seconds) if isinstance(seconds, int | float) else 0.0,
+                )
+            raise
         return GenerationResult(
             images=images,
             provider_job_id=job_id,

@@ -59,7 +59,9 @@ async def test_hanging_primary_costs_its_usual_p95_plus_the_follower_from_the_fi
         record = s.metering.records[("t_pro", "hedged")]
         billed = {(a.provider, a.succeeded) for a in record.attempts}
         assert billed == {("replicate", True), ("fal", False)}
-        assert record.cost_micros == 6000 and resp.cost_micros == 6000
+        # Provider cost covers both; the tenant is charged only the delivered images.
+        assert record.cost_micros == 6000 and record.failed_cost_micros == 3000
+        assert record.tenant_charge_micros == 3000 and resp.cost_micros == 3000
     finally:
         await s.stop()
 

@@ -7,10 +7,12 @@ import contextlib
 import functools
 import io
 import json
+import math
 import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from aiohttp import web
@@ -129,6 +131,33 @@ class StoredFile:
     """Monotonic time after which the URL answers as expired; None: never."""
 
 
+@dataclass
+class Charge:
+    """One line of the emulator's own bill: what its provider charges for one job, by the
+    provider's published rule (independent of imagegate's catalog and pricing code)."""
+
+    job_id: str
+    """The provider's job, task, prediction or request id."""
+    model: str
+    """Model billed."""
+    quantity: Decimal
+    """Units billed (whole megapixels, images, seconds or tokens)."""
+    unit: str
+    """"megapixel", "image", "second" or "token"."""
+    amount: Decimal
+    """Exact amount in micro-USD before the invoice rounds it."""
+
+    @property
+    def micros(self) -> int:
+        """The invoice line in whole micro-USD (half up)."""
+        return int(self.amount.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def whole_megapixels(width: int, height: int) -> int:
+    """Megapixels of one image rounded up to a whole one (fal's and Together's rule)."""
+    return max(1, math.ceil(Decimal(width * height) / Decimal(1_000_000)))
+
+
 @functools.lru_cache(maxsize=256)
 def render_image(width: int, height: int, fmt: OutputFormat, seed: int = 0) -> bytes:
     """A real image of exactly width x height: a seeded gradient with a few shapes."""
@@ -176,6 +205,8 @@ class Emulator:
         """Every result-file request received."""
         self.files: dict[str, StoredFile] = {}
         """Result files by token."""
+        self.bill: list[Charge] = []
+        """What the provider would charge, one line per billed job (refunds remove lines)."""
         self._runner: web.AppRunner | None = None
         self._base_url = ""
         self._stopping = asyncio.Event()
@@ -221,6 +252,23 @@ class Emulator:
     def alt_base_url(self) -> str:
         """The same server under another host name (localhost), for cross-host URLs."""
         return f"http://localhost:{self.port}"
+
+    # ---- the bill
+
+    def charge(
+        self, job_id: str, model: str, quantity: Decimal | int, unit: str, unit_price: str
+    ) -> None:
+        """Adds an invoice line: `quantity` units at `unit_price` micro-USD (a decimal text)."""
+        q = Decimal(quantity)
+        self.bill.append(Charge(job_id, model, q, unit, q * Decimal(unit_price)))
+
+    def refund(self, job_id: str) -> None:
+        """Removes a job's lines (e.g. a moderated BFL task, which is not charged)."""
+        self.bill = [c for c in self.bill if c.job_id != job_id]
+
+    def billed_micros(self) -> int:
+        """The bill's total in micro-USD: the sum of its rounded lines."""
+        return sum(c.micros for c in self.bill)
 
     # ---- for subclasses
 

@@ -17,6 +17,9 @@ MAX_ACTIVE_TASKS = 24
 # Signed delivery URLs expire 10 minutes after generation (contracts 4.4).
 SAMPLE_TTL = 600.0
 _PROGRESS_STEPS = (0.3, 0.7, 1.0)
+# What BFL charges per image, micro-USD (1 credit = $0.01; docs.bfl.ml pricing): each submitted
+# task is charged, a moderated one is not.
+PRICES = {"flux-dev": "25000", "flux-pro-1.1": "40000", "flux-pro": "50000"}
 
 
 @dataclass
@@ -113,6 +116,7 @@ class BflEmulator(Emulator):
             malformed=bool(self.faults.take("malformed_json")),
         )
         self.tasks[task.id] = task
+        self.charge(task.id, model, 1, "image", PRICES[model])
         # The global endpoint answers with a polling_url on a regional cluster (another host).
         polling_url = f"{self.alt_base_url}/v1/get_result?id={task.id}"
         mp = body.get("width", 1024) * body.get("height", 768) / 1e6
@@ -161,6 +165,7 @@ class BflEmulator(Emulator):
         if task.status != "Pending" or task.never_complete:
             return
         if task.moderation:
+            self.refund(task.id)
             task.status = task.moderation
             task.details = {"Moderation Reasons": ["Derivative Works Filter"]}
             return

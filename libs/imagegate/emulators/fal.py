@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from imagegate.emulators.base import Emulator, new_id
+from imagegate.emulators.base import Emulator, new_id, whole_megapixels
 from imagegate.providerkit.types import OutputFormat
 
 # Preset sizes; only landscape_4_3 is confirmed by recorded traffic (contracts 2.4).
@@ -24,6 +24,14 @@ PRESETS = {
 STEP_LIMITS = {"fal-ai/flux/schnell": 12, "fal-ai/flux/dev": 50, "fal-ai/fast-sdxl": 50}
 MAX_IMAGES = {"fal-ai/fast-sdxl": 8}
 ENDPOINTS = ("fal-ai/flux/schnell", "fal-ai/flux/dev", "fal-ai/flux-pro/v1.1", "fal-ai/fast-sdxl")
+# What fal charges, micro-USD: per megapixel of output rounded up per image (model pages), or
+# per image for fast-sdxl (no published price; the figure the catalog assumes).
+PRICES = {
+    "fal-ai/flux/schnell": ("megapixel", "3000"),
+    "fal-ai/flux/dev": ("megapixel", "25000"),
+    "fal-ai/flux-pro/v1.1": ("megapixel", "40000"),
+    "fal-ai/fast-sdxl": ("image", "2500"),
+}
 LOCKED = (
     "User is locked. Reason: Exhausted balance. Top up your balance at fal.ai/dashboard/billing"
 )
@@ -47,6 +55,7 @@ class FalJob:
     malformed_result: bool = False
     result: dict[str, Any] | None = None
     inference_time: float = 0.0
+    billed: bool = False
 
 
 class FalEmulator(Emulator):
@@ -183,6 +192,11 @@ class FalEmulator(Emulator):
             )
         if job.result is None and not job.moderated:
             job.result = self._render(job)
+        if not job.billed:
+            # A completed request is charged by its output, also when the content checker
+            # flagged it (the GPU time was spent: contracts 2.5, "422 may be charged").
+            job.billed = True
+            self._bill(job)
         body: dict[str, Any] = {
             "status": "COMPLETED",
             "logs": [],
@@ -239,9 +253,20 @@ class FalEmulator(Emulator):
         job.cancelled = True
         return self.json_response({"status": "CANCELLATION_REQUESTED"}, 202)
 
-    def _render(self, job: FalJob) -> dict[str, Any]:
+    def _size(self, job: FalJob) -> tuple[int, int]:
         size = job.input.get("image_size", "landscape_4_3")
-        width, height = PRESETS[size] if isinstance(size, str) else (size["width"], size["height"])
+        return PRESETS[size] if isinstance(size, str) else (size["width"], size["height"])
+
+    def _bill(self, job: FalJob) -> None:
+        unit, price = PRICES[job.endpoint]
+        n = int(job.input.get("num_images", 1))
+        if unit == "image":
+            self.charge(job.id, job.endpoint, n, unit, price)
+        else:
+            self.charge(job.id, job.endpoint, n * whole_megapixels(*self._size(job)), unit, price)
+
+    def _render(self, job: FalJob) -> dict[str, Any]:
+        width, height = self._size(job)
         fmt = OutputFormat.PNG if job.input.get("output_format") == "png" else OutputFormat.JPEG
         seed = int(job.input.get("seed", 3131504498))
         images = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from decimal import Decimal
 from typing import Any
 
 from aiohttp import web
@@ -15,6 +16,8 @@ SD21 = "stabilityai/stable-diffusion-2-1"
 SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
 # model -> default side (the pipelines' native resolution)
 INFERENCE_MODELS: dict[str, int] = {SD21: 768, SDXL: 1024}
+# hf-inference GPU rate, micro-USD per second (HF pricing docs: $0.00012/s).
+INFERENCE_PRICE = "120"
 _MAX_SIDE = 2048
 _CREDITS_MESSAGE = (
     "You have exceeded your monthly included credits for Inference Providers. "
@@ -136,9 +139,12 @@ class HuggingFaceEmulator(Emulator):
         raw_seed = params.get("seed")
         seed = raw_seed if isinstance(raw_seed, int) else 0
         image, declared, _ = self.result_image(width, height, OutputFormat.JPEG, seed)
+        compute = f"{self._compute_time(width, height, steps):.3f}"
+        # hf-inference charges compute time x the hardware rate, per call (HF pricing docs).
+        self.charge(rid["x-request-id"], model, Decimal(compute), "second", INFERENCE_PRICE)
         headers = {
             **rid,
-            "x-compute-time": f"{self._compute_time(width, height, steps):.3f}",
+            "x-compute-time": compute,
             "x-compute-type": "gpu",
             "x-sha": "5ede9e4bf3e3fd1cb0ef2f7a3fff13ee514fdf06",
         }

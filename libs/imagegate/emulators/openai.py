@@ -15,6 +15,13 @@ from imagegate.providerkit.types import OutputFormat
 
 GPT_IMAGE_MODELS = ("gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5")
 RETIRED_MODELS = ("dall-e-2", "dall-e-3")
+# What OpenAI charges per token, micro-USD: (image output, text input). gpt-image-1 from the
+# community tally of the price page; mini and 1.5 are the catalog's assumptions.
+PRICES = {
+    "gpt-image-1": ("40", "5"),
+    "gpt-image-1-mini": ("8", "2"),
+    "gpt-image-1.5": ("32", "4"),
+}
 SIZES = ("1024x1024", "1536x1024", "1024x1536", "auto")
 # Output tokens per image by quality and size (OpenAI's published gpt-image-1 table).
 OUTPUT_TOKENS: dict[str, dict[str, int]] = {
@@ -241,6 +248,11 @@ class OpenAIEmulator(Emulator):
                 data.append({"b64_json": base64.b64encode(image).decode()})
         text_in = prompt_tokens(body["prompt"])
         image_out = OUTPUT_TOKENS[quality][size] * n
+        # Charged by the usage it reports: image output tokens plus text input tokens.
+        job_id = rid["x-request-id"]
+        out_price, in_price = PRICES[body["model"]]
+        self.charge(job_id, body["model"], image_out, "token", out_price)
+        self.charge(job_id, body["model"], text_in, "token", in_price)
         payload = {
             "created": int(time.time()),
             "data": data,

@@ -7,6 +7,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from aiohttp import web
@@ -42,6 +43,14 @@ NSFW_ERROR = (
     "All generated images contained NSFW content. Try running it again with a different prompt."
 )
 _TERMINAL = ("succeeded", "failed", "canceled", "aborted")
+# What Replicate charges, micro-USD: official models per output image (model pages); SDXL per
+# second of its hardware (an L40S at $0.000975/s, the catalog's assumption).
+PRICES = {
+    "black-forest-labs/flux-schnell": ("image", "3000"),
+    "black-forest-labs/flux-dev": ("image", "25000"),
+    "black-forest-labs/flux-pro": ("image", "55000"),
+    "stability-ai/sdxl": ("second", "975"),
+}
 
 
 @dataclass
@@ -214,13 +223,26 @@ class ReplicateEmulator(Emulator):
         if pred.moderated:
             pred.status, pred.error = "failed", NSFW_ERROR
             pred.metrics = {"predict_time": 0.4}
+            self._bill(pred)
             return
         pred.output = self._render(pred)
         pred.metrics = {
             "predict_time": 0.05 + 0.01 * len(pred.output if isinstance(pred.output, list) else [1])
         }
+        self._bill(pred)
         if not self.processing_with_output:
             pred.status = "succeeded"
+
+    def _bill(self, pred: Prediction) -> None:
+        """Official models: per output image (a failed one has none); others: per second of
+        hardware for the time it ran, failed or not."""
+        unit, price = PRICES[pred.model]
+        if unit == "second":
+            seconds = Decimal(repr(float((pred.metrics or {}).get("predict_time", 0))))
+            self.charge(pred.id, pred.model, seconds, unit, price)
+        elif pred.output:
+            n = len(pred.output) if isinstance(pred.output, list) else 1
+            self.charge(pred.id, pred.model, n, unit, price)
 
     def _render(self, pred: Prediction) -> Any:
         inp = pred.input

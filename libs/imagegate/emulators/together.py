@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from imagegate.emulators.base import Emulator, new_id
+from imagegate.emulators.base import Emulator, new_id, whole_megapixels
 from imagegate.providerkit.types import OutputFormat
 
 FLUX_SCHNELL = "black-forest-labs/FLUX.1-schnell"
@@ -17,6 +17,12 @@ FLUX_DEV = "black-forest-labs/FLUX.1-dev"
 SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
 
 # model -> (lowest steps, highest steps, default steps)
+# What Together charges per megapixel, micro-USD (the catalog's figures; none is published).
+PRICES = {
+    "black-forest-labs/FLUX.1-schnell": "2700",
+    "black-forest-labs/FLUX.1-dev": "25000",
+    "stabilityai/stable-diffusion-xl-base-1.0": "2000",
+}
 MODELS: dict[str, tuple[int, int, int]] = {
     FLUX_SCHNELL: (1, 12, 4),
     FLUX_DEV: (1, 50, 28),
@@ -119,6 +125,12 @@ async def handle_generation(
             item["type"] = "b64_json"
         data.append(item)
     payload = {"id": new_id("tg-") + "-IAD", "model": model, "object": "list", "data": data}
+    # Charged per megapixel of output, rounded up per image (also through the HF router, which
+    # adds no markup).
+    n = int(body.get("n", 1))
+    emu.charge(
+        payload["id"], model, n * whole_megapixels(width, height), "megapixel", PRICES[model]
+    )
     headers = {"x-ratelimit-limit": "20", "x-ratelimit-remaining": "19", "x-image-version": "1"}
     if emu.faults.take("malformed_json"):
         return emu.malformed_json(headers=headers)
