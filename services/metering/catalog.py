@@ -64,6 +64,10 @@ def load_catalog(path: Path | None = None) -> Catalog:
             source=str(entry["source"]),
             as_of=str(entry["as_of"]),
             confirmed=bool(entry.get("confirmed", False)),
+            assumed_tokens_per_megapixel_by_quality={
+                str(k): float(v)
+                for k, v in (entry.get("assumed_tokens_per_megapixel_by_quality") or {}).items()
+            },
             effective_from=str(entry.get("effective_from", entry["as_of"])),
         )
         try:

@@ -12,7 +12,7 @@ from imagegate.grpckit.batch import check_batch_size, run_items
 from imagegate.grpckit.errors import FieldViolation, ImagegateError, invalid_argument
 from imagegate.metering.v1 import metering_pb2, metering_pb2_grpc
 from imagegate.persistence.periods import PERIOD_RE, period_of
-from imagegate.pricing import quote_micros
+from imagegate.pricing import QUALITIES, quote_micros
 from services.metering.store import DOMAIN, MeteringStore
 
 MAX_ID = 255
@@ -178,6 +178,8 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
             violations.append(FieldViolation("num_images", f"1 to {MAX_IMAGES}"))
         if request.HasField("steps") and request.steps < 1:
             violations.append(FieldViolation("steps", "at least 1 when set"))
+        if request.quality and request.quality not in QUALITIES:
+            violations.append(FieldViolation("quality", f"one of {', '.join(QUALITIES)}"))
         _check(violations)
         price = self._store.price(request.provider, request.provider_model)
         cost = quote_micros(
@@ -186,6 +188,7 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
             height=request.height,
             num_images=request.num_images,
             steps=request.steps if request.HasField("steps") else None,
+            quality=request.quality,
         )
         return metering_pb2.QuotePriceResponse(cost_micros=cost, price=price)
 

@@ -45,8 +45,11 @@ class OpenAIAdapter(HostedAdapter[OpenAISettings]):
     async def generate(
         self, request: GenerationRequest, deadline: Deadline, progress: ProgressSink | None
     ) -> GenerationResult:
+        # The request's own quality wins; the setting is only the default.
         body = wire.request_body(
-            request, quality=self._settings.quality, moderation=self._settings.moderation
+            request,
+            quality=request.quality or self._settings.quality,
+            moderation=self._settings.moderation,
         )
         resp = await post_sync(
             self._client,

@@ -42,6 +42,7 @@ MODEL_SPECS: tuple[ModelSpec, ...] = tuple(
         guidance=False,
         formats=(OutputFormat.PNG, OutputFormat.JPEG, OutputFormat.WEBP),
         price_unit=PriceUnit.TOKEN,
+        qualities=("low", "medium", "high", "auto"),
     )
     for model in (GPT_IMAGE_1, GPT_IMAGE_1_MINI)
 )

@@ -16,6 +16,7 @@ import grpc
 
 from imagegate.grpckit import reasons
 from imagegate.grpckit.errors import ImagegateError
+from imagegate.pricing import prompt_token_bound
 from imagegate.router.v1 import router_pb2
 from services.router.adapters import AdapterPool
 from services.router.admission import Caller
@@ -146,6 +147,8 @@ class Planner:
             height=t.height,
             num_images=t.num_images,
             steps=t.steps if t.HasField("steps") else None,
+            quality=t.quality,
+            input_tokens=prompt_token_bound(t.prompt),
         )
 
     def tenant_filters(self, plan: RoutePlan, norm: Normalized, caller: Caller) -> None:

@@ -52,12 +52,23 @@ class PriceMirror:
         height: int,
         num_images: int,
         steps: int | None,
+        quality: str = "",
+        input_tokens: int = 0,
     ) -> int | None:
-        """Expected price in micro-USD, or None when the catalog has no entry."""
+        """Expected price in micro-USD (the worst case of `quality` and `input_tokens`), or None
+        when the catalog has no entry."""
         price = self._book.find(provider, provider_model)
         if price is None:
             return None
-        return quote_micros(price, width=width, height=height, num_images=num_images, steps=steps)
+        return quote_micros(
+            price,
+            width=width,
+            height=height,
+            num_images=num_images,
+            steps=steps,
+            quality=quality,
+            input_tokens=input_tokens,
+        )
 
     def usage_cost(
         self,

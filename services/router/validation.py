@@ -9,6 +9,7 @@ import grpc
 from imagegate.common.v1 import catalog_pb2, image_pb2
 from imagegate.grpckit import reasons
 from imagegate.grpckit.errors import FieldViolation, ImagegateError, invalid_argument
+from imagegate.pricing import QUALITIES
 from imagegate.provider.v1 import provider_pb2
 from imagegate.router.v1 import router_pb2
 from services.router.catalog import Catalog
@@ -59,6 +60,8 @@ def normalize(req: router_pb2.GenerateImageRequest, catalog: Catalog) -> Normali
         violations.append(FieldViolation("steps", "must be 1 to 150"))
     if req.HasField("guidance_scale") and not 0.0 <= req.guidance_scale <= 50.0:
         violations.append(FieldViolation("guidance_scale", "must be 0 to 50"))
+    if req.quality and req.quality not in QUALITIES:
+        violations.append(FieldViolation("quality", f"one of {', '.join(QUALITIES)}, or empty"))
     if req.max_cost_micros < 0:
         violations.append(
             FieldViolation("max_cost_micros", "must not be negative (0 = no ceiling)")
@@ -109,6 +112,7 @@ def normalize(req: router_pb2.GenerateImageRequest, catalog: Catalog) -> Normali
         num_images=n,
         output_format=req.output_format or image_pb2.IMAGE_FORMAT_PNG,
         allow_degradation=req.allow_degradation,
+        quality=req.quality,
     )
     if req.HasField("seed"):
         template.seed = req.seed

@@ -148,7 +148,8 @@ def test_a_cheaper_tier_never_costs_more_than_a_dearer_one(
         for c in entry.candidates:
             price = prices.find(c.provider, c.provider_model)
             if price is not None:
-                cost = quote_micros(price, width=w, height=h, num_images=1)
+                # Tiers order typical prices: quality-priced models at their medium setting.
+                cost = quote_micros(price, width=w, height=h, num_images=1, quality="medium")
                 quotes[entry.tier].append((cost, f"{entry.alias} on {c.key}"))
     for cheaper, dearer in pairwise(PRICE_ORDER):
         most, most_at = max(quotes[cheaper])

@@ -77,9 +77,9 @@ class CostStack:
 
 
 @asynccontextmanager
-async def cost_stack(tmp_path: Path, metering_url: str, *, plan: str = "business") -> AsyncIterator[
-    CostStack
-]:
+async def cost_stack(
+    tmp_path: Path, metering_url: str, *, plan: str = "business"
+) -> AsyncIterator[CostStack]:
     """Starts everything on loopback; one tenant on `plan`."""
     tel = setup_telemetry("cost-stack")
     stops: list[Any] = []
@@ -87,7 +87,10 @@ async def cost_stack(tmp_path: Path, metering_url: str, *, plan: str = "business
     try:
         qstore = QuotaStore.open(f"sqlite:///{tmp_path / 'q.db'}", plans=load_plans(), pepper="p")
         quota = await start_quota_server(
-            qstore, address="127.0.0.1:0", admin_token="admin-cost", telemetry=tel,
+            qstore,
+            address="127.0.0.1:0",
+            admin_token="admin-cost",
+            telemetry=tel,
             sweep_interval=None,
         )
         stops.append(lambda: quota.stop(0.1))

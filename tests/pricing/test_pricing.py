@@ -109,5 +109,25 @@ def test_every_catalog_entry_quotes_and_bills_its_hand_computed_cost() -> None:
     usage = image_pb2.Usage(images=2, megapixels=2 * 1024 * 1024 / 1e6)
     for price in catalog.prices:
         expected = _TWO_1024_SQUARE_IMAGES[(price.provider, price.provider_model)]
-        assert quote_micros(price, width=1024, height=1024, num_images=2) == expected, price.id
+        quality = "medium" if price.unit == catalog_pb2.PRICE_UNIT_TOKEN else ""
+        quoted = quote_micros(price, width=1024, height=1024, num_images=2, quality=quality)
+        assert quoted == expected, price.id
         assert usage_micros(price, usage) == expected, price.id
+
+
+@pytest.mark.parametrize(
+    ("quality", "tokens_per_image"),
+    [("low", 272), ("medium", 1056), ("high", 4160), ("auto", 4160), ("", 4160)],
+)
+def test_token_quotes_cover_the_worst_case_of_the_requested_quality(
+    quality: str, tokens_per_image: int
+) -> None:
+    price = load_catalog().book.find("openai", "gpt-image-1")
+    assert price is not None
+    quoted = quote_micros(
+        price, width=1024, height=1024, num_images=2, quality=quality, input_tokens=30
+    )
+    # OpenAI's own table for 1024x1024; "auto" (or no setting) lets OpenAI pick, so high.
+    assert quoted == 2 * tokens_per_image * 40 + 30 * 5
+    billed = image_pb2.Usage(images=2, output_tokens=2 * tokens_per_image, input_tokens=30)
+    assert usage_micros(price, billed) <= quoted

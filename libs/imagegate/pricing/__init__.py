@@ -27,7 +27,15 @@ from decimal import ROUND_HALF_UP, Decimal
 from imagegate.common.v1 import catalog_pb2, image_pb2
 from imagegate.metering.v1 import metering_pb2
 
-__all__ = ["PriceBook", "billable_megapixels", "quote_micros", "usage_micros"]
+__all__ = [
+    "QUALITIES",
+    "PriceBook",
+    "billable_megapixels",
+    "prompt_token_bound",
+    "quote_micros",
+    "quote_tokens_per_megapixel",
+    "usage_micros",
+]
 
 # Float megapixels such as 1.0000000000000002 must not round up to a whole extra megapixel.
 _MP_EPSILON = 1e-9
@@ -85,6 +93,21 @@ def usage_micros(price: metering_pb2.Price, usage: image_pb2.Usage) -> int:
     return _round_half_up(_exact_micros(price, usage))
 
 
+QUALITIES = ("low", "medium", "high", "auto")
+"""Quality settings a request may name (OpenAI GPT image models); "" is the provider default."""
+
+
+def quote_tokens_per_megapixel(price: metering_pb2.Price, quality: str = "") -> float:
+    """Output tokens per megapixel a quote assumes: the setting's figure, or the worst case
+    (the largest) for "auto" or no setting, since the provider then picks."""
+    table = dict(price.assumed_tokens_per_megapixel_by_quality)
+    if not table:
+        return price.assumed_tokens_per_megapixel
+    if quality in table:
+        return table[quality]
+    return max(table.values())
+
+
 def quote_micros(
     price: metering_pb2.Price,
     *,
@@ -92,17 +115,35 @@ def quote_micros(
     height: int,
     num_images: int,
     steps: int | None = None,
+    quality: str = "",
+    input_tokens: int = 0,
 ) -> int:
     """Expected cost in micro-USD of `num_images` images of width x height, before running.
 
+    A token-priced quote covers the worst case of the requested `quality` and `input_tokens`
+    (an upper bound of the prompt's tokens), so a hold made from it covers what is billed.
     `steps` is accepted for prices that depend on it; no catalog entry does today, so it does not
     change the result (compute-second prices use assumed_seconds_per_image).
     """
     if width <= 0 or height <= 0 or num_images <= 0:
         raise ValueError("width, height and num_images must be positive")
     del steps
-    usage = image_pb2.Usage(images=num_images, megapixels=num_images * width * height / 1_000_000)
+    megapixels = num_images * width * height / 1_000_000
+    usage = image_pb2.Usage(images=num_images, megapixels=megapixels)
+    if price.unit == catalog_pb2.PRICE_UNIT_TOKEN:
+        per_mp = _dec(quote_tokens_per_megapixel(price, quality))
+        # Whole tokens per image, rounded up (the provider bills whole tokens) after dropping
+        # float noise past the sixth decimal (272.00000000000006 is 272 tokens, not 273).
+        exact = per_mp * Decimal(width * height) / Decimal(1_000_000)
+        per_image = math.ceil(exact.quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP))
+        usage.output_tokens = per_image * num_images
+        usage.input_tokens = max(0, input_tokens)
     return usage_micros(price, usage)
+
+
+def prompt_token_bound(prompt: str) -> int:
+    """An upper bound of a prompt's tokens: its UTF-8 bytes (a BPE token covers at least one)."""
+    return len(prompt.encode("utf-8"))
 
 
 class PriceBook:

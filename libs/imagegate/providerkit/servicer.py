@@ -267,6 +267,11 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
         if guidance is not None and not spec.guidance:
             unsupported.append(Deviation("guidance_scale", f"{guidance:g}", "", "not settable"))
             guidance = None
+        quality = r.quality
+        if quality and quality not in spec.qualities:
+            # No quality knob: nothing to honour and nothing priced by it, so never refused.
+            deviations.append(Deviation("quality", quality, "", "model has no quality setting"))
+            quality = ""
         if fmt not in spec.formats:
             unsupported.append(Deviation("output_format", fmt.value, "", "format unavailable"))
         if unsupported and not r.allow_degradation:
@@ -290,6 +295,7 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
             steps=steps,
             guidance_scale=guidance,
             allow_degradation=r.allow_degradation,
+            quality=quality,
         )
         return gen, deviations
 

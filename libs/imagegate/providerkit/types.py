@@ -58,6 +58,9 @@ class GenerationRequest:
     """Guidance scale, or None for the model default."""
     allow_degradation: bool = False
     """Report unsupported parameters as deviations instead of failing."""
+    quality: str = ""
+    """Quality setting ("low", "medium", "high", "auto"), or "" for the adapter's default; only
+    for models whose spec lists it in `qualities`."""
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,8 @@ class ModelSpec:
     """Guidance settable."""
     price_unit: PriceUnit = PriceUnit.IMAGE
     """Usage unit the provider bills and the adapter must measure; Metering's prices.yaml owns it."""
+    qualities: tuple[str, ...] = ()
+    """Quality settings the model takes (its price depends on them); empty: no quality knob."""
 
 
 @dataclass(frozen=True)

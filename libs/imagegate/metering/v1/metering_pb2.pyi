@@ -741,6 +741,26 @@ class Price(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class AssumedTokensPerMegapixelByQualityEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ID_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
     PROVIDER_MODEL_FIELD_NUMBER: _builtins.int
@@ -754,6 +774,7 @@ class Price(_message.Message):
     CONFIRMED_FIELD_NUMBER: _builtins.int
     EFFECTIVE_FROM_FIELD_NUMBER: _builtins.int
     EFFECTIVE_UNTIL_FIELD_NUMBER: _builtins.int
+    ASSUMED_TOKENS_PER_MEGAPIXEL_BY_QUALITY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Stable id, e.g. "fal/fal-ai/flux/schnell@2026-11-01"."""
     provider: _builtins.str
@@ -782,6 +803,12 @@ class Price(_message.Message):
     """
     effective_until: _builtins.str
     """First UTC day the next entry of the model takes over; empty for the entry in force now."""
+    @_builtins.property
+    def assumed_tokens_per_megapixel_by_quality(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """For token pricing: output tokens per megapixel by quality setting ("low", "medium",
+        "high"); quotes take the requested setting's figure, or the largest for "auto" or none.
+        """
+
     def __init__(
         self,
         *,
@@ -798,10 +825,11 @@ class Price(_message.Message):
         confirmed: _builtins.bool = ...,
         effective_from: _builtins.str = ...,
         effective_until: _builtins.str = ...,
+        assumed_tokens_per_megapixel_by_quality: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "assumed_seconds_per_image", b"assumed_seconds_per_image", "assumed_tokens_per_megapixel", b"assumed_tokens_per_megapixel", "confirmed", b"confirmed", "effective_from", b"effective_from", "effective_until", b"effective_until", "id", b"id", "input_token_price_micros", b"input_token_price_micros", "provider", b"provider", "provider_model", b"provider_model", "source", b"source", "unit", b"unit", "unit_price_micros", b"unit_price_micros"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "assumed_seconds_per_image", b"assumed_seconds_per_image", "assumed_tokens_per_megapixel", b"assumed_tokens_per_megapixel", "assumed_tokens_per_megapixel_by_quality", b"assumed_tokens_per_megapixel_by_quality", "confirmed", b"confirmed", "effective_from", b"effective_from", "effective_until", b"effective_until", "id", b"id", "input_token_price_micros", b"input_token_price_micros", "provider", b"provider", "provider_model", b"provider_model", "source", b"source", "unit", b"unit", "unit_price_micros", b"unit_price_micros"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

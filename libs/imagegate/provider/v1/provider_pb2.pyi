@@ -38,6 +38,7 @@ class GenerateImageRequest(_message.Message):
     STEPS_FIELD_NUMBER: _builtins.int
     GUIDANCE_SCALE_FIELD_NUMBER: _builtins.int
     ALLOW_DEGRADATION_FIELD_NUMBER: _builtins.int
+    QUALITY_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The Router's request id; adapters pass it to providers that accept an idempotency key."""
     model: _builtins.str
@@ -64,6 +65,11 @@ class GenerateImageRequest(_message.Message):
     """When true, a parameter the provider cannot honour is reported as a Deviation instead of
     failing the call with PROVIDER_UNSUPPORTED_PARAMETER.
     """
+    quality: _builtins.str
+    """Provider quality setting: "low", "medium", "high" or "auto" (OpenAI GPT image models);
+    empty for the adapter's configured default. Models without a quality knob ignore it and
+    report a Deviation.
+    """
     def __init__(
         self,
         *,
@@ -79,10 +85,11 @@ class GenerateImageRequest(_message.Message):
         steps: _builtins.int | None = ...,
         guidance_scale: _builtins.float | None = ...,
         allow_degradation: _builtins.bool = ...,
+        quality: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale", "_seed", b"_seed", "_steps", b"_steps", "guidance_scale", b"guidance_scale", "seed", b"seed", "steps", b"steps"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale", "_seed", b"_seed", "_steps", b"_steps", "allow_degradation", b"allow_degradation", "guidance_scale", b"guidance_scale", "height", b"height", "model", b"model", "negative_prompt", b"negative_prompt", "num_images", b"num_images", "output_format", b"output_format", "prompt", b"prompt", "request_id", b"request_id", "seed", b"seed", "steps", b"steps", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale", "_seed", b"_seed", "_steps", b"_steps", "allow_degradation", b"allow_degradation", "guidance_scale", b"guidance_scale", "height", b"height", "model", b"model", "negative_prompt", b"negative_prompt", "num_images", b"num_images", "output_format", b"output_format", "prompt", b"prompt", "quality", b"quality", "request_id", b"request_id", "seed", b"seed", "steps", b"steps", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__guidance_scale: _TypeAlias = _typing.Literal["guidance_scale"]  # noqa: Y015
     _WhichOneofArgType__guidance_scale: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale"]  # noqa: Y015

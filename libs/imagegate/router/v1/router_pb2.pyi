@@ -169,6 +169,7 @@ class GenerateImageRequest(_message.Message):
     ALLOW_MODERATION_FAILOVER_FIELD_NUMBER: _builtins.int
     STEPS_FIELD_NUMBER: _builtins.int
     GUIDANCE_SCALE_FIELD_NUMBER: _builtins.int
+    QUALITY_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key, unique per tenant (a UUID is a good choice). Empty lets the Router
     assign one, which disables deduplication of retries.
@@ -207,6 +208,11 @@ class GenerateImageRequest(_message.Message):
     """Inference steps; unset uses the model's default."""
     guidance_scale: _builtins.float
     """Guidance scale; unset uses the model's default."""
+    quality: _builtins.str
+    """Quality setting for models that have one (OpenAI GPT image: "low", "medium", "high",
+    "auto"); empty uses the provider's default. It sets the price: quotes and quota holds cover
+    the worst case of the setting ("auto" and empty are held as "high").
+    """
     @_builtins.property
     def allowed_providers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """When non-empty, only these providers are tried."""
@@ -236,10 +242,11 @@ class GenerateImageRequest(_message.Message):
         allow_moderation_failover: _builtins.bool = ...,
         steps: _builtins.int | None = ...,
         guidance_scale: _builtins.float | None = ...,
+        quality: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale", "_height", b"_height", "_seed", b"_seed", "_steps", b"_steps", "_width", b"_width", "guidance_scale", b"guidance_scale", "height", b"height", "seed", b"seed", "steps", b"steps", "width", b"width"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale", "_height", b"_height", "_seed", b"_seed", "_steps", b"_steps", "_width", b"_width", "allow_degradation", b"allow_degradation", "allow_moderation_failover", b"allow_moderation_failover", "allowed_providers", b"allowed_providers", "blocked_providers", b"blocked_providers", "guidance_scale", b"guidance_scale", "height", b"height", "max_cost_micros", b"max_cost_micros", "model", b"model", "negative_prompt", b"negative_prompt", "num_images", b"num_images", "output_format", b"output_format", "preference", b"preference", "prompt", b"prompt", "request_id", b"request_id", "seed", b"seed", "steps", b"steps", "style", b"style", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale", "_height", b"_height", "_seed", b"_seed", "_steps", b"_steps", "_width", b"_width", "allow_degradation", b"allow_degradation", "allow_moderation_failover", b"allow_moderation_failover", "allowed_providers", b"allowed_providers", "blocked_providers", b"blocked_providers", "guidance_scale", b"guidance_scale", "height", b"height", "max_cost_micros", b"max_cost_micros", "model", b"model", "negative_prompt", b"negative_prompt", "num_images", b"num_images", "output_format", b"output_format", "preference", b"preference", "prompt", b"prompt", "quality", b"quality", "request_id", b"request_id", "seed", b"seed", "steps", b"steps", "style", b"style", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__guidance_scale: _TypeAlias = _typing.Literal["guidance_scale"]  # noqa: Y015
     _WhichOneofArgType__guidance_scale: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale"]  # noqa: Y015
