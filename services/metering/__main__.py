@@ -13,6 +13,7 @@ from services.metering.catalog import load_catalog
 from services.metering.config import MeteringSettings
 from services.metering.server import start_metering_server
 from services.metering.store import MeteringStore
+from services.quota.plans import load_plans
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,14 @@ async def serve(settings: MeteringSettings, common: CommonSettings) -> None:
     # SQL spans cost the store its batched fast path, so by default only when spans are exported.
     if settings.trace_sql if settings.trace_sql is not None else bool(telemetry.processors):
         telemetry.instrument_sqlalchemy(store.engine)
-    server = await start_metering_server(store, address=settings.addr, telemetry=telemetry)
+    plans = load_plans(settings.plans_path)
+    server = await start_metering_server(
+        store,
+        address=settings.addr,
+        telemetry=telemetry,
+        admin_token=settings.admin_token,
+        plan_prices={plan.id: plan.price_micros for plan in plans.values()},
+    )
     log.info(
         "metering listening",
         extra={

@@ -24,6 +24,14 @@ class MeteringSettings(BaseSettings):
     prices_path: Path | None = Field(
         None, alias="IMAGEGATE_METERING_PRICES", description="Catalog YAML; default: packaged."
     )
+    admin_token: str = Field(
+        "", alias="IMAGEGATE_ADMIN_TOKEN", description="Guards the margin report; empty refuses it."
+    )
+    plans_path: Path | None = Field(
+        None,
+        alias="IMAGEGATE_PLANS",
+        description="Plans catalog YAML pricing the margin report; default: Quota's packaged one.",
+    )
     db_threads: int = Field(16, alias="IMAGEGATE_METERING_DB_THREADS", ge=1)
     trace_sql: bool | None = Field(
         None,

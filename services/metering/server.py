@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from imagegate.grpckit.server import RunningServer, start_server
@@ -35,10 +36,19 @@ class MeteringServer:
 
 
 async def start_metering_server(
-    store: MeteringStore, *, address: str, telemetry: Telemetry
+    store: MeteringStore,
+    *,
+    address: str,
+    telemetry: Telemetry,
+    admin_token: str = "",
+    plan_prices: Mapping[str, int] | None = None,
 ) -> MeteringServer:
-    """Starts MeteringService on `address` (port 0 picks a free port)."""
-    servicer = MeteringServicer(store)
+    """Starts MeteringService on `address` (port 0 picks a free port).
+
+    `admin_token` guards the margin report (refused when empty); `plan_prices` (plan id ->
+    monthly micro-USD) prices its revenue.
+    """
+    servicer = MeteringServicer(store, admin_token=admin_token, plan_prices=plan_prices)
     running = await start_server(
         address=address,
         registrars=[lambda s: metering_pb2_grpc.add_MeteringServiceServicer_to_server(servicer, s)],

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 
 import grpc
 
 from imagegate.grpckit import reasons
+from imagegate.grpckit.auth import require_admin
 from imagegate.grpckit.batch import check_batch_size, run_items
 from imagegate.grpckit.errors import FieldViolation, ImagegateError, invalid_argument
 from imagegate.metering.v1 import metering_pb2, metering_pb2_grpc
@@ -93,8 +95,16 @@ def _item_error(err: Exception) -> metering_pb2.ItemError:
 class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
     """The MeteringService RPCs."""
 
-    def __init__(self, store: MeteringStore) -> None:
+    def __init__(
+        self,
+        store: MeteringStore,
+        *,
+        admin_token: str = "",
+        plan_prices: Mapping[str, int] | None = None,
+    ) -> None:
         self._store = store
+        self._admin_token = admin_token
+        self._plan_prices = dict(plan_prices or {})
         # The catalog is immutable for the life of the process: build its answer once.
         self._list_prices = metering_pb2.ListPricesResponse(
             catalog_version=store.catalog.version, prices=store.catalog.prices
@@ -191,6 +201,17 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
             quality=request.quality,
         )
         return metering_pb2.QuotePriceResponse(cost_micros=cost, price=price)
+
+    async def GetMarginReport(
+        self, request: metering_pb2.GetMarginReportRequest, context: grpc.aio.ServicerContext
+    ) -> metering_pb2.GetMarginReportResponse:
+        """The month's revenue, provider cost and margin per plan and tenant (admin only)."""
+        require_admin(context, self._admin_token, domain=DOMAIN)
+        violations: list[FieldViolation] = []
+        period = self._period(violations, request.period)
+        _check(violations)
+        report = await self._store.margin_report(period, self._plan_prices)
+        return metering_pb2.GetMarginReportResponse(report=report)
 
     async def ListPrices(
         self, request: metering_pb2.ListPricesRequest, context: grpc.aio.ServicerContext

@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
@@ -34,6 +34,7 @@ from imagegate.persistence import DbRunner, Tx, make_engine, migrate
 from imagegate.persistence.periods import Clock, period_of, to_us, utc_now
 from imagegate.pricing import usage_micros
 from services.metering.catalog import Catalog
+from services.metering.margin import margin_report
 from services.metering.models import BilledAttemptRow, UsageRecordRow
 
 DOMAIN = "imagegate.metering"
@@ -218,6 +219,12 @@ class MeteringStore:
     async def usage_summary(self, tenant_id: str, period: str) -> metering_pb2.UsageSummary:
         """Totals of a tenant's period, grouped by provider and model."""
         return await self._run(self.usage_summary_sync, tenant_id, period)
+
+    async def margin_report(
+        self, period: str, plan_prices: Mapping[str, int]
+    ) -> metering_pb2.MarginReport:
+        """The month's margin report (services.metering.margin)."""
+        return await self._run(margin_report, self.engine, period, plan_prices)
 
     async def list_records(
         self, tenant_id: str, period: str, page_size: int, page_token: str

@@ -834,3 +834,191 @@ class Price(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Price: _TypeAlias = Price  # noqa: Y015
+
+@_typing.final
+class GetMarginReportRequest(_message.Message):
+    """Request for GetMarginReport."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERIOD_FIELD_NUMBER: _builtins.int
+    period: _builtins.str
+    """Calendar month "YYYY-MM" (UTC); empty means the current month."""
+    def __init__(
+        self,
+        *,
+        period: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["period", b"period"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMarginReportRequest: _TypeAlias = GetMarginReportRequest  # noqa: Y015
+
+@_typing.final
+class GetMarginReportResponse(_message.Message):
+    """Response of GetMarginReport."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPORT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def report(self) -> Global___MarginReport:
+        """The report."""
+
+    def __init__(
+        self,
+        *,
+        report: Global___MarginReport | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["report", b"report"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["report", b"report"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMarginReportResponse: _TypeAlias = GetMarginReportResponse  # noqa: Y015
+
+@_typing.final
+class MarginReport(_message.Message):
+    """A month's unit economics computed from the ledger."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERIOD_FIELD_NUMBER: _builtins.int
+    PLANS_FIELD_NUMBER: _builtins.int
+    TENANTS_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    period: _builtins.str
+    """Calendar month "YYYY-MM"."""
+    @_builtins.property
+    def plans(self) -> _containers.RepeatedCompositeFieldContainer[Global___MarginLine]:
+        """One line per plan, by plan id."""
+
+    @_builtins.property
+    def tenants(self) -> _containers.RepeatedCompositeFieldContainer[Global___MarginLine]:
+        """One line per tenant with usage in the month, by plan then tenant id."""
+
+    @_builtins.property
+    def total(self) -> Global___MarginLine:
+        """All tenants together."""
+
+    def __init__(
+        self,
+        *,
+        period: _builtins.str = ...,
+        plans: _abc.Iterable[Global___MarginLine] | None = ...,
+        tenants: _abc.Iterable[Global___MarginLine] | None = ...,
+        total: Global___MarginLine | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["total", b"total"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["period", b"period", "plans", b"plans", "tenants", b"tenants", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarginReport: _TypeAlias = MarginReport  # noqa: Y015
+
+@_typing.final
+class MarginLine(_message.Message):
+    """Revenue, provider cost and margin of one tenant, one plan, or everything."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    TENANTS_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    IMAGES_FIELD_NUMBER: _builtins.int
+    REVENUE_MICROS_FIELD_NUMBER: _builtins.int
+    USAGE_CHARGE_MICROS_FIELD_NUMBER: _builtins.int
+    PROVIDER_COST_MICROS_FIELD_NUMBER: _builtins.int
+    PROVIDER_COSTS_FIELD_NUMBER: _builtins.int
+    FAILED_ATTEMPT_COST_MICROS_FIELD_NUMBER: _builtins.int
+    GROSS_MARGIN_MICROS_FIELD_NUMBER: _builtins.int
+    GROSS_MARGIN_PERCENT_FIELD_NUMBER: _builtins.int
+    plan: _builtins.str
+    """Plan id: the plan of the tenant's latest request in the month; empty on the total line."""
+    tenant_id: _builtins.str
+    """Tenant id; empty on plan and total lines."""
+    tenants: _builtins.int
+    """Tenants counted (1 on a tenant line)."""
+    requests: _builtins.int
+    """Requests recorded."""
+    images: _builtins.int
+    """Images delivered."""
+    revenue_micros: _builtins.int
+    """Tenant charges: the plan's monthly price for each tenant counted, in micro-USD."""
+    usage_charge_micros: _builtins.int
+    """Usage the plans counted (the catalog price of the delivered images), in micro-USD."""
+    provider_cost_micros: _builtins.int
+    """Provider cost of every billable attempt, in micro-USD."""
+    failed_attempt_cost_micros: _builtins.int
+    """Provider cost of failed attempts alone (part of provider_cost_micros), in micro-USD."""
+    gross_margin_micros: _builtins.int
+    """revenue_micros minus provider_cost_micros."""
+    gross_margin_percent: _builtins.float
+    """gross_margin_micros as a percentage of revenue_micros; 0 when there is no revenue."""
+    @_builtins.property
+    def provider_costs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProviderCost]:
+        """Provider cost split by provider, by provider name."""
+
+    def __init__(
+        self,
+        *,
+        plan: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        tenants: _builtins.int = ...,
+        requests: _builtins.int = ...,
+        images: _builtins.int = ...,
+        revenue_micros: _builtins.int = ...,
+        usage_charge_micros: _builtins.int = ...,
+        provider_cost_micros: _builtins.int = ...,
+        provider_costs: _abc.Iterable[Global___ProviderCost] | None = ...,
+        failed_attempt_cost_micros: _builtins.int = ...,
+        gross_margin_micros: _builtins.int = ...,
+        gross_margin_percent: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failed_attempt_cost_micros", b"failed_attempt_cost_micros", "gross_margin_micros", b"gross_margin_micros", "gross_margin_percent", b"gross_margin_percent", "images", b"images", "plan", b"plan", "provider_cost_micros", b"provider_cost_micros", "provider_costs", b"provider_costs", "requests", b"requests", "revenue_micros", b"revenue_micros", "tenant_id", b"tenant_id", "tenants", b"tenants", "usage_charge_micros", b"usage_charge_micros"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarginLine: _TypeAlias = MarginLine  # noqa: Y015
+
+@_typing.final
+class ProviderCost(_message.Message):
+    """Provider cost of one provider within a margin line."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    COST_MICROS_FIELD_NUMBER: _builtins.int
+    FAILED_COST_MICROS_FIELD_NUMBER: _builtins.int
+    provider: _builtins.str
+    """Provider name."""
+    attempts: _builtins.int
+    """Billable attempts."""
+    cost_micros: _builtins.int
+    """Their cost in micro-USD."""
+    failed_cost_micros: _builtins.int
+    """Cost of the failed ones among them, in micro-USD."""
+    def __init__(
+        self,
+        *,
+        provider: _builtins.str = ...,
+        attempts: _builtins.int = ...,
+        cost_micros: _builtins.int = ...,
+        failed_cost_micros: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cost_micros", b"cost_micros", "failed_cost_micros", b"failed_cost_micros", "provider", b"provider"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProviderCost: _TypeAlias = ProviderCost  # noqa: Y015

@@ -67,6 +67,11 @@ class MeteringServiceStub:
                 request_serializer=imagegate_dot_metering_dot_v1_dot_metering__pb2.ListPricesRequest.SerializeToString,
                 response_deserializer=imagegate_dot_metering_dot_v1_dot_metering__pb2.ListPricesResponse.FromString,
                 _registered_method=True)
+        self.GetMarginReport = channel.unary_unary(
+                '/imagegate.metering.v1.MeteringService/GetMarginReport',
+                request_serializer=imagegate_dot_metering_dot_v1_dot_metering__pb2.GetMarginReportRequest.SerializeToString,
+                response_deserializer=imagegate_dot_metering_dot_v1_dot_metering__pb2.GetMarginReportResponse.FromString,
+                _registered_method=True)
 
 
 class MeteringServiceServicer:
@@ -121,6 +126,15 @@ class MeteringServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetMarginReport(self, request, context):
+        """The month's unit economics from the ledger, per plan and per tenant: images delivered,
+        plan revenue (from the plans catalog), provider cost by provider, failed-attempt cost and
+        gross margin. Needs `authorization: Bearer <admin token>` (UNAUTHENTICATED otherwise).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeteringServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -153,6 +167,11 @@ def add_MeteringServiceServicer_to_server(servicer, server):
                     servicer.ListPrices,
                     request_deserializer=imagegate_dot_metering_dot_v1_dot_metering__pb2.ListPricesRequest.FromString,
                     response_serializer=imagegate_dot_metering_dot_v1_dot_metering__pb2.ListPricesResponse.SerializeToString,
+            ),
+            'GetMarginReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMarginReport,
+                    request_deserializer=imagegate_dot_metering_dot_v1_dot_metering__pb2.GetMarginReportRequest.FromString,
+                    response_serializer=imagegate_dot_metering_dot_v1_dot_metering__pb2.GetMarginReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -320,6 +339,33 @@ class MeteringService:
             '/imagegate.metering.v1.MeteringService/ListPrices',
             imagegate_dot_metering_dot_v1_dot_metering__pb2.ListPricesRequest.SerializeToString,
             imagegate_dot_metering_dot_v1_dot_metering__pb2.ListPricesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMarginReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagegate.metering.v1.MeteringService/GetMarginReport',
+            imagegate_dot_metering_dot_v1_dot_metering__pb2.GetMarginReportRequest.SerializeToString,
+            imagegate_dot_metering_dot_v1_dot_metering__pb2.GetMarginReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

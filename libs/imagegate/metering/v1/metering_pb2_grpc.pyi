@@ -54,6 +54,11 @@ class MeteringServiceStub:
     """Prices a generation before it runs."""
     ListPrices: _grpc.UnaryUnaryMultiCallable[_metering_pb2.ListPricesRequest, _metering_pb2.ListPricesResponse]
     """Returns the whole price catalog, so a caller can price locally between refreshes."""
+    GetMarginReport: _grpc.UnaryUnaryMultiCallable[_metering_pb2.GetMarginReportRequest, _metering_pb2.GetMarginReportResponse]
+    """The month's unit economics from the ledger, per plan and per tenant: images delivered,
+    plan revenue (from the plans catalog), provider cost by provider, failed-attempt cost and
+    gross margin. Needs `authorization: Bearer <admin token>` (UNAUTHENTICATED otherwise).
+    """
 
 @_typing.type_check_only
 class MeteringServiceAsyncStub(MeteringServiceStub):
@@ -81,6 +86,11 @@ class MeteringServiceAsyncStub(MeteringServiceStub):
     """Prices a generation before it runs."""
     ListPrices: _aio.UnaryUnaryMultiCallable[_metering_pb2.ListPricesRequest, _metering_pb2.ListPricesResponse]  # type: ignore[assignment]
     """Returns the whole price catalog, so a caller can price locally between refreshes."""
+    GetMarginReport: _aio.UnaryUnaryMultiCallable[_metering_pb2.GetMarginReportRequest, _metering_pb2.GetMarginReportResponse]  # type: ignore[assignment]
+    """The month's unit economics from the ledger, per plan and per tenant: images delivered,
+    plan revenue (from the plans catalog), provider cost by provider, failed-attempt cost and
+    gross margin. Needs `authorization: Bearer <admin token>` (UNAUTHENTICATED otherwise).
+    """
 
 class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
     """The usage ledger and the price catalog. Every request and every attempt a provider may bill is
@@ -141,5 +151,16 @@ class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_metering_pb2.ListPricesResponse, _abc.Awaitable[_metering_pb2.ListPricesResponse]]:
         """Returns the whole price catalog, so a caller can price locally between refreshes."""
+
+    @_abc_1.abstractmethod
+    def GetMarginReport(
+        self,
+        request: _metering_pb2.GetMarginReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metering_pb2.GetMarginReportResponse, _abc.Awaitable[_metering_pb2.GetMarginReportResponse]]:
+        """The month's unit economics from the ledger, per plan and per tenant: images delivered,
+        plan revenue (from the plans catalog), provider cost by provider, failed-attempt cost and
+        gross margin. Needs `authorization: Bearer <admin token>` (UNAUTHENTICATED otherwise).
+        """
 
 def add_MeteringServiceServicer_to_server(servicer: MeteringServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
