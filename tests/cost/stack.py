@@ -69,6 +69,8 @@ class CostStack:
     emulators: dict[str, Emulator]
     tenant_id: str
     api_key: str
+    addresses: dict[str, str]
+    """Router, quota and metering addresses."""
 
     @property
     def auth(self) -> tuple[tuple[str, str], ...]:
@@ -95,7 +97,13 @@ async def cost_stack(
         )
         stops.append(lambda: quota.stop(0.1))
         mstore = MeteringStore.open(metering_url, catalog=load_catalog())
-        metering = await start_metering_server(mstore, address="127.0.0.1:0", telemetry=tel)
+        metering = await start_metering_server(
+            mstore,
+            address="127.0.0.1:0",
+            telemetry=tel,
+            admin_token="admin-cost",
+            plan_prices={p.id: p.price_micros for p in load_plans().values()},
+        )
         stops.append(lambda: metering.running.stop(0.1))
         stops.append(mstore.close)
         emulators: dict[str, Emulator] = {}
@@ -141,6 +149,11 @@ async def cost_stack(
             emulators=emulators,
             tenant_id=tenant.tenant.id,
             api_key=key.api_key,
+            addresses={
+                "router": router.address,
+                "quota": quota.address,
+                "metering": metering.running.address,
+            },
         )
     finally:
         for ch in channels:

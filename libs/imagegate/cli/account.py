@@ -79,7 +79,9 @@ async def cmd_usage(args: argparse.Namespace, conn: Connection) -> int:
         "outcome",
         "images",
         "megapixels",
-        "cost_usd",
+        "tenant_charge_usd",
+        "provider_cost_usd",
+        "failed_attempt_cost_usd",
     ]
     rows = [
         [
@@ -90,7 +92,9 @@ async def cmd_usage(args: argparse.Namespace, conn: Connection) -> int:
             enum_name(r.outcome, "REQUEST_OUTCOME_"),
             r.images,
             f"{r.megapixels:.3f}",
+            f"{r.tenant_charge_micros / 1e6:.6f}",
             f"{r.cost_micros / 1e6:.6f}",
+            f"{r.failed_cost_micros / 1e6:.6f}",
         ]
         for r in records[: args.limit]
     ]
@@ -111,20 +115,34 @@ async def cmd_usage(args: argparse.Namespace, conn: Connection) -> int:
     else:
         print(
             f"usage for {summary.period}: {summary.requests} requests, {summary.images} images, "
-            f"{summary.megapixels:.3f} MP, {usd(summary.cost_micros)}"
+            f"{summary.megapixels:.3f} MP; tenant charge {usd(summary.tenant_charge_micros)} "
+            f"(what your plan counts); provider cost {usd(summary.cost_micros)} "
+            f"(what the providers bill the gateway, {usd(summary.failed_cost_micros)} of it for "
+            "failed attempts)"
         )
         if summary.groups:
             print(
                 table(
-                    ["provider", "provider model", "attempts", "images", "megapixels", "cost"],
+                    [
+                        "provider",
+                        "provider model",
+                        "attempts",
+                        "failed",
+                        "images",
+                        "megapixels",
+                        "provider cost",
+                        "failed cost",
+                    ],
                     [
                         [
                             g.provider,
                             g.provider_model,
                             g.attempts,
+                            g.failed_attempts,
                             g.images,
                             f"{g.megapixels:.3f}",
                             usd(g.cost_micros),
+                            usd(g.failed_cost_micros),
                         ]
                         for g in summary.groups
                     ],

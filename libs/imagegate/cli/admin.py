@@ -6,6 +6,7 @@ import argparse
 import uuid
 
 from imagegate.cli.connection import Connection
+from imagegate.cli.costs import COST_ACTIONS, cmd_admin_costs
 from imagegate.cli.output import table, usd
 from imagegate.grpckit.channel import create_channel
 from imagegate.quota.v1 import quota_pb2, quota_pb2_grpc
@@ -13,6 +14,8 @@ from imagegate.quota.v1 import quota_pb2, quota_pb2_grpc
 
 async def cmd_admin(args: argparse.Namespace, conn: Connection) -> int:
     """`imagegate admin ...`: tenants, plans and keys on Quota, with the admin token."""
+    if args.admin_action in COST_ACTIONS:
+        return await cmd_admin_costs(args, conn)
     meta = conn.admin_metadata()
     async with create_channel(conn.quota_addr) as channel:
         stub = quota_pb2_grpc.QuotaServiceStub(channel)

@@ -94,6 +94,11 @@ def _add_admin(sub: argparse._SubParsersAction[Parser]) -> None:
     kc.add_argument("--label", type=flags.text(flags.MAX_NAME, required=False))
     kr = asub.add_parser("key-revoke")
     kr.add_argument("key_id", type=ident)
+    pr = asub.add_parser("prices", help="the price catalog: current and past entries")
+    pr.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    mg = asub.add_parser("margin", help="a month's revenue, provider cost and gross margin")
+    mg.add_argument("--month", type=flags.month, help="YYYY-MM (default: this month, UTC)")
+    mg.add_argument("--format", choices=["table", "csv", "json"], default="table")
     a.set_defaults(func=cmd_admin)
 
 

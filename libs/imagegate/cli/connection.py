@@ -17,15 +17,19 @@ class Connection:
     """Router address."""
     quota_addr: str
     """Quota address (admin commands only)."""
+    metering_addr: str
+    """Metering address (`admin prices` and `admin margin`)."""
     data_dir: Path
     """Where the dev key and admin token files live."""
 
     @classmethod
     def from_env(cls) -> Connection:
-        """IMAGEGATE_ROUTER_ADDR, IMAGEGATE_QUOTA_ADDR, IMAGEGATE_DATA_DIR."""
+        """IMAGEGATE_ROUTER_ADDR, IMAGEGATE_QUOTA_ADDR, IMAGEGATE_METERING_ADDR,
+        IMAGEGATE_DATA_DIR."""
         return cls(
             router_addr=os.environ.get("IMAGEGATE_ROUTER_ADDR", "127.0.0.1:50051"),
             quota_addr=os.environ.get("IMAGEGATE_QUOTA_ADDR", "127.0.0.1:50052"),
+            metering_addr=os.environ.get("IMAGEGATE_METERING_ADDR", "127.0.0.1:50053"),
             data_dir=Path(os.environ.get("IMAGEGATE_DATA_DIR", ".imagegate")),
         )
 
