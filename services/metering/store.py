@@ -159,7 +159,7 @@ class MeteringStore:
     def price(
         self, provider: str, provider_model: str, at: datetime | None = None
     ) -> metering_pb2.Price:
-        """The catalog entry of a provider's model in force at `at` (default: the newest);
+        """The catalog entry of a provider's model in force at `at` (default: now);
         FAILED_PRECONDITION PRICE_NOT_FOUND if the model has none."""
         price = self.catalog.book.find(provider, provider_model, at)
         if price is None:

@@ -246,3 +246,34 @@ def test_polling_url_must_be_a_bfl_host() -> None:
                 bad, base_url="https://api.bfl.ai", allowed_hosts=hosts, loopback_ok=False
             )
         assert info.value.reason == reasons.PROVIDER_BAD_RESPONSE
+
+
+async def test_one_moderated_task_of_three_bills_the_two_siblings_as_bfl_does() -> None:
+    s = await _stack()
+    try:
+        s.emulator.faults.set(Fault("moderation", count=1))
+        err = await s.fail(request(num_images=3))
+        assert err.reason == reasons.PROVIDER_CONTENT_MODERATED
+        # Every task was submitted before any was polled; BFL bills the two not moderated.
+        assert len(s.emulator.tasks) == 3
+        assert err.metadata[reasons.META_BILLABLE] == "true"
+        assert err.metadata[reasons.META_BILLED_IMAGES] == "2"
+        assert float(err.metadata[reasons.META_BILLED_MEGAPIXELS]) == pytest.approx(
+            2 * 512 * 384 / 1e6
+        )
+        assert s.emulator.billed_micros() == 2 * 25_000
+        assert set(err.metadata[reasons.META_PROVIDER_JOB_ID].split(",")) <= set(s.emulator.tasks)
+    finally:
+        await s.close()
+
+
+async def test_every_task_moderated_bills_nothing() -> None:
+    s = await _stack()
+    try:
+        s.emulator.faults.set(Fault("moderation"))
+        err = await s.fail(request(num_images=2))
+        assert err.metadata[reasons.META_BILLABLE] == "false"
+        assert err.metadata[reasons.META_BILLED_IMAGES] == "0"
+        assert s.emulator.billed_micros() == 0
+    finally:
+        await s.close()

@@ -62,6 +62,10 @@ async def test_hanging_primary_costs_its_usual_p95_plus_the_follower_from_the_fi
         # Provider cost covers both; the tenant is charged only the delivered images.
         assert record.cost_micros == 6000 and record.failed_cost_micros == 3000
         assert record.tenant_charge_micros == 3000 and resp.cost_micros == 3000
+        # The cancelled loser reported nothing: the requested size is recorded as an estimate.
+        [lost] = [a for a in record.attempts if not a.succeeded]
+        assert not lost.usage_reported and "estimated" in lost.note
+        assert lost.usage.images == 1
     finally:
         await s.stop()
 

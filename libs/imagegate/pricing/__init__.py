@@ -172,12 +172,12 @@ class PriceBook:
     def find(
         self, provider: str, provider_model: str, at: datetime | None = None
     ) -> metering_pb2.Price | None:
-        """The entry of a provider's model in force at `at` (default: the newest), or None."""
+        """The entry of a provider's model in force at `at` (default: now, so an entry recorded
+        ahead of a price change waits for its day), or None."""
         entries = self._history.get((provider, provider_model))
         if not entries:
             return None
-        if at is None:
-            return entries[-1]
+        at = at or datetime.now(UTC)
         day = at.astimezone(UTC).date().isoformat() if at.tzinfo else at.date().isoformat()
         chosen = entries[0]
         for entry in entries:
