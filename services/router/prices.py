@@ -77,8 +77,8 @@ class PriceMirror:
         usage: image_pb2.Usage,
         at: datetime | None = None,
     ) -> int | None:
-        """Price of measured usage in micro-USD with the entry in force at `at` (default: the
-        newest), or None when the catalog has no entry."""
+        """Price of measured usage in micro-USD with the entry in force at `at` (default: now),
+        or None when the catalog has no entry."""
         price = self._book.find(provider, provider_model, at)
         if price is None:
             return None
