@@ -14,6 +14,7 @@ from imagegate.cli.account import cmd_usage
 from imagegate.cli.admin import cmd_admin
 from imagegate.cli.args import parse
 from imagegate.cli.connection import Connection
+from imagegate.cli.generate import build_request
 from imagegate.emulators.base import Fault
 from imagegate.router.v1 import router_pb2
 from tests.cost.stack import cost_stack
@@ -80,3 +81,13 @@ async def test_usage_prices_and_margin_show_charge_and_cost_apart(
         assert total["failed_attempt_cost_usd"] == "0.003000"
         assert total["gross_margin_usd"] == "98.994300"
         assert total["cost_by_provider"] == "fal=0.003000 together=0.002700"
+
+
+def test_generate_quality_flag_sets_the_request_and_refuses_unknown_settings(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert build_request(parse(["estimate", "x", "--quality", "high"])).quality == "high"
+    assert build_request(parse(["estimate", "x"])).quality == ""
+    with pytest.raises(SystemExit) as info:
+        parse(["estimate", "x", "--quality", "ultra"])
+    assert info.value.code == 2 and "--quality" in capsys.readouterr().err

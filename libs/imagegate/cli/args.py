@@ -11,6 +11,7 @@ from imagegate.cli import flags
 from imagegate.cli.account import cmd_models, cmd_providers, cmd_quota, cmd_styles, cmd_usage
 from imagegate.cli.admin import cmd_admin
 from imagegate.cli.generate import FORMATS, PREFERENCES, cmd_estimate, cmd_generate
+from imagegate.pricing import QUALITIES
 
 # A value such as -5x512, -1 or -inf: argparse would take it for an unknown option.
 _DASH_VALUE = re.compile(r"-(\d|\.\d|inf|nan)", re.IGNORECASE)
@@ -67,6 +68,11 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
         action="append",
         type=flags.text(flags.MAX_ID),
         help="never this provider (repeatable)",
+    )
+    p.add_argument(
+        "--quality",
+        choices=list(QUALITIES),
+        help="quality for models that have one (GPT image); it sets the price",
     )
     p.add_argument("--allow-degradation", action="store_true")
     p.add_argument(

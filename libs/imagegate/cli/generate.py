@@ -47,6 +47,7 @@ def build_request(args: argparse.Namespace) -> router_pb2.GenerateImageRequest:
         allowed_providers=args.provider or [],
         blocked_providers=args.block or [],
         allow_degradation=args.allow_degradation,
+        quality=args.quality or "",
     )
     if args.size:
         req.width, req.height = args.size
