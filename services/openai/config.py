@@ -23,7 +23,9 @@ class OpenAISettings(ProviderSettings):
         8, ge=1, description="Most generations in flight (OpenAI limits images per minute)."
     )
     quality: Literal["auto", "low", "medium", "high"] = Field(
-        "auto", description="GPT image quality; it sets the output token count and so the price."
+        "auto",
+        description="Default GPT image quality when a request names none; it sets the output "
+        "token count and so the price.",
     )
     moderation: Literal["auto", "low"] = Field("auto", description="GPT image moderation level.")
     organization: str = Field("", description="OpenAI-Organization header, when set.")
