@@ -34,9 +34,11 @@ class PriceMirror:
         self._book = PriceBook(prices)
         self.version = version
 
-    def find(self, provider: str, provider_model: str) -> metering_pb2.Price | None:
-        """The catalog entry of a provider's model, or None."""
-        return self._book.find(provider, provider_model)
+    def find(
+        self, provider: str, provider_model: str, at: datetime | None = None
+    ) -> metering_pb2.Price | None:
+        """The catalog entry of a provider's model in force at `at` (default: now), or None."""
+        return self._book.find(provider, provider_model, at)
 
     def unit(self, provider: str, provider_model: str) -> int:
         """The PriceUnit Metering bills the model in; PRICE_UNIT_UNSPECIFIED when unpriced."""

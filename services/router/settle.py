@@ -9,6 +9,7 @@ from imagegate.common.v1 import image_pb2
 from imagegate.grpckit.deadline import Deadline
 from imagegate.grpckit.errors import timestamp
 from imagegate.metering.v1 import metering_pb2
+from imagegate.pricing import prompt_token_bound, worst_case_usage
 from imagegate.provider.v1 import provider_pb2
 from imagegate.quota.v1 import quota_pb2
 from imagegate.router.v1 import router_pb2
@@ -48,18 +49,15 @@ class RouterSettlement:
 
         Each carries the usage the adapter reported for it (what the provider bills, e.g. only
         the BFL tasks that were not moderated). When nothing was reported (the Router's own
-        timeout, a cancelled hedge loser) the requested size times n is recorded, marked as an
-        estimate (`usage_reported` false): the provider may have run all of it.
+        timeout, a cancelled hedge loser) the most it can be billed is recorded (`_estimate`),
+        marked as an estimate (`usage_reported` false): the provider may have run all of it.
         """
         billed: list[metering_pb2.BilledAttempt] = []
         total = 0
-        t = job.admitted.norm.template
         for cand, attempt, reported in job.log.billable_failures:
             usage = reported
             if usage is None:
-                usage = image_pb2.Usage(
-                    images=t.num_images, megapixels=t.width * t.height * t.num_images / 1e6
-                )
+                usage = self._estimate(cand, job)
             note = f"{attempt.error_reason} after the provider accepted the job"
             billed.append(
                 metering_pb2.BilledAttempt(
@@ -77,6 +75,24 @@ class RouterSettlement:
                 or 0
             )
         return billed, total
+
+    def _estimate(self, cand: Candidate, job: Job) -> image_pb2.Usage:
+        """The most an attempt that reported nothing can be billed: the requested size times n
+        (and for token prices the requested quality's tokens, the prompt's at most)."""
+        t = job.admitted.norm.template
+        price = self.pricer.find(cand.provider, cand.provider_model, job.accepted_at)
+        if price is None:
+            return image_pb2.Usage(
+                images=t.num_images, megapixels=t.width * t.height * t.num_images / 1e6
+            )
+        return worst_case_usage(
+            price,
+            width=t.width,
+            height=t.height,
+            num_images=t.num_images,
+            quality=t.quality,
+            input_tokens=prompt_token_bound(t.prompt),
+        )
 
     async def succeed(
         self, job: Job, cand: Candidate, resp: provider_pb2.GenerateImageResponse

@@ -47,3 +47,26 @@ def test_the_routers_own_timeout_is_billable_with_no_reported_usage() -> None:
     result = classify(_rpc_error(None, grpc.StatusCode.DEADLINE_EXCEEDED))
     assert result.reason == reasons.PROVIDER_TIMEOUT
     assert result.billable and result.usage is None
+
+
+def test_an_unreported_attempt_is_estimated_at_the_most_it_can_be_billed() -> None:
+    from imagegate.pricing import quote_micros, usage_micros, worst_case_usage
+    from services.metering.catalog import load_catalog
+
+    book = load_catalog().book
+    gpt = book.find("openai", "gpt-image-1")
+    fal = book.find("fal", "fal-ai/flux/schnell")
+    assert gpt is not None and fal is not None
+    high = worst_case_usage(
+        gpt, width=1024, height=1536, num_images=2, quality="high", input_tokens=9
+    )
+    assert (high.output_tokens, high.input_tokens) == (2 * 6240, 9)  # OpenAI's table
+    auto = worst_case_usage(gpt, width=1024, height=1024, num_images=1)
+    assert auto.output_tokens == 4160
+    sized = worst_case_usage(fal, width=1024, height=768, num_images=3)
+    assert (sized.images, sized.output_tokens) == (3, 0)
+    assert sized.megapixels == pytest.approx(3 * 0.786432)
+    # The estimate and the quote are one computation.
+    assert usage_micros(gpt, high) == quote_micros(
+        gpt, width=1024, height=1536, num_images=2, quality="high", input_tokens=9
+    )

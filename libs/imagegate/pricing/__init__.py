@@ -35,6 +35,7 @@ __all__ = [
     "quote_micros",
     "quote_tokens_per_megapixel",
     "usage_micros",
+    "worst_case_usage",
 ]
 
 # Float megapixels such as 1.0000000000000002 must not round up to a whole extra megapixel.
@@ -108,26 +109,18 @@ def quote_tokens_per_megapixel(price: metering_pb2.Price, quality: str = "") -> 
     return max(table.values())
 
 
-def quote_micros(
+def worst_case_usage(
     price: metering_pb2.Price,
     *,
     width: int,
     height: int,
     num_images: int,
-    steps: int | None = None,
     quality: str = "",
     input_tokens: int = 0,
-) -> int:
-    """Expected cost in micro-USD of `num_images` images of width x height, before running.
-
-    A token-priced quote covers the worst case of the requested `quality` and `input_tokens`
-    (an upper bound of the prompt's tokens), so a hold made from it covers what is billed.
-    `steps` is accepted for prices that depend on it; no catalog entry does today, so it does not
-    change the result (compute-second prices use assumed_seconds_per_image).
-    """
-    if width <= 0 or height <= 0 or num_images <= 0:
-        raise ValueError("width, height and num_images must be positive")
-    del steps
+) -> image_pb2.Usage:
+    """The most a generation can be billed for, as a usage: `num_images` images of width x
+    height and, for token prices, the requested quality's output tokens (the largest for "auto"
+    or none) plus `input_tokens` (an upper bound of the prompt's tokens)."""
     megapixels = num_images * width * height / 1_000_000
     usage = image_pb2.Usage(images=num_images, megapixels=megapixels)
     if price.unit == catalog_pb2.PRICE_UNIT_TOKEN:
@@ -138,6 +131,36 @@ def quote_micros(
         per_image = math.ceil(exact.quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP))
         usage.output_tokens = per_image * num_images
         usage.input_tokens = max(0, input_tokens)
+    return usage
+
+
+def quote_micros(
+    price: metering_pb2.Price,
+    *,
+    width: int,
+    height: int,
+    num_images: int,
+    steps: int | None = None,
+    quality: str = "",
+    input_tokens: int = 0,
+) -> int:
+    """Expected cost in micro-USD of `num_images` images of width x height, before running:
+    the price of `worst_case_usage`, so a hold made from it covers what is billed.
+
+    `steps` is accepted for prices that depend on it; no catalog entry does today, so it does not
+    change the result (compute-second prices use assumed_seconds_per_image).
+    """
+    if width <= 0 or height <= 0 or num_images <= 0:
+        raise ValueError("width, height and num_images must be positive")
+    del steps
+    usage = worst_case_usage(
+        price,
+        width=width,
+        height=height,
+        num_images=num_images,
+        quality=quality,
+        input_tokens=input_tokens,
+    )
     return usage_micros(price, usage)
 
 
