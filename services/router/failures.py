@@ -29,7 +29,8 @@ def all_failed(
     """Names every attempt; the code follows the attempt that stopped failover, else the
     reason every attempt shares, else UNAVAILABLE with the time until a candidate can serve.
 
-    `retry_in` is that time (seconds); `cost_micros` what the failed attempts are billed.
+    `retry_in` is that time (seconds); `cost_micros` what the providers bill the gateway for the failed
+    attempts (the tenant is charged nothing for a failed request).
     """
     attempts = job.log.attempts
     compact = [
@@ -79,7 +80,10 @@ def all_failed(
             f"{retry_after:.1f}s"
         )
     if cost_micros:
-        msg += f"; the failed attempts cost {cost_micros} micro-USD (the provider bills them)"
+        msg += (
+            f"; the failed attempts cost {cost_micros} micro-USD (the providers bill the gateway;"
+            " your plan is not charged)"
+        )
     return ImagegateError(
         code,
         reason,

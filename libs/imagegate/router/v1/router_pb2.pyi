@@ -350,7 +350,10 @@ class GenerateImageResponse(_message.Message):
     provider_model: _builtins.str
     """Provider's model id that served the request."""
     cost_micros: _builtins.int
-    """What the request cost, in micro-USD, from Metering's price catalog."""
+    """What the tenant is charged for the request, in micro-USD: the delivered images priced from
+    Metering's price catalog (what the plan counts). Failed attempts the providers bill are the
+    gateway's cost and are not included (see the usage records' provider cost).
+    """
     trace_id: _builtins.str
     """W3C trace id of this request (32 hex digits), to quote in support tickets."""
     local_substitute: _builtins.bool
