@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import base64
+import secrets
+from email.parser import BytesParser
+from email.policy import default
 
 from imagegate.inputs.checks import sniff
 
@@ -31,3 +34,34 @@ def from_data_uri(value: str) -> bytes | None:
         return base64.b64decode(payload, validate=True)
     except ValueError:
         return None
+
+
+def multipart(fields: dict[str, str], files: list[tuple[str, str, bytes]]) -> tuple[bytes, str]:
+    """A multipart/form-data body and its Content-Type; files are (field, filename, bytes)."""
+    boundary = f"imagegate-{secrets.token_hex(12)}"
+    out = bytearray()
+    for name, value in fields.items():
+        out += f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
+        out += value.encode() + b"\r\n"
+    for name, filename, data in files:
+        out += (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+            f'filename="{filename}"\r\nContent-Type: {mime_type(data)}\r\n\r\n'
+        ).encode()
+        out += data + b"\r\n"
+    out += f"--{boundary}--\r\n".encode()
+    return bytes(out), f"multipart/form-data; boundary={boundary}"
+
+
+def parse_multipart(body: bytes, content_type: str) -> list[tuple[str, str | None, bytes]]:
+    """The parts of a multipart/form-data body as (field, filename or None, bytes)."""
+    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode()
+    message = BytesParser(policy=default).parsebytes(head + body)
+    parts: list[tuple[str, str | None, bytes]] = []
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str):
+            continue
+        payload = part.get_payload(decode=True)
+        parts.append((name, part.get_filename(), payload if isinstance(payload, bytes) else b""))
+    return parts

@@ -55,3 +55,11 @@ def mask_size(mask: bytes) -> tuple[int, int]:
     """(width, height) of a mask."""
     with Image.open(io.BytesIO(mask)) as img:
         return img.size
+
+
+def resized(data: bytes, size: tuple[int, int]) -> bytes:
+    """The image (or mask) at `size`, unchanged when it already is; PNG otherwise."""
+    img = decode(data)
+    if img.size == size:
+        return data
+    return _png(img.resize(size))

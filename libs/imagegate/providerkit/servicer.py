@@ -247,7 +247,10 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
         violations += input_violations(r, self._limits)
         if violations:
             raise invalid_argument(violations, domain=f"imagegate.provider.{self._adapter.name}")
-        image, mask, refs, strength, edit_unsupported = edit_inputs(spec, r)
+        try:
+            image, mask, refs, strength, edit_unsupported = edit_inputs(spec, r)
+        except ProviderError as err:
+            raise err.to_imagegate_error(self._adapter.name, r.model) from None
         width, height, num = r.width, r.height, r.num_images
         fmt = FORMAT_FROM_PROTO.get(r.output_format, OutputFormat.PNG)
         unsupported: list[Deviation] = list(edit_unsupported)
