@@ -9,6 +9,8 @@ import httpx
 
 from imagegate.grpckit import reasons
 from imagegate.grpckit.deadline import Deadline
+from imagegate.inputs.encoding import data_uri
+from imagegate.inputs.masks import resized
 from imagegate.providerkit.download import download_images
 from imagegate.providerkit.errors import ProviderError, bad_answer
 from imagegate.providerkit.hosted import HostedAdapter
@@ -76,12 +78,17 @@ MODELS = (
         formats=_ALL_FORMATS,
         price_unit=PriceUnit.IMAGE,
     ),
+    # SDXL takes `image` (+ `prompt_strength`) and `mask` (white repaints) and then answers at the
+    # image's size: the adapter resizes the input to the asked size first.
     ModelSpec(
         id=SDXL,
         sizes=SizeRule(min_side=256, max_side=2048, multiple=8, max_pixels=2048 * 2048),
         negative_prompt=True,
         formats=_ALL_FORMATS,
         price_unit=PriceUnit.COMPUTE_SECOND,
+        image_to_image=True,
+        inpainting=True,
+        strength=True,
     ),
 )
 STEPS = {SCHNELL: (1, 4), DEV: (1, 50), PRO: (1, 50), SDXL: (1, 500)}
@@ -144,6 +151,14 @@ class ReplicateAdapter(HostedAdapter[ReplicateSettings]):
             }
             if request.negative_prompt:
                 inp["negative_prompt"] = request.negative_prompt
+            if request.image:
+                # Inline data URIs: the gateway never hands a provider a caller's URL.
+                size = (request.width, request.height)
+                inp["image"] = data_uri(resized(request.image, size))
+                if request.mask:
+                    inp["mask"] = data_uri(resized(request.mask, size))
+                if request.strength is not None:
+                    inp["prompt_strength"] = request.strength
         if request.seed is not None:
             inp["seed"] = request.seed
         steps, scale, deviations = steps_and_guidance(request, STEPS, GUIDANCE)

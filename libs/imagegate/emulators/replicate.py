@@ -11,7 +11,14 @@ from typing import Any
 
 from aiohttp import web
 
-from imagegate.emulators.base import Emulator, new_id
+from imagegate.emulators.base import (
+    Emulator,
+    edited_image,
+    image_bytes_size,
+    image_field,
+    input_problem,
+    new_id,
+)
 from imagegate.providerkit.types import OutputFormat
 
 # Output sizes of the FLUX models per aspect_ratio at megapixels "1" (replicate/cog-flux
@@ -224,8 +231,12 @@ class ReplicateEmulator(Emulator):
 
     def _render(self, pred: Prediction) -> Any:
         inp = pred.input
+        source = image_field(inp.get("image")) or b""
         if pred.model == "stability-ai/sdxl":
             width, height = int(inp.get("width", 1024)), int(inp.get("height", 1024))
+            if source:
+                # With an input image SDXL answers at its size, whatever width/height say.
+                width, height = image_bytes_size(source)
             fmt = OutputFormat.PNG
         elif inp.get("aspect_ratio") == "custom":
             width, height = int(inp["width"]) // 32 * 32, int(inp["height"]) // 32 * 32
@@ -239,6 +250,8 @@ class ReplicateEmulator(Emulator):
         n = 1 if pred.model == "black-forest-labs/flux-pro" else int(inp.get("num_outputs", 1))
         for i in range(n):
             data, declared, _ = self.result_image(width, height, fmt, seed + i)
+            if source and declared == fmt.mime_type:
+                data = edited_image(source, width, height, fmt, seed + i)
             urls.append(self.store_file(data, declared, suffix=f"/out-{i}.{fmt.value}"))
         # flux-pro returns one URI string; the others a list of URIs.
         return urls[0] if pred.model == "black-forest-labs/flux-pro" else urls
@@ -321,8 +334,26 @@ def _validate(model: str, inp: Any) -> list[dict[str, str]]:
             "seed",
             "scheduler",
             "refine",
+            "image",
+            "mask",
+            "prompt_strength",
         }
-        limits = {"num_inference_steps": (1, 500), "guidance_scale": (1, 50), "num_outputs": (1, 4)}
+        limits = {
+            "num_inference_steps": (1, 500),
+            "guidance_scale": (1, 50),
+            "num_outputs": (1, 4),
+            "prompt_strength": (0, 1),
+        }
+        image_size = _file_input(inp, "image", bad)
+        mask_size = _file_input(inp, "mask", bad)
+        if mask_size and not image_size and "image" not in inp:
+            bad("mask", "required", "mask needs an image")
+        if image_size and mask_size and image_size != mask_size:
+            bad(
+                "mask",
+                "invalid",
+                f"mask is {mask_size[0]}x{mask_size[1]}, image is {image_size[0]}x{image_size[1]}",
+            )
     elif model == "black-forest-labs/flux-pro":
         allowed = {
             "prompt",
@@ -369,3 +400,21 @@ def _validate(model: str, inp: Any) -> list[dict[str, str]]:
         if v is not None and not (isinstance(v, int | float) and lo <= v <= hi):
             bad(name, "number_range", f"Must be between {lo} and {hi}")
     return out
+
+
+# Replicate takes files as HTTP URLs or data URIs; the emulator checks data URIs and never fetches.
+MAX_DATA_URI_BYTES = 20 * 1024 * 1024
+
+
+def _file_input(inp: dict[str, Any], name: str, bad: Any) -> tuple[int, int] | None:
+    value = inp.get(name)
+    if value is None:
+        return None
+    if isinstance(value, str) and value.startswith(("http://", "https://")):
+        bad(name, "invalid", "URL inputs are not emulated (the gateway sends data URIs)")
+        return None
+    info, problem = input_problem(image_field(value), name, max_bytes=MAX_DATA_URI_BYTES)
+    if problem is not None or info is None:
+        bad(name, "invalid", problem or "invalid image")
+        return None
+    return info.width, info.height
