@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import pytest
 from PIL import Image, ImageDraw
 
+from imagegate.cli.args import parse
+from imagegate.cli.main import _run_command
 from imagegate.emulators.base import Fault
 from imagegate.grpckit import reasons
 from imagegate.grpckit.errors import parse_rpc_error
@@ -230,3 +234,35 @@ async def test_text_requests_never_reach_edit_only_models(edits: Edits) -> None:
     err = parse_rpc_error(info.value)
     assert err.reason == reasons.NO_CANDIDATE and "needs an input image" in err.message
     assert all(edits.calls(p) == 0 for p in PROVIDERS)
+
+
+async def test_cli_generate_with_image_and_strength_runs_image_to_image(
+    edits: Edits,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    source = tmp_path / "in.png"
+    source.write_bytes(png())
+    monkeypatch.setenv("IMAGEGATE_ROUTER_ADDR", edits.stack.router.address)
+    monkeypatch.setenv("IMAGEGATE_API_KEY", "key-pro")
+    args = parse(
+        [
+            "generate",
+            "the same castle at dusk",
+            "--image",
+            str(source),
+            "--strength",
+            "0.6",
+            "-o",
+            str(tmp_path / "out.png"),
+            "--json",
+            "--quiet",
+        ]
+    )
+    assert await _run_command(args.func, args) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["provider_model"] == "fal-ai/flux/dev/image-to-image"
+    assert Image.open(tmp_path / "out.png").size == (512, 512)
+    sent = edits.harnesses["fal"].emulator.calls_to("image-to-image", "POST")[0]
+    assert sent.body["strength"] == pytest.approx(0.6)
