@@ -43,7 +43,7 @@ from services.fal.config import FalSettings
 _FLUX_SIZES = SizeRule(min_side=256, max_side=2048, multiple=16, max_pixels=2048 * 2048)
 _SDXL_SIZES = SizeRule(min_side=256, max_side=2048, multiple=8, max_pixels=2048 * 2048)
 _NATIVE = (OutputFormat.PNG, OutputFormat.JPEG, OutputFormat.WEBP)
-MODELS = (
+_TEXT_MODELS = (
     ModelSpec(
         id="fal-ai/flux/schnell",
         sizes=_FLUX_SIZES,
@@ -91,8 +91,8 @@ KONTEXT_RATIOS = {
     (752, 1392): "9:16",
     (672, 1568): "9:21",
 }
-MODELS = (
-    *MODELS,
+MODELS: tuple[ModelSpec, ...] = (
+    *_TEXT_MODELS,
     # Image-to-image and fill answer at their input's size: the adapter resizes the input (and
     # mask) to the asked size first.
     ModelSpec(

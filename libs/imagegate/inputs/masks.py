@@ -20,7 +20,7 @@ def has_transparency(img: Image.Image) -> bool:
     if img.mode not in ("RGBA", "LA", "PA") and "transparency" not in img.info:
         return False
     lo, _ = img.convert("RGBA").getchannel("A").getextrema()
-    return bool(lo < 255)
+    return isinstance(lo, int | float) and lo < 255
 
 
 def mask_from_alpha(image: bytes) -> bytes | None:
