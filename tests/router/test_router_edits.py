@@ -100,6 +100,9 @@ async def test_image_to_image_goes_only_to_providers_that_declare_it(edits: Edit
     for provider in ("bfl", "openai", "together", "replicate"):
         assert edits.calls(provider) == 0, f"{provider} was called"
     assert resp.cost_micros > 0
+    attrs = [dict(s.attributes or {}) for s in edits.stack.spans.get_finished_spans()]
+    assert any(a.get("imagegate.edit_mode") == "image_to_image" for a in attrs)
+    assert all(len(repr(a)) < 100_000 for a in attrs), "input image bytes on a span"
 
 
 async def test_image_to_image_fails_over_between_two_declaring_providers(edits: Edits) -> None:
