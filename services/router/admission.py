@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 import uuid
@@ -144,7 +145,11 @@ class Authenticator:
         """
         api_key = require_bearer(context, domain=DOMAIN)
         deadline = Deadline.from_context(context, default_deadline)
-        norm = normalize(request, catalog, self._input_limits)
+        if request.mask or request.mask_from_alpha:
+            # Normalizing a mask decodes it (up to 10 MiB): off the event loop.
+            norm = await asyncio.to_thread(normalize, request, catalog, self._input_limits)
+        else:
+            norm = normalize(request, catalog, self._input_limits)
         request_id = request.request_id or f"rtr-{uuid.uuid4().hex}"
         norm.template.request_id = request_id
         caller = await self.resolve(api_key, min(self._timeout, deadline.remaining()))
