@@ -152,6 +152,9 @@ async def test_oversized_input_image_is_refused_before_any_provider_call(edits: 
         ({"strength": 1.5}, "strength"),
         ({"reference_images": [png()] * 5}, "reference_images"),
         ({"image": b"", "mask": mask()}, "image"),
+        ({"mask_from_alpha": True}, "mask_from_alpha"),
+        ({"mask_from_alpha": True, "mask": mask()}, "mask"),
+        ({"image": b"", "strength": 0.5, "prompt": "x"}, "strength"),
     ],
 )
 async def test_bad_inputs_name_their_field_and_call_nobody(
@@ -269,3 +272,17 @@ async def test_cli_generate_with_image_and_strength_runs_image_to_image(
     assert Image.open(tmp_path / "out.png").size == (512, 512)
     sent = edits.harnesses["fal"].emulator.calls_to("image-to-image", "POST")[0]
     assert sent.body["strength"] == pytest.approx(0.6)
+
+
+async def test_estimate_prices_only_the_candidates_that_can_edit(edits: Edits) -> None:
+    resp = await edits.stack.stub.EstimateCost(
+        router_pb2.EstimateCostRequest(request=img2img()), metadata=KEY, timeout=10
+    )
+    usable = [(c.provider, c.provider_model) for c in resp.candidates if not c.skip_reason]
+    assert usable == [("fal", "fal-ai/flux/dev/image-to-image"), ("replicate", "stability-ai/sdxl")]
+    skipped = {c.provider_model: c.skip_reason for c in resp.candidates if c.skip_reason}
+    assert skipped["flux-kontext-pro"] == "image-to-image not offered"
+    assert skipped["fal-ai/fast-sdxl"] == "image-to-image not offered"
+    # 512x512 rounds up to 1 MP at $0.03/MP on fal.
+    assert resp.expected_cost_micros == 30000
+    assert all(edits.calls(p) == 0 for p in PROVIDERS)
