@@ -154,7 +154,11 @@ class BflAdapter(HostedAdapter[BflSettings]):
     async def generate(
         self, request: GenerationRequest, deadline: Deadline, progress: ProgressSink | None
     ) -> GenerationResult:
-        body, deviations = self.build_input(request)
+        if request.image or request.reference_images:
+            # Input images may be resized and re-encoded: off the event loop.
+            body, deviations = await asyncio.to_thread(self.build_input, request)
+        else:
+            body, deviations = self.build_input(request)
         n = request.num_images
         limit = self._settings.max_active_tasks
         if self._active_tasks + n > limit:

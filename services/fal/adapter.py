@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -213,7 +214,11 @@ class FalAdapter(HostedAdapter[FalSettings]):
     async def generate(
         self, request: GenerationRequest, deadline: Deadline, progress: ProgressSink | None
     ) -> GenerationResult:
-        body, deviations = self.build_input(request)
+        if request.image or request.reference_images:
+            # Input images may be resized and re-encoded: off the event loop.
+            body, deviations = await asyncio.to_thread(self.build_input, request)
+        else:
+            body, deviations = self.build_input(request)
         headers = {}
         if deadline.remaining() > 2:
             # Ask fal not to start the job once we could no longer use it (not billed then).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from imagegate.grpckit.deadline import Deadline
 from imagegate.inputs.checks import EditMode
 from imagegate.inputs.encoding import multipart
@@ -61,7 +63,10 @@ class OpenAIAdapter(HostedAdapter[OpenAISettings]):
                 special=wire.special_error,
             )
         else:
-            fields, files = wire.edit_form(request, quality=self._settings.quality)
+            # The mask is decoded and re-encoded: off the event loop.
+            fields, files = await asyncio.to_thread(
+                wire.edit_form, request, quality=self._settings.quality
+            )
             content, content_type = multipart(fields, files)
             resp = await post_sync(
                 self._client,

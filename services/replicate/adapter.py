@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -171,7 +172,11 @@ class ReplicateAdapter(HostedAdapter[ReplicateSettings]):
     async def generate(
         self, request: GenerationRequest, deadline: Deadline, progress: ProgressSink | None
     ) -> GenerationResult:
-        inp, deviations = self.build_input(request)
+        if request.image or request.reference_images:
+            # Input images may be resized and re-encoded: off the event loop.
+            inp, deviations = await asyncio.to_thread(self.build_input, request)
+        else:
+            inp, deviations = self.build_input(request)
         pred = await self._create(request, inp, deadline)
         job_id = str(pred.get("id") or "")
         if progress is not None:
