@@ -99,6 +99,8 @@ _TWO_1024_SQUARE_IMAGES = {
     ("bfl", "flux-pro-1.0-fill"): 2 * 50000,
     ("together", "black-forest-labs/FLUX.1-kontext-pro"): 4 * 40000,
     ("together", "black-forest-labs/FLUX.1-kontext-max"): 4 * 80000,
+    ("replicate", "black-forest-labs/flux-kontext-pro"): 2 * 40000,
+    ("replicate", "black-forest-labs/flux-fill-pro"): 2 * 50000,
 }
 
 
