@@ -363,7 +363,7 @@ def _validate(model: str, inp: Any) -> list[dict[str, str]]:
             "mask",
             "prompt_strength",
         }
-        limits = {
+        limits: dict[str, tuple[float, float]] = {
             "num_inference_steps": (1, 500),
             "guidance_scale": (1, 50),
             "num_outputs": (1, 4),
