@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -10,13 +11,13 @@ import pytest
 from PIL import Image, ImageDraw
 
 from imagegate.common.v1 import catalog_pb2, image_pb2
-from imagegate.emulators.base import Fault
+from imagegate.emulators.base import FAULT_KINDS, Fault
 from imagegate.grpckit import reasons
 from imagegate.inputs.checks import EditMode
 from imagegate.provider.v1 import provider_pb2
 
-from .harness import EXPECTED, harness_names
-from .test_contract import DEADLINE, Stack, _close, _stack
+from .harness import harness_names
+from .test_contract import DEADLINE, RETRY_AFTER, SHORT_DEADLINE, SLACK, Stack, _close, _stack
 
 PROVIDERS = harness_names()
 MODES = (EditMode.IMAGE_TO_IMAGE, EditMode.INPAINT, EditMode.REFERENCE)
@@ -174,16 +175,27 @@ async def test_mask_of_another_size_is_refused_before_the_provider(stack: Stack)
         assert stack.harness.emulator.calls == []
 
 
-@pytest.mark.parametrize("kind", ["error_503", "moderation", "rate_limit"])
+@pytest.mark.parametrize("kind", FAULT_KINDS)
 async def test_edit_endpoint_faults_map_like_generation_faults(stack: Stack, kind: str) -> None:
     expect = stack.harness.expect(kind)
+    timeout = SHORT_DEADLINE if expect.timeout_fault else DEADLINE
     for mode, model in await declared_modes(stack, every_model=False):
         size = size_for(model.capabilities, stack)
         req = edit_request(stack, model.id, mode, size)
         if not model.capabilities.strength:
             req.ClearField("strength")
         del req.reference_images[max(1, model.capabilities.max_reference_images) :]
-        stack.harness.emulator.faults.set(Fault(kind, count=1, retry_after=7.0))
-        err = await stack.fail(req)
+        stack.harness.emulator.faults.set(Fault(kind, count=1, retry_after=RETRY_AFTER))
+        if expect.code is None:
+            resp = await stack.stub.GenerateImage(req, timeout=timeout)
+            assert resp.images[0].format == image_pb2.IMAGE_FORMAT_PNG, mode
+            continue
+        started = time.monotonic()
+        err = await stack.fail(req, timeout=timeout)
         assert (err.code, err.reason) == (expect.code, expect.reason), (mode, err.message)
-        assert EXPECTED[kind].code is not None
+        if expect.retry_info:
+            assert err.retry_after_seconds == pytest.approx(RETRY_AFTER)
+        if expect.timeout_fault:
+            assert time.monotonic() - started < SHORT_DEADLINE + SLACK, "deadline not honoured"
+        assert stack.harness.key not in err.message
+        stack.harness.emulator.faults.clear()
