@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +17,9 @@ from imagegate.cli.args import parse
 from imagegate.cli.main import _run_command
 from imagegate.emulators.base import Fault
 from imagegate.grpckit import reasons
+from imagegate.grpckit.channel import create_channel
 from imagegate.grpckit.errors import parse_rpc_error
-from imagegate.router.v1 import router_pb2
+from imagegate.router.v1 import router_pb2, router_pb2_grpc
 from imagegate.telemetry import setup_telemetry
 from services.metering.catalog import load_catalog as load_prices
 from tests.contract.harness import Harness, load_factory
@@ -286,3 +288,19 @@ async def test_estimate_prices_only_the_candidates_that_can_edit(edits: Edits) -
     # 512x512 rounds up to 1 MP at $0.03/MP on fal.
     assert resp.expected_cost_micros == 30000
     assert all(edits.calls(p) == 0 for p in PROVIDERS)
+
+
+async def test_an_input_above_grpcs_4_mib_default_reaches_the_provider(edits: Edits) -> None:
+    noise = Image.frombytes("RGB", (1400, 1400), os.urandom(1400 * 1400 * 3))
+    buf = io.BytesIO()
+    noise.save(buf, format="PNG", compress_level=0)
+    big = buf.getvalue()
+    assert 4 * 1024 * 1024 < len(big) < 10 * 1024 * 1024
+    # Every hop (CLI or client -> Router -> adapter) raises the limit to 64 MiB on both ends.
+    async with create_channel(edits.stack.router.address) as channel:
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        resp = await stub.GenerateImage(img2img(image=big), metadata=KEY, timeout=60)
+    assert resp.provider == "fal"
+    assert (resp.images[0].width, resp.images[0].height) == (1024, 1024)
+    sent = edits.harnesses["fal"].emulator.calls_to("image-to-image", "POST")[0]
+    assert len(sent.body["image_url"]) > 1024 * 1024, "the input went inline to the provider"
