@@ -304,3 +304,14 @@ async def test_an_input_above_grpcs_4_mib_default_reaches_the_provider(edits: Ed
     assert (resp.images[0].width, resp.images[0].height) == (1024, 1024)
     sent = edits.harnesses["fal"].emulator.calls_to("image-to-image", "POST")[0]
     assert len(sent.body["image_url"]) > 1024 * 1024, "the input went inline to the provider"
+
+
+async def test_a_budget_only_plan_is_told_its_plan_forbids_edits(edits: Edits) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await edits.stack.stub.GenerateImage(img2img(), metadata=bearer("key-free"), timeout=30)
+    err = parse_rpc_error(info.value)
+    assert (err.code, err.reason) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        reasons.PLAN_FORBIDS_MODEL,
+    )
+    assert all(edits.calls(p) == 0 for p in PROVIDERS)
