@@ -21,6 +21,8 @@ from imagegate.grpckit.channel import create_channel
 from imagegate.grpckit.errors import parse_rpc_error
 from imagegate.router.v1 import router_pb2, router_pb2_grpc
 from imagegate.telemetry import setup_telemetry
+from services.local.adapter import LocalAdapter
+from services.local.config import LocalSettings
 from services.metering.catalog import load_catalog as load_prices
 from tests.contract.harness import Harness, load_factory
 from tests.fixtures.router_stack import RouterStack, bearer, start_stack
@@ -315,3 +317,18 @@ async def test_a_budget_only_plan_is_told_its_plan_forbids_edits(edits: Edits) -
         reasons.PLAN_FORBIDS_MODEL,
     )
     assert all(edits.calls(p) == 0 for p in PROVIDERS)
+
+
+async def test_local_backend_stands_in_for_image_to_image_and_refuses_references() -> None:
+    stack = await start_stack({"local": LocalAdapter(LocalSettings())})
+    try:
+        resp = await stack.stub.GenerateImage(img2img(), metadata=KEY, timeout=30)
+        assert (resp.provider, resp.local_substitute) == ("local", True)
+        assert (resp.images[0].width, resp.images[0].height) == (512, 512)
+        refs = router_pb2.GenerateImageRequest(prompt="x", reference_images=[png()])
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stack.stub.GenerateImage(refs, metadata=KEY, timeout=30)
+        err = parse_rpc_error(info.value)
+        assert err.reason == reasons.NO_CANDIDATE and "reference edits not offered" in err.message
+    finally:
+        await stack.stop()
