@@ -37,6 +37,10 @@ class RouterSettings(BaseSettings):
     )
     max_input_image_bytes: int = Field(
         10 * 1024 * 1024,
+        ge=1024,
+        validation_alias=AliasChoices(
+            "IMAGEGATE_MAX_INPUT_IMAGE_BYTES", "IMAGEGATE_ROUTER_MAX_INPUT_IMAGE_BYTES"
+        ),
         description="Largest input image, mask or reference image accepted, in bytes (the gRPC "
         "message limit is 64 MiB on every hop, so 1 image + 1 mask + 4 references fit).",
     )

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import io
 
+import grpc
 import pytest
 from PIL import Image, ImageDraw
 
 from imagegate.common.v1 import image_pb2
 from imagegate.grpckit.channel import create_channel
+from imagegate.grpckit.errors import parse_rpc_error
+from imagegate.inputs.checks import InputLimits
 from imagegate.provider.v1 import provider_pb2, provider_pb2_grpc
 from imagegate.providerkit.main import start_adapter_server
 from imagegate.telemetry import setup_telemetry
@@ -84,3 +87,23 @@ async def test_inpainting_changes_only_the_masked_area(stub) -> None:
     left = [i for i in range(len(src)) if i % width < 48]
     assert all(out[i] == src[i] for i in right), "unmasked pixels must be kept exactly"
     assert any(out[i] != src[i] for i in left), "masked pixels are repainted"
+
+
+async def test_the_adapter_enforces_its_configured_input_limit() -> None:
+    running, _ = await start_adapter_server(
+        LocalAdapter(LocalSettings()),
+        address="127.0.0.1:0",
+        telemetry=setup_telemetry("t"),
+        input_limits=InputLimits(max_bytes=1024),
+    )
+    channel = create_channel(running.address)
+    try:
+        stub = provider_pb2_grpc.ProviderServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.GenerateImage(request(image=source() + b"\0" * 2048), timeout=10)
+        err = parse_rpc_error(info.value)
+        assert err.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert [v.field for v in err.field_violations] == ["image"]
+    finally:
+        await channel.close()
+        await running.stop(0)

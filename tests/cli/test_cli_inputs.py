@@ -67,3 +67,17 @@ def test_bad_input_flags_exit_2_naming_the_flag(
     err = capsys.readouterr().err
     assert exited.value.code == 2
     assert f"argument {flag}" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_file_above_the_input_limit_exits_2_before_any_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("IMAGEGATE_MAX_INPUT_IMAGE_BYTES", "2048")
+    big = tmp_path / "big.png"
+    buf = io.BytesIO()
+    Image.frombytes("RGB", (64, 64), bytes(range(256)) * 48).save(buf, format="PNG")
+    big.write_bytes(buf.getvalue() + b"\0" * 4096)
+    with pytest.raises(SystemExit) as exited:
+        run(["generate", "x", "-o", "o.png", "--image", str(big)])
+    assert exited.value.code == 2
+    assert "argument --image" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from imagegate.inputs.checks import InputLimits, sniff
@@ -12,6 +13,12 @@ from imagegate.router.v1 import router_pb2
 _LIMITS = InputLimits()
 
 
+def _max_bytes() -> int:
+    """IMAGEGATE_MAX_INPUT_IMAGE_BYTES when set (the variable the services read), else 10 MiB."""
+    raw = os.environ.get("IMAGEGATE_MAX_INPUT_IMAGE_BYTES", "")
+    return int(raw) if raw.isdigit() else _LIMITS.max_bytes
+
+
 def image_file(text: str) -> bytes:
     """The bytes of a PNG, JPEG or WebP file no larger than the Router accepts."""
     path = Path(text)
@@ -19,10 +26,9 @@ def image_file(text: str) -> bytes:
         size = path.stat().st_size
     except OSError as err:
         raise argparse.ArgumentTypeError(f"cannot read {text!r}: {err.strerror}") from None
-    if size > _LIMITS.max_bytes:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is {size} bytes; at most {_LIMITS.max_bytes} (10 MiB)"
-        )
+    limit = _max_bytes()
+    if size > limit:
+        raise argparse.ArgumentTypeError(f"{text!r} is {size} bytes; at most {limit}")
     try:
         data = path.read_bytes()
     except OSError as err:
