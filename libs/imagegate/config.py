@@ -17,3 +17,9 @@ class CommonSettings(BaseSettings):
     log_level: str = Field("INFO", description="Python log level.")
     log_format: str = Field("json", description="'json' (one object per line) or 'text'.")
     shutdown_grace_seconds: float = Field(5.0, description="Drain time on SIGTERM.")
+    max_input_image_bytes: int = Field(
+        10 * 1024 * 1024,
+        ge=1024,
+        description="Largest caller input image (image-to-image, mask, reference) an adapter "
+        "accepts; the Router reads the same variable (docs/edits.md).",
+    )

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import httpx
 
 from imagegate.grpckit import reasons
 from imagegate.grpckit.deadline import Deadline
+from imagegate.inputs.encoding import b64
+from imagegate.inputs.masks import resized
 from imagegate.providerkit.download import download_images
 from imagegate.providerkit.errors import BilledUsage, ProviderError, bad_answer
 from imagegate.providerkit.hosted import HostedAdapter
@@ -40,6 +43,19 @@ from services.bfl.config import BflSettings
 # Width and height: multiples of 32 within 256..1440 (BFL OpenAPI, contracts 4.2).
 _SIZES = SizeRule(min_side=256, max_side=1440, multiple=32)
 _FORMATS = (OutputFormat.PNG, OutputFormat.JPEG, OutputFormat.WEBP)
+# Kontext takes an aspect ratio, not a size, and answers about one megapixel in it: these are its
+# sizes (diffusers' FLUX Kontext preferred resolutions; the hosted table is [U], docs/edits.md).
+KONTEXT_SIZES: tuple[tuple[int, int], ...] = (
+    (672, 1568), (688, 1504), (720, 1456), (752, 1392), (800, 1328), (832, 1248), (880, 1184),
+    (944, 1104), (1024, 1024), (1104, 944), (1184, 880), (1248, 832), (1328, 800), (1392, 752),
+    (1456, 720), (1504, 688), (1568, 672),
+)  # fmt: skip
+KONTEXT_MODELS = ("flux-kontext-pro", "flux-kontext-max")
+FILL_MODEL = "flux-pro-1.0-fill"
+# Input images: at most 20 MB (and 20 megapixels) each ([S] docs.bfl.ai).
+MAX_INPUT_BYTES = 20 * 1024 * 1024
+# Kontext: input_image plus the experimental input_image_2..4.
+_KONTEXT_INPUTS = ("input_image", "input_image_2", "input_image_3", "input_image_4")
 MODELS = (
     ModelSpec(id="flux-dev", sizes=_SIZES, formats=_FORMATS, price_unit=PriceUnit.IMAGE),
     ModelSpec(
@@ -50,9 +66,32 @@ MODELS = (
         formats=_FORMATS,
         price_unit=PriceUnit.IMAGE,
     ),
+    *(
+        ModelSpec(
+            id=model,
+            sizes=SizeRule(min_side=672, max_side=1568, fixed=KONTEXT_SIZES),
+            steps=False,
+            guidance=False,
+            formats=_FORMATS,
+            price_unit=PriceUnit.IMAGE,
+            max_reference_images=len(_KONTEXT_INPUTS),
+            max_input_image_bytes=MAX_INPUT_BYTES,
+        )
+        for model in KONTEXT_MODELS
+    ),
+    # Fill answers at its input's size: the adapter resizes image and mask to the asked size.
+    ModelSpec(
+        id=FILL_MODEL,
+        sizes=SizeRule(min_side=256, max_side=2048, multiple=1),
+        formats=_FORMATS,
+        price_unit=PriceUnit.IMAGE,
+        inpainting=True,
+        input_image_required=True,
+        max_input_image_bytes=MAX_INPUT_BYTES,
+    ),
 )
-STEPS = {"flux-dev": (1, 50)}
-GUIDANCE = {"flux-dev": (1.5, 5.0)}
+STEPS = {"flux-dev": (1, 50), FILL_MODEL: (15, 50)}
+GUIDANCE = {"flux-dev": (1.5, 5.0), FILL_MODEL: (1.5, 100.0)}
 # Moderation outcomes are final and not charged (BFL errors page).
 _MODERATED = ("Request Moderated", "Content Moderated")
 
@@ -87,13 +126,24 @@ class BflAdapter(HostedAdapter[BflSettings]):
         """The submit body for a validated request, and parameters clamped under degradation."""
         body: dict[str, Any] = {
             "prompt": request.prompt,
-            "width": request.width,
-            "height": request.height,
             # BFL encodes jpeg or png; webp is converted from lossless png.
             "output_format": "jpeg" if request.output_format is OutputFormat.JPEG else "png",
             "safety_tolerance": 2,
             "prompt_upsampling": False,
         }
+        if request.model in KONTEXT_MODELS:
+            w, h = request.width, request.height
+            g = math.gcd(w, h)
+            body["aspect_ratio"] = f"{w // g}:{h // g}"
+            for name, data in zip(_KONTEXT_INPUTS, request.reference_images, strict=False):
+                body[name] = b64(data)
+        elif request.model == FILL_MODEL:
+            size = (request.width, request.height)
+            body["image"] = b64(resized(request.image, size))
+            if request.mask:
+                body["mask"] = b64(resized(request.mask, size))
+        else:
+            body["width"], body["height"] = request.width, request.height
         steps, scale, deviations = steps_and_guidance(request, STEPS, GUIDANCE)
         if steps is not None:
             body["steps"] = steps
@@ -104,7 +154,11 @@ class BflAdapter(HostedAdapter[BflSettings]):
     async def generate(
         self, request: GenerationRequest, deadline: Deadline, progress: ProgressSink | None
     ) -> GenerationResult:
-        body, deviations = self.build_input(request)
+        if request.image or request.reference_images:
+            # Input images may be resized and re-encoded: off the event loop.
+            body, deviations = await asyncio.to_thread(self.build_input, request)
+        else:
+            body, deviations = self.build_input(request)
         n = request.num_images
         limit = self._settings.max_active_tasks
         if self._active_tasks + n > limit:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
 
 from imagegate.grpckit import reasons
 from imagegate.grpckit.deadline import Deadline
+from imagegate.inputs.encoding import data_uri
+from imagegate.inputs.masks import resized
 from imagegate.providerkit.download import download_images
 from imagegate.providerkit.errors import BilledUsage, ProviderError, bad_answer
 from imagegate.providerkit.hosted import HostedAdapter
@@ -41,7 +44,7 @@ from services.fal.config import FalSettings
 _FLUX_SIZES = SizeRule(min_side=256, max_side=2048, multiple=16, max_pixels=2048 * 2048)
 _SDXL_SIZES = SizeRule(min_side=256, max_side=2048, multiple=8, max_pixels=2048 * 2048)
 _NATIVE = (OutputFormat.PNG, OutputFormat.JPEG, OutputFormat.WEBP)
-MODELS = (
+_TEXT_MODELS = (
     ModelSpec(
         id="fal-ai/flux/schnell",
         sizes=_FLUX_SIZES,
@@ -73,9 +76,69 @@ MODELS = (
         price_unit=PriceUnit.IMAGE,
     ),
 )
+I2I = "fal-ai/flux/dev/image-to-image"
+KONTEXT = "fal-ai/flux-pro/kontext"
+FILL = "fal-ai/flux-pro/v1/fill"
+# Kontext on fal takes one of these aspect ratios and answers about one megapixel in it (the
+# sizes are diffusers' FLUX Kontext resolutions, [U] for fal; docs/edits.md).
+KONTEXT_RATIOS = {
+    (1568, 672): "21:9",
+    (1392, 752): "16:9",
+    (1184, 880): "4:3",
+    (1248, 832): "3:2",
+    (1024, 1024): "1:1",
+    (832, 1248): "2:3",
+    (880, 1184): "3:4",
+    (752, 1392): "9:16",
+    (672, 1568): "9:21",
+}
+MODELS: tuple[ModelSpec, ...] = (
+    *_TEXT_MODELS,
+    # Image-to-image and fill answer at their input's size: the adapter resizes the input (and
+    # mask) to the asked size first.
+    ModelSpec(
+        id=I2I,
+        sizes=_FLUX_SIZES,
+        negative_prompt=False,
+        formats=_NATIVE,
+        price_unit=PriceUnit.MEGAPIXEL,
+        image_to_image=True,
+        strength=True,
+        input_image_required=True,
+    ),
+    ModelSpec(
+        id=KONTEXT,
+        sizes=SizeRule(min_side=672, max_side=1568, fixed=tuple(KONTEXT_RATIOS)),
+        negative_prompt=False,
+        steps=False,
+        formats=_NATIVE,
+        price_unit=PriceUnit.IMAGE,
+        # One image on /kontext, several on /kontext/multi; text-only is another endpoint.
+        max_reference_images=4,
+        input_image_required=True,
+    ),
+    ModelSpec(
+        id=FILL,
+        sizes=_FLUX_SIZES,
+        negative_prompt=False,
+        steps=False,
+        guidance=False,
+        formats=_NATIVE,
+        price_unit=PriceUnit.MEGAPIXEL,
+        inpainting=True,
+        input_image_required=True,
+    ),
+)
 # Inclusive step and guidance ranges per model (fal model API pages, contracts 2.4).
-STEPS = {"fal-ai/flux/schnell": (1, 12), "fal-ai/flux/dev": (1, 50), "fal-ai/fast-sdxl": (1, 50)}
+STEPS = {
+    "fal-ai/flux/schnell": (1, 12),
+    "fal-ai/flux/dev": (1, 50),
+    "fal-ai/fast-sdxl": (1, 50),
+    I2I: (1, 50),
+}
 GUIDANCE = {
+    I2I: (1.0, 20.0),
+    KONTEXT: (1.0, 20.0),
     "fal-ai/flux/schnell": (1.0, 20.0),
     "fal-ai/flux/dev": (1.0, 20.0),
     "fal-ai/fast-sdxl": (0.0, 20.0),
@@ -114,13 +177,29 @@ class FalAdapter(HostedAdapter[FalSettings]):
         """The fal input for a validated request, and parameters clamped under degradation."""
         body: dict[str, Any] = {
             "prompt": request.prompt,
-            "image_size": {"width": request.width, "height": request.height},
             "num_images": request.num_images,
             # fal encodes jpeg or png; webp is converted from lossless png.
             "output_format": "jpeg" if request.output_format is OutputFormat.JPEG else "png",
             "enable_safety_checker": True,
             "sync_mode": False,
         }
+        size = (request.width, request.height)
+        if request.model == KONTEXT:
+            body["aspect_ratio"] = KONTEXT_RATIOS[size]
+            refs = [data_uri(d) for d in request.reference_images]
+            if len(refs) > 1:
+                body["image_urls"] = refs
+            elif refs:
+                body["image_url"] = refs[0]
+        elif request.model in (I2I, FILL):
+            # Inline data URIs: the gateway never hands a provider a caller's URL.
+            body["image_url"] = data_uri(resized(request.image, size))
+            if request.mask:
+                body["mask_url"] = data_uri(resized(request.mask, size))
+            if request.strength is not None:
+                body["strength"] = request.strength
+        else:
+            body["image_size"] = {"width": request.width, "height": request.height}
         if request.seed is not None:
             body["seed"] = request.seed
         if request.negative_prompt:
@@ -135,13 +214,18 @@ class FalAdapter(HostedAdapter[FalSettings]):
     async def generate(
         self, request: GenerationRequest, deadline: Deadline, progress: ProgressSink | None
     ) -> GenerationResult:
-        body, deviations = self.build_input(request)
+        if request.image or request.reference_images:
+            # Input images may be resized and re-encoded: off the event loop.
+            body, deviations = await asyncio.to_thread(self.build_input, request)
+        else:
+            body, deviations = self.build_input(request)
         headers = {}
         if deadline.remaining() > 2:
             # Ask fal not to start the job once we could no longer use it (not billed then).
             headers["X-Fal-Request-Timeout"] = str(int(deadline.remaining()))
+        endpoint = f"{KONTEXT}/multi" if "image_urls" in body else request.model
         resp = await send(
-            self._client, "POST", f"/{request.model}", deadline=deadline, json=body, headers=headers
+            self._client, "POST", f"/{endpoint}", deadline=deadline, json=body, headers=headers
         )
         if resp.status_code >= 300:
             raise self._error(resp, "submit")

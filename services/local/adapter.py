@@ -17,9 +17,11 @@ from imagegate.providerkit.types import (
     SizeRule,
 )
 from services.local.config import LocalSettings
-from services.local.render import derive_seed, render
+from services.local.render import derive_seed, redraw, render
 
 MODEL_ID = "imagegate-local-v1"
+# How far an image-to-image result moves from its input when the caller sets no strength.
+DEFAULT_STRENGTH = 0.6
 # Renders bigger than this run in a worker thread so the event loop keeps serving.
 _INLINE_PIXELS = 256 * 256
 
@@ -55,6 +57,11 @@ class LocalAdapter(Adapter):
                 steps=True,
                 guidance=True,
                 price_unit=PriceUnit.FREE,
+                # Pillow blends (services/local/render.py `redraw`): image-to-image with a
+                # strength, and inpainting that keeps every unmasked pixel.
+                image_to_image=True,
+                inpainting=True,
+                strength=True,
             )
         ]
 
@@ -79,10 +86,22 @@ class LocalAdapter(Adapter):
                 request.output_format,
                 detail,
             )
-            if request.width * request.height > _INLINE_PIXELS:
+            if request.width * request.height > _INLINE_PIXELS or request.image:
                 data = await asyncio.to_thread(render, *args)
             else:
                 data = render(*args)
+            if request.image:
+                strength = request.strength if request.strength is not None else DEFAULT_STRENGTH
+                data = await asyncio.to_thread(
+                    redraw,
+                    request.image,
+                    data,
+                    request.width,
+                    request.height,
+                    strength,
+                    request.output_format,
+                    request.mask,
+                )
             images.append(
                 GeneratedImage(
                     data=data,

@@ -1,8 +1,12 @@
-"""The OpenAI Adapter: one synchronous POST /v1/images/generations per generation."""
+"""The OpenAI Adapter: one synchronous POST /v1/images/generations (or /edits) per generation."""
 
 from __future__ import annotations
 
+import asyncio
+
 from imagegate.grpckit.deadline import Deadline
+from imagegate.inputs.checks import EditMode
+from imagegate.inputs.encoding import multipart
 from imagegate.providerkit.hosted import HostedAdapter
 from imagegate.providerkit.http import json_body
 from imagegate.providerkit.synchronous import post_sync
@@ -17,6 +21,7 @@ from services.openai import wire
 from services.openai.config import OpenAISettings
 
 GENERATIONS_PATH = "/v1/images/generations"
+EDITS_PATH = "/v1/images/edits"
 
 
 class OpenAIAdapter(HostedAdapter[OpenAISettings]):
@@ -45,20 +50,36 @@ class OpenAIAdapter(HostedAdapter[OpenAISettings]):
     async def generate(
         self, request: GenerationRequest, deadline: Deadline, progress: ProgressSink | None
     ) -> GenerationResult:
-        # The request's own quality wins; the setting is only the default.
-        body = wire.request_body(
-            request,
-            quality=request.quality or self._settings.quality,
-            moderation=self._settings.moderation,
-        )
-        resp = await post_sync(
-            self._client,
-            GENERATIONS_PATH,
-            deadline=deadline,
-            json=body,
-            what="OpenAI images/generations",
-            special=wire.special_error,
-        )
+        if request.mode is EditMode.TEXT:
+            # The request's own quality wins; the setting is only the default.
+            body = wire.request_body(
+                request,
+                quality=request.quality or self._settings.quality,
+                moderation=self._settings.moderation,
+            )
+            resp = await post_sync(
+                self._client,
+                GENERATIONS_PATH,
+                deadline=deadline,
+                json=body,
+                what="OpenAI images/generations",
+                special=wire.special_error,
+            )
+        else:
+            # The mask is decoded and re-encoded: off the event loop.
+            fields, files = await asyncio.to_thread(
+                wire.edit_form, request, quality=request.quality or self._settings.quality
+            )
+            content, content_type = multipart(fields, files)
+            resp = await post_sync(
+                self._client,
+                EDITS_PATH,
+                deadline=deadline,
+                content=content,
+                headers={"content-type": content_type},
+                what="OpenAI images/edits",
+                special=wire.special_error,
+            )
         job_id = resp.headers.get("x-request-id", "")
         parsed = await wire.parse_response(
             json_body(resp, billable=True, job_id=job_id),

@@ -12,6 +12,8 @@ from typing import Any
 import httpx
 
 from imagegate.grpckit import reasons
+from imagegate.inputs.checks import sniff
+from imagegate.inputs.masks import alpha_mask_png
 from imagegate.providerkit.errors import ProviderError
 from imagegate.providerkit.http import error_detail, error_from_status
 from imagegate.providerkit.images import normalize_image
@@ -25,6 +27,8 @@ from imagegate.providerkit.types import (
 )
 
 GPT_IMAGE_1 = "gpt-image-1"
+# Each edit input under 50MB (OpenAI API reference, images/edits, GPT image models).
+MAX_EDIT_IMAGE_BYTES = 50 * 1024 * 1024
 GPT_IMAGE_1_MINI = "gpt-image-1-mini"
 
 # The sizes GPT image models accept (besides "auto", which would make the size unpredictable).
@@ -43,9 +47,39 @@ MODEL_SPECS: tuple[ModelSpec, ...] = tuple(
         formats=(OutputFormat.PNG, OutputFormat.JPEG, OutputFormat.WEBP),
         price_unit=PriceUnit.TOKEN,
         qualities=("low", "medium", "high", "auto"),
+        # POST /v1/images/edits: several images (up to 16; the gateway sends at most 4) and an
+        # optional alpha mask; no strength, so no plain image-to-image.
+        inpainting=True,
+        max_reference_images=4,
+        max_input_image_bytes=MAX_EDIT_IMAGE_BYTES,
     )
     for model in (GPT_IMAGE_1, GPT_IMAGE_1_MINI)
 )
+
+
+def edit_form(
+    req: GenerationRequest, *, quality: str
+) -> tuple[dict[str, str], list[tuple[str, str, bytes]]]:
+    """Fields and files of the multipart POST /v1/images/edits.
+
+    Every input goes as `image[]` (the edited image first); an inpainting mask goes as `mask`, an
+    RGBA PNG transparent where the image is repainted (OpenAI's convention, not the gateway's).
+    """
+    fields = {
+        "model": req.model,
+        "prompt": req.prompt,
+        "n": str(req.num_images),
+        "size": f"{req.width}x{req.height}",
+        "output_format": req.output_format.value,
+        "quality": quality,
+    }
+    files = [
+        ("image[]", f"input-{i}.{sniff(data) or 'png'}", data) for i, data in enumerate(req.inputs)
+    ]
+    if req.mask:
+        files.append(("mask", "mask.png", alpha_mask_png(req.mask)))
+    return fields, files
+
 
 MODERATION_CODES = frozenset({"moderation_blocked", "content_policy_violation"})
 # Quota states that no retry will fix; "billing_hard_limit_reached" has an unconfirmed status.

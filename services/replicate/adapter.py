@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -9,6 +10,8 @@ import httpx
 
 from imagegate.grpckit import reasons
 from imagegate.grpckit.deadline import Deadline
+from imagegate.inputs.encoding import data_uri
+from imagegate.inputs.masks import resized
 from imagegate.providerkit.download import download_images
 from imagegate.providerkit.errors import BilledUsage, ProviderError, bad_answer
 from imagegate.providerkit.hosted import HostedAdapter
@@ -54,8 +57,22 @@ SCHNELL, DEV, PRO, SDXL = (
     "black-forest-labs/flux-pro",
     "stability-ai/sdxl",
 )
+KONTEXT_PRO = "black-forest-labs/flux-kontext-pro"
+FILL_PRO = "black-forest-labs/flux-fill-pro"
+# Kontext's aspect ratios and the about-1-MP size each gives (sizes [U]; docs/edits.md).
+KONTEXT_RATIOS: dict[tuple[int, int], str] = {
+    (1568, 672): "21:9",
+    (1392, 752): "16:9",
+    (1184, 880): "4:3",
+    (1248, 832): "3:2",
+    (1024, 1024): "1:1",
+    (832, 1248): "2:3",
+    (880, 1184): "3:4",
+    (752, 1392): "9:16",
+    (672, 1568): "9:21",
+}
 _ALL_FORMATS = (OutputFormat.PNG, OutputFormat.JPEG, OutputFormat.WEBP)
-MODELS = (
+MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
         id=SCHNELL,
         sizes=SizeRule(min_side=256, max_side=1536, fixed=tuple(FLUX_SIZES)),
@@ -76,16 +93,47 @@ MODELS = (
         formats=_ALL_FORMATS,
         price_unit=PriceUnit.IMAGE,
     ),
+    # SDXL takes `image` (+ `prompt_strength`) and `mask` (white repaints) and then answers at the
+    # image's size: the adapter resizes the input to the asked size first.
     ModelSpec(
         id=SDXL,
         sizes=SizeRule(min_side=256, max_side=2048, multiple=8, max_pixels=2048 * 2048),
         negative_prompt=True,
         formats=_ALL_FORMATS,
         price_unit=PriceUnit.COMPUTE_SECOND,
+        image_to_image=True,
+        inpainting=True,
+        strength=True,
     ),
 )
-STEPS = {SCHNELL: (1, 4), DEV: (1, 50), PRO: (1, 50), SDXL: (1, 500)}
-GUIDANCE = {DEV: (0.0, 10.0), PRO: (2.0, 5.0), SDXL: (1.0, 50.0)}
+MODELS = (
+    *MODELS,
+    # Official BFL models on Replicate: one output (a single URI), inputs as data URIs.
+    ModelSpec(
+        id=KONTEXT_PRO,
+        sizes=SizeRule(min_side=672, max_side=1568, fixed=tuple(KONTEXT_RATIOS)),
+        max_images=1,
+        steps=False,
+        guidance=False,
+        formats=_ALL_FORMATS,
+        price_unit=PriceUnit.IMAGE,
+        max_reference_images=1,
+    ),
+    # Fill answers at its input's size: the adapter resizes image and mask to the asked size.
+    ModelSpec(
+        id=FILL_PRO,
+        sizes=SizeRule(min_side=256, max_side=2048, multiple=1),
+        max_images=1,
+        formats=_ALL_FORMATS,
+        price_unit=PriceUnit.IMAGE,
+        inpainting=True,
+        input_image_required=True,
+    ),
+)
+STEPS = {SCHNELL: (1, 4), DEV: (1, 50), PRO: (1, 50), SDXL: (1, 500), FILL_PRO: (15, 50)}
+GUIDANCE = {DEV: (0.0, 10.0), PRO: (2.0, 5.0), SDXL: (1.0, 50.0), FILL_PRO: (1.5, 100.0)}
+# Kontext and Fill encode jpg or png; WebP is converted from lossless PNG.
+_BFL_FORMAT = {OutputFormat.PNG: "png", OutputFormat.JPEG: "jpg", OutputFormat.WEBP: "png"}
 _OUTPUT_FORMAT = {OutputFormat.PNG: "png", OutputFormat.JPEG: "jpg", OutputFormat.WEBP: "webp"}
 _TERMINAL = ("succeeded", "failed", "canceled", "aborted")
 # Replicate's safety checkers fail the prediction with prose, not a code (contracts 3.4, [U]).
@@ -128,6 +176,22 @@ class ReplicateAdapter(HostedAdapter[ReplicateSettings]):
                 # go_fast (fp8) makes output non-deterministic even with a seed.
                 "go_fast": request.seed is None,
             }
+        elif model == KONTEXT_PRO:
+            inp |= {
+                "aspect_ratio": KONTEXT_RATIOS[(request.width, request.height)],
+                "output_format": _BFL_FORMAT[request.output_format],
+                "safety_tolerance": 2,
+            }
+            if request.reference_images:
+                inp["input_image"] = data_uri(request.reference_images[0])
+        elif model == FILL_PRO:
+            size = (request.width, request.height)
+            inp |= {
+                "image": data_uri(resized(request.image, size)),
+                "output_format": _BFL_FORMAT[request.output_format],
+            }
+            if request.mask:
+                inp["mask"] = data_uri(resized(request.mask, size))
         elif model == PRO:
             inp |= {
                 "aspect_ratio": "custom",
@@ -144,11 +208,19 @@ class ReplicateAdapter(HostedAdapter[ReplicateSettings]):
             }
             if request.negative_prompt:
                 inp["negative_prompt"] = request.negative_prompt
+            if request.image:
+                # Inline data URIs: the gateway never hands a provider a caller's URL.
+                size = (request.width, request.height)
+                inp["image"] = data_uri(resized(request.image, size))
+                if request.mask:
+                    inp["mask"] = data_uri(resized(request.mask, size))
+                if request.strength is not None:
+                    inp["prompt_strength"] = request.strength
         if request.seed is not None:
             inp["seed"] = request.seed
         steps, scale, deviations = steps_and_guidance(request, STEPS, GUIDANCE)
         if steps is not None:
-            inp["steps" if model == PRO else "num_inference_steps"] = steps
+            inp["steps" if model in (PRO, FILL_PRO) else "num_inference_steps"] = steps
         if scale is not None:
             inp["guidance_scale" if model == SDXL else "guidance"] = scale
         return inp, deviations
@@ -156,7 +228,11 @@ class ReplicateAdapter(HostedAdapter[ReplicateSettings]):
     async def generate(
         self, request: GenerationRequest, deadline: Deadline, progress: ProgressSink | None
     ) -> GenerationResult:
-        inp, deviations = self.build_input(request)
+        if request.image or request.reference_images:
+            # Input images may be resized and re-encoded: off the event loop.
+            inp, deviations = await asyncio.to_thread(self.build_input, request)
+        else:
+            inp, deviations = self.build_input(request)
         pred = await self._create(request, inp, deadline)
         job_id = str(pred.get("id") or "")
         if progress is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 import uuid
@@ -15,6 +16,7 @@ from imagegate.grpckit import reasons
 from imagegate.grpckit.auth import require_bearer
 from imagegate.grpckit.deadline import Deadline
 from imagegate.grpckit.errors import ImagegateError, from_parsed, parse_rpc_error
+from imagegate.inputs.checks import InputLimits
 from imagegate.quota.v1 import quota_pb2, quota_pb2_grpc
 from imagegate.router.v1 import router_pb2
 from services.router.catalog import Catalog
@@ -82,8 +84,10 @@ class Authenticator:
         cache_seconds: float,
         timeout_seconds: float,
         clock: Callable[[], float] = time.monotonic,
+        input_limits: InputLimits | None = None,
     ) -> None:
         self._quota = quota
+        self._input_limits = input_limits or InputLimits()
         self._cache_seconds = cache_seconds
         self._timeout = timeout_seconds
         self._clock = clock
@@ -141,7 +145,11 @@ class Authenticator:
         """
         api_key = require_bearer(context, domain=DOMAIN)
         deadline = Deadline.from_context(context, default_deadline)
-        norm = normalize(request, catalog)
+        if request.mask or request.mask_from_alpha:
+            # Normalizing a mask decodes it (up to 10 MiB): off the event loop.
+            norm = await asyncio.to_thread(normalize, request, catalog, self._input_limits)
+        else:
+            norm = normalize(request, catalog, self._input_limits)
         request_id = request.request_id or f"rtr-{uuid.uuid4().hex}"
         norm.template.request_id = request_id
         caller = await self.resolve(api_key, min(self._timeout, deadline.remaining()))

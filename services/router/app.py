@@ -18,6 +18,7 @@ from opentelemetry import trace
 
 from imagegate.grpckit import reasons
 from imagegate.grpckit.errors import ImagegateError
+from imagegate.inputs.checks import InputLimits
 from imagegate.metering.v1 import metering_pb2_grpc
 from imagegate.quota.v1 import quota_pb2, quota_pb2_grpc
 from imagegate.router.v1 import router_pb2
@@ -73,11 +74,16 @@ class RouterApp:
         self.settings, self.catalog, self.adapters = settings, catalog, adapters
         self.quota, self.metering, self.pricer = quota, metering, pricer
         self.breakers, self.tracer, self.metrics, self.clock = breakers, tracer, metrics, clock
+        self.input_limits = InputLimits(
+            max_bytes=settings.max_input_image_bytes,
+            max_reference_images=settings.max_reference_images,
+        )
         self.auth = Authenticator(
             quota,
             cache_seconds=settings.auth_cache_seconds,
             timeout_seconds=settings.dependency_timeout_seconds,
             clock=clock,
+            input_limits=self.input_limits,
         )
         self.planner = Planner(catalog, adapters, pricer, clock)
         # Releases of abandoned requests: a tenant's reads wait for them (read-your-writes).

@@ -124,6 +124,8 @@ class Catalog:
     """Provider name of the embedded local backend."""
     local_model: str = "imagegate-local-v1"
     """Its model id."""
+    edit_preferences: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    """Preference enum value -> ordered aliases for requests with input images."""
 
     @property
     def local_alias(self) -> str | None:
@@ -143,10 +145,16 @@ class Catalog:
             local=True,
         )
 
-    def aliases_for(self, preference: int) -> tuple[str, ...]:
-        """Aliases tried for a preference (unspecified means balanced)."""
+    def aliases_for(self, preference: int, *, edit: bool = False) -> tuple[str, ...]:
+        """Aliases tried for a preference (unspecified means balanced).
+
+        A request with input images uses `edit_preferences` when the catalog has them: the
+        text-to-image lists name models that mostly cannot edit.
+        """
         if preference == router_pb2.PREFERENCE_UNSPECIFIED:
             preference = router_pb2.PREFERENCE_BALANCED
+        if edit and preference in self.edit_preferences:
+            return self.edit_preferences[preference]
         return self.preferences.get(preference, ())
 
 
@@ -197,14 +205,8 @@ def load_catalog(path: Path | None = None) -> Catalog:
             default_size=(int(w), int(h)),
             candidates=tuple(cands),
         )
-    prefs: dict[int, tuple[str, ...]] = {}
-    for name, aliases in (raw.get("preferences") or {}).items():
-        if name not in PREFERENCES:
-            raise CatalogError(f"{path}: unknown preference {name!r}")
-        unknown = [a for a in aliases if a not in models]
-        if unknown:
-            raise CatalogError(f"{path}: preference {name} names unknown models {unknown}")
-        prefs[PREFERENCES[name]] = tuple(aliases)
+    prefs = _preferences(raw.get("preferences"), models, f"{path}: preference")
+    edit_prefs = _preferences(raw.get("edit_preferences"), models, f"{path}: edit preference")
     styles: dict[str, StylePreset] = {}
     for name, s in (raw.get("styles") or {}).items():
         template = str(s.get("prompt_template", "{prompt}"))
@@ -221,8 +223,23 @@ def load_catalog(path: Path | None = None) -> Catalog:
     return Catalog(
         models=models,
         preferences=prefs,
+        edit_preferences=edit_prefs,
         styles=styles,
         provider_timeouts={k: float(v) for k, v in (raw.get("provider_timeouts") or {}).items()},
         local_provider=local_provider,
         local_model=str(raw.get("local_model", "imagegate-local-v1")),
     )
+
+
+def _preferences(
+    raw: object, models: dict[str, ModelEntry], where: str
+) -> dict[int, tuple[str, ...]]:
+    out: dict[int, tuple[str, ...]] = {}
+    for name, aliases in (raw or {}).items():  # type: ignore[attr-defined]
+        if name not in PREFERENCES:
+            raise CatalogError(f"{where} {name!r} is unknown")
+        unknown = [a for a in aliases if a not in models]
+        if unknown:
+            raise CatalogError(f"{where} {name} names unknown models {unknown}")
+        out[PREFERENCES[name]] = tuple(aliases)
+    return out

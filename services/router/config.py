@@ -35,6 +35,16 @@ class RouterSettings(BaseSettings):
         validation_alias=AliasChoices("IMAGEGATE_DATA_DIR", "IMAGEGATE_ROUTER_DATA_DIR"),
         description="Where the settlement outbox lives.",
     )
+    max_input_image_bytes: int = Field(
+        10 * 1024 * 1024,
+        ge=1024,
+        validation_alias=AliasChoices(
+            "IMAGEGATE_MAX_INPUT_IMAGE_BYTES", "IMAGEGATE_ROUTER_MAX_INPUT_IMAGE_BYTES"
+        ),
+        description="Largest input image, mask or reference image accepted, in bytes (the gRPC "
+        "message limit is 64 MiB on every hop, so 1 image + 1 mask + 4 references fit).",
+    )
+    max_reference_images: int = Field(4, description="Most reference images in one request.")
     default_deadline_seconds: float = Field(
         60.0, description="Budget of a request whose caller set no gRPC deadline."
     )

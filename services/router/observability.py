@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from imagegate.inputs.checks import EditMode, edit_mode
 from imagegate.router.v1 import router_pb2
 from imagegate.telemetry.redact import redact
 from services.router.breaker import BreakerRegistry, BreakerState, CircuitBreaker
@@ -123,6 +124,17 @@ def span_request(
     """Puts what the caller asked for on the request's span."""
     span.set_attribute("imagegate.preference", router_pb2.Preference.Name(request.preference))
     span.set_attribute("imagegate.model", request.model or "")
+    # The mode and input sizes only: input image bytes never go on a span.
+    mode = edit_mode(
+        image=request.image,
+        mask=request.mask,
+        mask_from_alpha=request.mask_from_alpha,
+        references=len(request.reference_images),
+    )
+    span.set_attribute("imagegate.edit_mode", mode.value)
+    if mode is not EditMode.TEXT:
+        inputs = [request.image, request.mask, *request.reference_images]
+        span.set_attribute("imagegate.input_image_bytes", sum(len(b) for b in inputs))
     if settings.record_prompts:
         # Redacted as well as truncated: prompts sometimes carry pasted credentials.
         chars = settings.prompt_record_chars

@@ -16,6 +16,7 @@ import grpc
 
 from imagegate.grpckit import reasons
 from imagegate.grpckit.errors import ImagegateError
+from imagegate.inputs.checks import EditMode
 from imagegate.pricing import prompt_token_bound
 from imagegate.router.v1 import router_pb2
 from services.router.adapters import AdapterPool
@@ -232,7 +233,8 @@ class Planner:
         A preference is a wish, not a requirement: a free tenant asking for BALANCED gets the
         budget models (in BUDGET order) rather than an error. An explicit model stays strict.
         """
-        order = list(self.catalog.aliases_for(router_pb2.PREFERENCE_BUDGET))
+        editing = norm.edit.mode is not EditMode.TEXT
+        order = list(self.catalog.aliases_for(router_pb2.PREFERENCE_BUDGET, edit=editing))
         order += [a for a in self.catalog.models if a not in order]
         # The local renderer draws placeholders: it is never a stand-in for a hosted model.
         local = self.catalog.local_alias

@@ -134,7 +134,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> router_pb2.EstimateCostResponse:
         caller = await self._app.authenticate(context)
         app = self._app
-        norm = normalize(request.request, app.catalog)
+        norm = normalize(request.request, app.catalog, app.input_limits)
         plan = app.planner.static_plan(norm)
         tiers = set(caller.plan.allowed_tiers)
         out = router_pb2.EstimateCostResponse()

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
 from imagegate.common.v1 import catalog_pb2, image_pb2
 from imagegate.grpckit import reasons
 from imagegate.grpckit.errors import FieldViolation, ImagegateError, invalid_argument
+from imagegate.inputs.checks import EditMode, InputLimits
 from imagegate.pricing import QUALITIES
 from imagegate.provider.v1 import provider_pb2
 from imagegate.router.v1 import router_pb2
 from services.router.catalog import Catalog
+from services.router.inputs import EditInputs, check_inputs, default_output_size
 
 DOMAIN = "imagegate.router"
 MIN_SIDE, MAX_SIDE = 64, 4096
@@ -37,11 +39,18 @@ class Normalized:
     """Megapixels asked for in total."""
     caller_negative: bool
     """Whether the caller (not only a style) asked for a negative prompt."""
+    edit: EditInputs = field(default_factory=lambda: EditInputs(EditMode.TEXT))
+    """Checked input images and the mode they ask for."""
 
 
-def normalize(req: router_pb2.GenerateImageRequest, catalog: Catalog) -> Normalized:
+def normalize(
+    req: router_pb2.GenerateImageRequest,
+    catalog: Catalog,
+    input_limits: InputLimits | None = None,
+) -> Normalized:
     """Validates `req`; raises INVALID_ARGUMENT with one field violation per problem."""
     violations: list[FieldViolation] = []
+    edit, input_violations = check_inputs(req, input_limits or InputLimits())
     if len(req.request_id) > MAX_REQUEST_ID:
         violations.append(FieldViolation("request_id", f"at most {MAX_REQUEST_ID} characters"))
     if not req.prompt.strip():
@@ -70,6 +79,7 @@ def normalize(req: router_pb2.GenerateImageRequest, catalog: Catalog) -> Normali
         violations.append(FieldViolation("preference", "unknown preference"))
     if req.output_format not in image_pb2.ImageFormat.values():
         violations.append(FieldViolation("output_format", "unknown format"))
+    violations += input_violations
     if violations:
         raise invalid_argument(violations, domain=DOMAIN)
     if req.model and req.model not in catalog.models:
@@ -95,10 +105,14 @@ def normalize(req: router_pb2.GenerateImageRequest, catalog: Catalog) -> Normali
                 metadata={"style": req.style, "known": known},
                 field_violations=[FieldViolation("style", f"unknown style; one of: {known}")],
             )
-    aliases = (req.model,) if req.model else catalog.aliases_for(req.preference)
+    editing = edit.mode is not EditMode.TEXT
+    aliases = (req.model,) if req.model else catalog.aliases_for(req.preference, edit=editing)
     default_size = catalog.models[aliases[0]].default_size if aliases else (1024, 1024)
     if style is not None:
         default_size = style.size
+    if edit.size is not None:
+        # An edit keeps its input's shape unless the caller sets a size.
+        default_size = default_output_size(edit.size)
     width = req.width if req.HasField("width") else default_size[0]
     height = req.height if req.HasField("height") else default_size[1]
     prompt = style.expand(req.prompt) if style else req.prompt
@@ -120,6 +134,11 @@ def normalize(req: router_pb2.GenerateImageRequest, catalog: Catalog) -> Normali
         template.steps = req.steps
     if req.HasField("guidance_scale"):
         template.guidance_scale = req.guidance_scale
+    template.image = edit.image
+    template.mask = edit.mask
+    template.reference_images.extend(edit.references)
+    if req.HasField("strength"):
+        template.strength = req.strength
     return Normalized(
         request=req,
         template=template,
@@ -128,15 +147,54 @@ def normalize(req: router_pb2.GenerateImageRequest, catalog: Catalog) -> Normali
         num_images=n,
         megapixels=width * height * n / 1e6,
         caller_negative=bool(req.negative_prompt.strip()),
+        edit=edit,
     )
+
+
+def edit_gaps(
+    caps: catalog_pb2.Capabilities, t: provider_pb2.GenerateImageRequest
+) -> tuple[list[str], bool]:
+    """What a model cannot do with the request's input images, and whether any gap is hard.
+
+    Ignoring the input images would return a different picture than asked for, so a missing
+    edit capability is hard; only a mask on an image-to-image model (the mask is dropped) and an
+    unhonoured strength are covered by allow_degradation.
+    """
+    refs = len(t.reference_images)
+    if t.mask:
+        if caps.inpainting:
+            gaps: list[str] = []
+        elif caps.image_to_image:
+            return ["inpainting not offered (the mask would be ignored)"], False
+        else:
+            return ["inpainting not offered"], True
+    elif refs:
+        if not caps.max_reference_images:
+            return ["reference edits not offered"], True
+        if refs > caps.max_reference_images:
+            return [f"at most {caps.max_reference_images} reference images"], True
+        gaps = []
+    elif t.image:
+        if not caps.image_to_image:
+            return ["image-to-image not offered"], True
+        gaps = []
+    else:
+        if caps.input_image_required:
+            return ["needs an input image (edit-only model)"], True
+        return [], False
+    largest = max((len(b) for b in [t.image, t.mask, *t.reference_images]), default=0)
+    if caps.max_input_image_bytes and largest > caps.max_input_image_bytes:
+        return [f"input images above {caps.max_input_image_bytes} bytes"], True
+    if t.HasField("strength") and not caps.strength:
+        gaps.append("strength not honoured")
+    return gaps, False
 
 
 def capability_gaps(
     caps: catalog_pb2.Capabilities, t: provider_pb2.GenerateImageRequest, *, caller_negative: bool
 ) -> tuple[list[str], bool]:
     """What a model cannot honour, and whether any gap is one degradation cannot cover."""
-    gaps: list[str] = []
-    hard = False
+    gaps, hard = edit_gaps(caps, t)
     w, h = t.width, t.height
     if caps.fixed_sizes:
         if not any(s.width == w and s.height == h for s in caps.fixed_sizes):

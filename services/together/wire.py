@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 
 from imagegate.grpckit import reasons
+from imagegate.inputs.encoding import data_uri
 from imagegate.providerkit.errors import ProviderError, bad_answer
 from imagegate.providerkit.http import error_detail
 from imagegate.providerkit.images import normalize_image
@@ -28,6 +29,22 @@ from imagegate.providerkit.types import (
 FLUX_SCHNELL = "black-forest-labs/FLUX.1-schnell"
 FLUX_DEV = "black-forest-labs/FLUX.1-dev"
 SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
+KONTEXT_PRO = "black-forest-labs/FLUX.1-kontext-pro"
+KONTEXT_MAX = "black-forest-labs/FLUX.1-kontext-max"
+KONTEXT_MODELS = (KONTEXT_PRO, KONTEXT_MAX)
+# Kontext sets its size with aspect_ratio (Together docs) and answers about one megapixel in it;
+# the ratio list and the sizes are [U] (diffusers' Kontext resolutions; docs/edits.md).
+KONTEXT_RATIOS: dict[tuple[int, int], str] = {
+    (1568, 672): "21:9",
+    (1392, 752): "16:9",
+    (1184, 880): "4:3",
+    (1248, 832): "3:2",
+    (1024, 1024): "1:1",
+    (832, 1248): "2:3",
+    (880, 1184): "3:4",
+    (752, 1392): "9:16",
+    (672, 1568): "9:21",
+}
 
 # Together asks for multiples of 8; the side limits are not published, these are conservative.
 _FLUX_SIZES = SizeRule(min_side=256, max_side=1792, multiple=8)
@@ -85,6 +102,21 @@ MODEL_SPECS: tuple[ModelSpec, ...] = (
         guidance=True,
         price_unit=PriceUnit.MEGAPIXEL,
     ),
+    *(
+        ModelSpec(
+            id=model,
+            sizes=SizeRule(min_side=672, max_side=1568, fixed=tuple(KONTEXT_RATIOS)),
+            max_images=4,
+            seed=True,
+            negative_prompt=False,
+            steps=False,
+            guidance=False,
+            price_unit=PriceUnit.MEGAPIXEL,
+            # One image, sent in `image_url` (a data URI: never a caller's URL).
+            max_reference_images=1,
+        )
+        for model in KONTEXT_MODELS
+    ),
 )
 
 # Codes and wording Together (or a model's safety checker) uses for refused content. Unconfirmed
@@ -124,14 +156,18 @@ def request_body(
     body: dict[str, Any] = {
         "model": provider_model,
         "prompt": req.prompt,
-        "width": req.width,
-        "height": req.height,
         "n": req.num_images,
         # "base64", not OpenAI's "b64_json": Together rejects the latter.
         "response_format": "base64",
         # Ask for JPEG only when JPEG is wanted; WebP is converted from lossless PNG.
         "output_format": "jpeg" if req.output_format is OutputFormat.JPEG else "png",
     }
+    if req.model in KONTEXT_MODELS:
+        body["aspect_ratio"] = KONTEXT_RATIOS[(req.width, req.height)]
+        if req.reference_images:
+            body["image_url"] = data_uri(req.reference_images[0])
+    else:
+        body["width"], body["height"] = req.width, req.height
     if steps is not None:
         body["steps"] = steps
     if req.seed is not None:

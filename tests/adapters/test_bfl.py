@@ -210,7 +210,16 @@ async def test_describe_reports_the_task_limit_and_capabilities(stack: Stack) ->
     resp = await stack.stub.DescribeProvider(provider_pb2.DescribeProviderRequest(), timeout=5)
     assert resp.max_concurrency == 24
     caps = {m.id: m.capabilities for m in resp.models}
-    assert set(caps) == {"flux-dev", "flux-pro-1.1"}
+    assert set(caps) == {
+        "flux-dev",
+        "flux-pro-1.1",
+        "flux-kontext-pro",
+        "flux-kontext-max",
+        "flux-pro-1.0-fill",
+    }
+    assert caps["flux-kontext-pro"].max_reference_images == 4
+    assert caps["flux-pro-1.0-fill"].inpainting and caps["flux-pro-1.0-fill"].input_image_required
+    assert not caps["flux-dev"].image_to_image and not caps["flux-dev"].inpainting
     assert not caps["flux-pro-1.1"].steps and not caps["flux-pro-1.1"].guidance
     assert (caps["flux-dev"].min_side, caps["flux-dev"].max_side) == (256, 1440)
     assert caps["flux-dev"].side_multiple == 32

@@ -204,7 +204,15 @@ async def test_describe_declares_capabilities(stack: Stack) -> None:
         "fal-ai/flux/dev",
         "fal-ai/flux-pro/v1.1",
         "fal-ai/fast-sdxl",
+        "fal-ai/flux/dev/image-to-image",
+        "fal-ai/flux-pro/kontext",
+        "fal-ai/flux-pro/v1/fill",
     }
+    i2i = caps["fal-ai/flux/dev/image-to-image"]
+    assert i2i.image_to_image and i2i.strength and i2i.input_image_required
+    assert caps["fal-ai/flux-pro/kontext"].max_reference_images == 4
+    assert caps["fal-ai/flux-pro/v1/fill"].inpainting
+    assert not caps["fal-ai/flux/dev"].image_to_image
     assert not caps["fal-ai/flux-pro/v1.1"].steps
     assert caps["fal-ai/fast-sdxl"].negative_prompt
     assert not caps["fal-ai/flux/schnell"].negative_prompt

@@ -128,10 +128,12 @@ async def test_sdxl_passes_negative_prompt_guidance_and_steps(stack: Stack) -> N
 async def test_flux_declares_what_it_cannot_honour(stack: Stack) -> None:
     describe = await stack.stub.DescribeProvider(provider_pb2.DescribeProviderRequest())
     caps = {m.id: m.capabilities for m in describe.models}
-    assert set(caps) == {wire.FLUX_SCHNELL, wire.FLUX_DEV, SDXL}
+    assert set(caps) == {wire.FLUX_SCHNELL, wire.FLUX_DEV, SDXL, *wire.KONTEXT_MODELS}
     assert not caps[FLUX].negative_prompt and not caps[FLUX].guidance
     assert caps[wire.FLUX_DEV].guidance and caps[SDXL].negative_prompt
-    assert all(c.side_multiple == 8 and c.max_images == 4 for c in caps.values())
+    text_models = [caps[m] for m in (wire.FLUX_SCHNELL, wire.FLUX_DEV, SDXL)]
+    assert all(c.side_multiple == 8 and c.max_images == 4 for c in text_models)
+    assert all(caps[m].max_reference_images == 1 for m in wire.KONTEXT_MODELS)
     assert describe.base_url == stack.emulator.base_url, "the /v1 suffix of an override is dropped"
     err = await stack.fail(_req(negative_prompt="people"))
     assert (err.code, err.reason) == (

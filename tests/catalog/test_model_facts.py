@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import AsyncIterator, Callable
 from itertools import pairwise
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from pydantic import SecretStr
 
 from imagegate.common.v1 import catalog_pb2
@@ -125,7 +127,18 @@ def test_every_candidate_honours_its_alias_default_request(
 ) -> None:
     gaps: list[str] = []
     for alias, entry in catalog.models.items():
-        norm = normalize(router_pb2.GenerateImageRequest(prompt="x", model=alias), catalog)
+        specs = [served.get(c.provider, {}).get(c.provider_model) for c in entry.candidates]
+        request = router_pb2.GenerateImageRequest(prompt="x", model=alias)
+        if any(s is not None and s.input_image_required for s in specs):
+            # An edit-only alias's default request is the edit its first candidate declares.
+            first = next(s for s in specs if s is not None)
+            request.image = _png(entry.default_size)
+            if first.inpainting:
+                request.mask = _png(entry.default_size)
+            elif first.max_reference_images:
+                request.reference_images.append(request.image)
+                request.ClearField("image")
+        norm = normalize(request, catalog)
         for c in entry.candidates:
             spec = served.get(c.provider, {}).get(c.provider_model)
             if spec is None:
@@ -170,3 +183,9 @@ def test_catalog_refuses_a_fact_another_file_owns(tmp_path: Path, where: str, fa
     path.write_text(f"models:\n  a:\n    tier: fast\n{model_fact}    candidates: [{candidate}]\n")
     with pytest.raises(CatalogError, match=fact.split(":")[0]):
         load_catalog(path)
+
+
+def _png(size: tuple[int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (90, 90, 90)).save(buf, format="PNG")
+    return buf.getvalue()

@@ -90,6 +90,17 @@ _TWO_1024_SQUARE_IMAGES = {
     ("together", "black-forest-labs/FLUX.1-dev"): 4 * 25000,
     ("together", "stabilityai/stable-diffusion-xl-base-1.0"): 4 * 2000,
     ("local", "imagegate-local-v1"): 0,
+    # Edit models (docs/edits.md).
+    ("fal", "fal-ai/flux/dev/image-to-image"): 4 * 30000,
+    ("fal", "fal-ai/flux-pro/kontext"): 2 * 40000,
+    ("fal", "fal-ai/flux-pro/v1/fill"): 4 * 50000,
+    ("bfl", "flux-kontext-pro"): 2 * 40000,
+    ("bfl", "flux-kontext-max"): 2 * 80000,
+    ("bfl", "flux-pro-1.0-fill"): 2 * 50000,
+    ("together", "black-forest-labs/FLUX.1-kontext-pro"): 4 * 40000,
+    ("together", "black-forest-labs/FLUX.1-kontext-max"): 4 * 80000,
+    ("replicate", "black-forest-labs/flux-kontext-pro"): 2 * 40000,
+    ("replicate", "black-forest-labs/flux-fill-pro"): 2 * 50000,
 }
 
 

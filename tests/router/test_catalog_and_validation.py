@@ -26,6 +26,10 @@ def test_bundled_catalog_has_the_required_aliases_and_order() -> None:
         "sd-2.1",
         "gpt-image-1",
         "gpt-image-1-mini",
+        "flux-dev-img2img",
+        "flux-kontext",
+        "flux-kontext-max",
+        "flux-fill",
         "local",
     ]
     providers = [c.provider for c in CATALOG.models["flux-schnell"].candidates]

@@ -11,6 +11,7 @@ from imagegate.cli import flags
 from imagegate.cli.account import cmd_models, cmd_providers, cmd_quota, cmd_styles, cmd_usage
 from imagegate.cli.admin import cmd_admin
 from imagegate.cli.generate import FORMATS, PREFERENCES, cmd_estimate, cmd_generate
+from imagegate.cli.inputs import add_input_args
 from imagegate.pricing import QUALITIES
 
 # A value such as -5x512, -1 or -inf: argparse would take it for an unknown option.
@@ -80,6 +81,7 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
         type=flags.text(flags.MAX_REQUEST_ID, exact=True),
         help="idempotency key (default: a new UUID)",
     )
+    add_input_args(p)
 
 
 def _add_admin(sub: argparse._SubParsersAction[Parser]) -> None:

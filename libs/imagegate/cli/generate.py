@@ -11,6 +11,7 @@ import grpc
 from google.protobuf import json_format
 
 from imagegate.cli.connection import Connection
+from imagegate.cli.inputs import apply_inputs
 from imagegate.cli.output import as_json, table, usd
 from imagegate.common.v1 import image_pb2
 from imagegate.grpckit.channel import create_channel
@@ -57,6 +58,7 @@ def build_request(args: argparse.Namespace) -> router_pb2.GenerateImageRequest:
         req.steps = args.steps
     if args.guidance is not None:
         req.guidance_scale = args.guidance
+    apply_inputs(args, req)
     return req
 
 

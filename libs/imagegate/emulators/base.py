@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import functools
+import hashlib
 import io
 import json
 import math
@@ -18,6 +20,8 @@ from typing import Any
 from aiohttp import web
 from PIL import Image, ImageDraw
 
+from imagegate.inputs.checks import InputImage, InputLimits, inspect
+from imagegate.inputs.encoding import from_data_uri, parse_multipart
 from imagegate.providerkit.images import encode
 from imagegate.providerkit.types import OutputFormat
 
@@ -398,10 +402,13 @@ class Emulator:
             body: Any = None
             if request.can_read_body:
                 raw = await request.read()
-                try:
-                    body = json.loads(raw)
-                except ValueError:
-                    body = raw.decode("utf-8", "replace")
+                if request.content_type == "multipart/form-data":
+                    body = multipart_summary(raw, request.headers.get("content-type", ""))
+                else:
+                    try:
+                        body = json.loads(raw)
+                    except ValueError:
+                        body = raw.decode("utf-8", "replace")
             call = Call(
                 method=request.method,
                 path=request.path,
@@ -505,3 +512,59 @@ def image_bytes_size(data: bytes) -> tuple[int, int]:
     """(width, height) of encoded image bytes."""
     with Image.open(io.BytesIO(data)) as img:
         return img.size
+
+
+def multipart_summary(raw: bytes, content_type: str) -> dict[str, Any]:
+    """A multipart body for the call log: text fields as text, files as their facts (lists when a
+    field repeats)."""
+    out: dict[str, Any] = {}
+    for name, filename, data in parse_multipart(raw, content_type):
+        value: Any = (
+            {"filename": filename, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            if filename is not None
+            else data.decode("utf-8", "replace")
+        )
+        if name in out:
+            prior = out[name]
+            out[name] = [*prior, value] if isinstance(prior, list) else [prior, value]
+        else:
+            out[name] = value
+    return out
+
+
+def input_problem(
+    data: bytes | None,
+    what: str,
+    *,
+    max_bytes: int,
+    formats: tuple[str, ...] = ("png", "jpeg", "webp"),
+) -> tuple[InputImage | None, str | None]:
+    """Checks one uploaded input image as a provider does: (facts, None) or (None, message)."""
+    if not data:
+        return None, f"{what} is empty or not valid base64"
+    limits = InputLimits(max_bytes=max_bytes, formats=formats, max_side=8192, min_side=1)
+    info, violations = inspect(data, what, limits)
+    if violations:
+        return None, f"{what}: {violations[0].description}"
+    return info, None
+
+
+def image_field(value: Any) -> bytes | None:
+    """Bytes of an image sent inline as base64 or a data: URI (the emulators never fetch URLs)."""
+    if not isinstance(value, str) or not value:
+        return None
+    if value.startswith("data:"):
+        return from_data_uri(value)
+    try:
+        return base64.b64decode(value, validate=True)
+    except ValueError:
+        return None
+
+
+def edited_image(source: bytes, width: int, height: int, fmt: OutputFormat, seed: int) -> bytes:
+    """A result that visibly derives from `source`: it resized, blended with a seeded render."""
+    with Image.open(io.BytesIO(source)) as src:
+        base = src.convert("RGB").resize((width, height))
+    with Image.open(io.BytesIO(render_image(width, height, OutputFormat.PNG, seed))) as art:
+        blended = Image.blend(base, art.convert("RGB"), 0.35)
+    return encode(blended, fmt)

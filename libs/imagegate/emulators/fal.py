@@ -8,7 +8,15 @@ from typing import Any
 
 from aiohttp import web
 
-from imagegate.emulators.base import Emulator, new_id, whole_megapixels
+from imagegate.emulators.base import (
+    Emulator,
+    edited_image,
+    image_bytes_size,
+    image_field,
+    input_problem,
+    new_id,
+    whole_megapixels,
+)
 from imagegate.providerkit.types import OutputFormat
 
 # Preset sizes; only landscape_4_3 is confirmed by recorded traffic (contracts 2.4).
@@ -23,14 +31,43 @@ PRESETS = {
 # Per-endpoint input limits (fal model pages); fast-sdxl allows up to 8 images.
 STEP_LIMITS = {"fal-ai/flux/schnell": 12, "fal-ai/flux/dev": 50, "fal-ai/fast-sdxl": 50}
 MAX_IMAGES = {"fal-ai/fast-sdxl": 8}
-ENDPOINTS = ("fal-ai/flux/schnell", "fal-ai/flux/dev", "fal-ai/flux-pro/v1.1", "fal-ai/fast-sdxl")
+I2I = "fal-ai/flux/dev/image-to-image"
+KONTEXT = "fal-ai/flux-pro/kontext"
+KONTEXT_MULTI = "fal-ai/flux-pro/kontext/multi"
+FILL = "fal-ai/flux-pro/v1/fill"
+EDIT_ENDPOINTS = (I2I, KONTEXT, KONTEXT_MULTI, FILL)
+ENDPOINTS = (
+    "fal-ai/flux/schnell",
+    "fal-ai/flux/dev",
+    "fal-ai/flux-pro/v1.1",
+    "fal-ai/fast-sdxl",
+    *EDIT_ENDPOINTS,
+)
+# Kontext's aspect_ratio enum on fal and the about-1-MP size each gives (sizes [U], docs/edits.md).
+KONTEXT_RATIOS = {
+    "21:9": (1568, 672),
+    "16:9": (1392, 752),
+    "4:3": (1184, 880),
+    "3:2": (1248, 832),
+    "1:1": (1024, 1024),
+    "2:3": (832, 1248),
+    "3:4": (880, 1184),
+    "9:16": (752, 1392),
+    "9:21": (672, 1568),
+}
+# Largest inline (data URI) input the emulator takes; fal documents no figure ([U]).
+MAX_INPUT_BYTES = 20 * 1024 * 1024
 # What fal charges, micro-USD: per megapixel of output rounded up per image (model pages), or
-# per image for fast-sdxl (no published price; the figure the catalog assumes).
+# per image for fast-sdxl (no published price; the figure the catalog assumes) and Kontext.
 PRICES = {
     "fal-ai/flux/schnell": ("megapixel", "3000"),
     "fal-ai/flux/dev": ("megapixel", "25000"),
     "fal-ai/flux-pro/v1.1": ("megapixel", "40000"),
     "fal-ai/fast-sdxl": ("image", "2500"),
+    I2I: ("megapixel", "30000"),
+    KONTEXT: ("image", "40000"),
+    KONTEXT_MULTI: ("image", "40000"),
+    FILL: ("megapixel", "50000"),
 }
 LOCKED = (
     "User is locked. Reason: Exhausted balance. Top up your balance at fal.ai/dashboard/billing"
@@ -123,7 +160,11 @@ class FalEmulator(Emulator):
             body = await request.json()
         except ValueError:
             return self.json_response({"detail": "Invalid JSON body"}, 400)
-        errors = _validate(endpoint, body)
+        errors = (
+            _validate_edit(endpoint, body)
+            if endpoint in EDIT_ENDPOINTS
+            else _validate(endpoint, body)
+        )
         if errors:
             return self.json_response({"detail": errors}, 422)
         owner, app = endpoint.split("/")[:2]
@@ -255,7 +296,14 @@ class FalEmulator(Emulator):
 
     def _size(self, job: FalJob) -> tuple[int, int]:
         size = job.input.get("image_size", "landscape_4_3")
-        return PRESETS[size] if isinstance(size, str) else (size["width"], size["height"])
+        width, height = PRESETS[size] if isinstance(size, str) else (size["width"], size["height"])
+        source = _source(job.input)
+        if job.endpoint in (KONTEXT, KONTEXT_MULTI):
+            width, height = KONTEXT_RATIOS[job.input.get("aspect_ratio", "1:1")]
+        elif source:
+            # Image-to-image and fill answer at their input's size.
+            width, height = image_bytes_size(source)
+        return width, height
 
     def _bill(self, job: FalJob) -> None:
         unit, price = PRICES[job.endpoint]
@@ -267,11 +315,14 @@ class FalEmulator(Emulator):
 
     def _render(self, job: FalJob) -> dict[str, Any]:
         width, height = self._size(job)
+        source = _source(job.input)
         fmt = OutputFormat.PNG if job.input.get("output_format") == "png" else OutputFormat.JPEG
         seed = int(job.input.get("seed", 3131504498))
         images = []
         for i in range(int(job.input.get("num_images", 1))):
             data, declared, actual = self.result_image(width, height, fmt, seed + i)
+            if source and declared == fmt.mime_type:
+                data = edited_image(source, width, height, fmt, seed + i)
             # fal's content_type field is known to contradict the file: mimic that.
             label = "image/jpeg" if actual is OutputFormat.PNG else declared
             ext = "png" if declared == "image/png" else "jpeg"
@@ -327,4 +378,84 @@ def _validate(endpoint: str, body: Any) -> list[dict[str, Any]]:
         bad("output_format", "Input should be 'jpeg' or 'png'", "enum", body.get("output_format"))
     if "negative_prompt" in body and endpoint != "fal-ai/fast-sdxl":
         bad("negative_prompt", "Extra inputs are not permitted", "extra_forbidden", "...")
+    return errors
+
+
+def _source(body: dict[str, Any]) -> bytes:
+    urls = body.get("image_urls")
+    first = urls[0] if isinstance(urls, list) and urls else body.get("image_url")
+    return image_field(first) or b""
+
+
+def _validate_edit(endpoint: str, body: Any) -> list[dict[str, Any]]:
+    """fal's edit endpoints: inline images (data URIs here), strength, mask of the image's size."""
+    errors: list[dict[str, Any]] = []
+
+    def bad(name: str, msg: str, kind: str, value: Any) -> None:
+        errors.append({"loc": ["body", name], "msg": msg, "type": kind, "input": value})
+
+    if not isinstance(body, dict):
+        return [{"loc": ["body"], "msg": "Input should be an object", "type": "dict_type"}]
+    if not isinstance(body.get("prompt"), str) or not body["prompt"]:
+        bad("prompt", "Field required", "missing", body.get("prompt"))
+    if "image_size" in body:
+        bad("image_size", "Extra inputs are not permitted", "extra_forbidden", "...")
+
+    def image(name: str, value: Any) -> tuple[int, int] | None:
+        if value is None:
+            bad(name, "Field required", "missing", None)
+            return None
+        if isinstance(value, str) and value.startswith(("http://", "https://")):
+            bad(
+                name,
+                "URL inputs are not emulated (the gateway sends data URIs)",
+                "value_error",
+                "...",
+            )
+            return None
+        info, problem = input_problem(image_field(value), name, max_bytes=MAX_INPUT_BYTES)
+        if problem is not None or info is None:
+            bad(name, problem or "invalid image", "value_error", "...")
+            return None
+        return info.width, info.height
+
+    if endpoint == KONTEXT_MULTI:
+        urls = body.get("image_urls")
+        if not isinstance(urls, list) or not urls:
+            bad("image_urls", "Field required", "missing", urls)
+        else:
+            for i, url in enumerate(urls):
+                image(f"image_urls[{i}]", url)
+    else:
+        size = image("image_url", body.get("image_url"))
+        if endpoint == FILL:
+            mask = image("mask_url", body.get("mask_url"))
+            if size and mask and size != mask:
+                bad(
+                    "mask_url",
+                    f"mask is {mask[0]}x{mask[1]}, image is {size[0]}x{size[1]}",
+                    "value_error",
+                    "...",
+                )
+    if endpoint in (KONTEXT, KONTEXT_MULTI):
+        ratio = body.get("aspect_ratio", "1:1")
+        if ratio not in KONTEXT_RATIOS:
+            bad(
+                "aspect_ratio", f"Input should be one of {', '.join(KONTEXT_RATIOS)}", "enum", ratio
+            )
+        for name in ("num_inference_steps", "strength"):
+            if name in body:
+                bad(name, "Extra inputs are not permitted", "extra_forbidden", body[name])
+    if endpoint == I2I:
+        strength = body.get("strength", 0.95)
+        if not isinstance(strength, int | float) or not 0.01 <= strength <= 1:
+            bad("strength", "Input should be between 0.01 and 1", "value_error", strength)
+        steps = body.get("num_inference_steps")
+        if steps is not None and not (isinstance(steps, int) and 1 <= steps <= 50):
+            bad("num_inference_steps", "Input should be <= 50", "less_than_equal", steps)
+    n = body.get("num_images", 1)
+    if not isinstance(n, int) or not 1 <= n <= 4:
+        bad("num_images", "Input should be <= 4", "less_than_equal", n)
+    if body.get("output_format", "jpeg") not in ("jpeg", "png"):
+        bad("output_format", "Input should be 'jpeg' or 'png'", "enum", body.get("output_format"))
     return errors

@@ -10,7 +10,8 @@ from typing import Any
 
 from aiohttp import web
 
-from imagegate.emulators.base import Emulator, new_id
+from imagegate.emulators.base import Emulator, edited_image, input_problem, new_id
+from imagegate.inputs.encoding import parse_multipart
 from imagegate.providerkit.types import OutputFormat
 
 GPT_IMAGE_MODELS = ("gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5")
@@ -47,6 +48,12 @@ _KNOWN_FIELDS = frozenset(
         "style",
     }
 )
+_EDIT_FIELDS = (_KNOWN_FIELDS - {"style", "moderation"}) | {"input_fidelity"}
+# /v1/images/edits for GPT image models: up to 16 images, each png/webp/jpg under 50MB; the mask
+# a PNG with alpha under 4MB, of the first image's size (OpenAI API reference, images/edits).
+MAX_EDIT_IMAGES = 16
+MAX_EDIT_IMAGE_BYTES = 50 * 1024 * 1024
+MAX_MASK_BYTES = 4 * 1024 * 1024
 _FORMATS = {"png": OutputFormat.PNG, "jpeg": OutputFormat.JPEG, "webp": OutputFormat.WEBP}
 
 
@@ -64,6 +71,16 @@ def error(
     return Emulator.json_response(payload, status, headers=headers)
 
 
+def image_input_tokens(width: int, height: int) -> int:
+    """A stand-in for image input tokens: 85 plus 170 per 512-pixel tile after fitting the image
+    within 2048 and its short side to 768 (the published vision rule; OpenAI bills from usage)."""
+    scale = min(1.0, 2048 / max(width, height))
+    w, h = width * scale, height * scale
+    scale = min(1.0, 768 / min(w, h))
+    w, h = w * scale, h * scale
+    return 85 + 170 * math.ceil(w / 512) * math.ceil(h / 512)
+
+
 def prompt_tokens(prompt: str) -> int:
     """A stand-in tokenizer: about four characters per token."""
     return max(1, math.ceil(len(prompt) / 4))
@@ -76,18 +93,27 @@ class OpenAIEmulator(Emulator):
 
     def __init__(self, *, latency: float = 0.0, key: str | None = None) -> None:
         super().__init__(latency=latency, key=key)
+        self.edit_inputs: list[bytes] = []
+        """The first input image of each accepted edit, in order."""
         self.moderation_code = "moderation_blocked"
         """Code sent by the moderation fault: "moderation_blocked" (GPT image) or
         "content_policy_violation" (the DALL·E-era code)."""
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/images/generations", self._generate)
+        app.router.add_post("/v1/images/edits", self._edit)
 
     def authorized(self, request: web.Request) -> bool:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         return scheme.lower() == "bearer" and self.credential_ok(token)
 
     async def _generate(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, edit=False)
+
+    async def _edit(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, edit=True)
+
+    async def _serve(self, request: web.Request, *, edit: bool) -> web.StreamResponse:
         rid = {"x-request-id": new_id("req_")}
         if not self.authorized(request) or self.faults.take("auth_failed"):
             # Deliberately harsher than OpenAI, which masks the key: the adapter must scrub it.
@@ -147,16 +173,23 @@ class OpenAIEmulator(Emulator):
             )
         if self.faults.take("hang", "never_complete"):
             return await self.hang()
-        try:
-            body = await request.json()
-        except ValueError:
-            return error(
-                "We could not parse the JSON body of your request.",
-                400,
-                kind="invalid_request_error",
-                headers=rid,
-            )
-        problem = self._validate(body)
+        image_tokens = 0
+        if edit:
+            parsed = await self._edit_form(request)
+            if isinstance(parsed, web.Response):
+                return parsed
+            body, image_tokens = parsed
+        else:
+            try:
+                body = await request.json()
+            except ValueError:
+                return error(
+                    "We could not parse the JSON body of your request.",
+                    400,
+                    kind="invalid_request_error",
+                    headers=rid,
+                )
+        problem = self._validate(body, edit=edit)
         if problem is not None:
             return problem
         if self.faults.take("moderation"):
@@ -168,12 +201,86 @@ class OpenAIEmulator(Emulator):
                 headers=rid,
             )
         await self.generation_delay()
-        return await self._answer(request, body, rid)
+        return await self._answer(request, body, rid, image_tokens)
 
-    def _validate(self, body: Any) -> web.Response | None:
+    async def _edit_form(self, request: web.Request) -> tuple[dict[str, Any], int] | web.Response:
+        """The edit form as a body dict (images kept aside) and the input image tokens."""
+        if request.content_type != "multipart/form-data":
+            return error(
+                "Invalid Content-Type header (application/json), expected multipart/form-data.",
+                400,
+                kind="invalid_request_error",
+            )
+        body: dict[str, Any] = {}
+        images: list[bytes] = []
+        mask: bytes | None = None
+        raw = await request.read()
+        for name, filename, data in parse_multipart(raw, request.headers["content-type"]):
+            if name in ("image", "image[]") and filename is not None:
+                images.append(data)
+            elif name == "mask" and filename is not None:
+                mask = data
+            elif name in ("n", "output_compression", "partial_images"):
+                body[name] = int(data) if data.decode().isdigit() else data.decode()
+            else:
+                body[name] = data.decode("utf-8", "replace")
+        if not images:
+            return error(
+                "Missing required parameter: 'image'.",
+                400,
+                kind="invalid_request_error",
+                param="image",
+            )
+        if len(images) > MAX_EDIT_IMAGES:
+            return error(
+                f"Too many images: {len(images)}; at most {MAX_EDIT_IMAGES}.",
+                400,
+                kind="invalid_request_error",
+                param="image",
+            )
+        first = None
+        tokens = 0
+        for i, data in enumerate(images):
+            info, problem = input_problem(data, f"image[{i}]", max_bytes=MAX_EDIT_IMAGE_BYTES)
+            if problem is not None or info is None:
+                return error(
+                    f"Invalid input image: {problem}. Supported formats are png, webp and jpg "
+                    "under 50MB.",
+                    400,
+                    kind="invalid_request_error",
+                    code="invalid_image",
+                    param="image",
+                )
+            first = first or info
+            tokens += image_input_tokens(info.width, info.height)
+        if mask is not None:
+            info, problem = input_problem(mask, "mask", max_bytes=MAX_MASK_BYTES, formats=("png",))
+            if problem is not None or info is None or not info.has_alpha:
+                return error(
+                    "Invalid mask: it must be a PNG with an alpha channel under 4MB"
+                    + (f" ({problem})" if problem else "."),
+                    400,
+                    kind="invalid_request_error",
+                    code="invalid_image",
+                    param="mask",
+                )
+            assert first is not None
+            if (info.width, info.height) != (first.width, first.height):
+                return error(
+                    "Invalid mask: the mask and image must have the same dimensions "
+                    f"({info.width}x{info.height} vs {first.width}x{first.height}).",
+                    400,
+                    kind="invalid_request_error",
+                    code="invalid_image",
+                    param="mask",
+                )
+        self.edit_inputs.append(images[0])
+        return body, tokens
+
+    def _validate(self, body: Any, *, edit: bool = False) -> web.Response | None:
         if not isinstance(body, dict):
             return error("Request body must be an object.", 400, kind="invalid_request_error")
-        unknown = sorted(set(body) - _KNOWN_FIELDS)
+        unknown = sorted(set(body) - (_EDIT_FIELDS if edit else _KNOWN_FIELDS))
         if unknown:
             return error(
                 f"Unknown parameter: '{unknown[0]}'.",
@@ -228,7 +335,7 @@ class OpenAIEmulator(Emulator):
         return None
 
     async def _answer(
-        self, request: web.Request, body: dict[str, Any], rid: dict[str, str]
+        self, request: web.Request, body: dict[str, Any], rid: dict[str, str], image_tokens: int = 0
     ) -> web.StreamResponse:
         size = body.get("size", "auto")
         size = "1024x1024" if size == "auto" else size
@@ -241,6 +348,8 @@ class OpenAIEmulator(Emulator):
         data: list[dict[str, Any]] = []
         for index in range(n):
             image, declared, _ = self.result_image(width, height, _FORMATS[fmt_name], index)
+            if image_tokens and self.edit_inputs and declared == _FORMATS[fmt_name].mime_type:
+                image = edited_image(self.edit_inputs[-1], width, height, _FORMATS[fmt_name], index)
             if expired:
                 # A DALL·E-style URL answer, already expired: GPT image models never send one.
                 data.append({"url": self.store_file(image, declared, ttl=0.0)})
@@ -252,7 +361,8 @@ class OpenAIEmulator(Emulator):
         job_id = rid["x-request-id"]
         out_price, in_price = PRICES[body["model"]]
         self.charge(job_id, body["model"], image_out, "token", out_price)
-        self.charge(job_id, body["model"], text_in, "token", in_price)
+        # Input image tokens of an edit are charged at the input rate too (the catalog's one rate).
+        self.charge(job_id, body["model"], text_in + image_tokens, "token", in_price)
         payload = {
             "created": int(time.time()),
             "data": data,
@@ -261,11 +371,11 @@ class OpenAIEmulator(Emulator):
             "quality": quality,
             "size": size,
             "usage": {
-                "input_tokens": text_in,
-                "input_tokens_details": {"text_tokens": text_in, "image_tokens": 0},
+                "input_tokens": text_in + image_tokens,
+                "input_tokens_details": {"text_tokens": text_in, "image_tokens": image_tokens},
                 "output_tokens": image_out,
                 "output_tokens_details": {"text_tokens": 0, "image_tokens": image_out},
-                "total_tokens": text_in + image_out,
+                "total_tokens": text_in + image_tokens + image_out,
             },
         }
         if self.faults.take("malformed_json"):

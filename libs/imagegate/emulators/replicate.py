@@ -12,7 +12,14 @@ from typing import Any
 
 from aiohttp import web
 
-from imagegate.emulators.base import Emulator, new_id
+from imagegate.emulators.base import (
+    Emulator,
+    edited_image,
+    image_bytes_size,
+    image_field,
+    input_problem,
+    new_id,
+)
 from imagegate.providerkit.types import OutputFormat
 
 # Output sizes of the FLUX models per aspect_ratio at megapixels "1" (replicate/cog-flux
@@ -38,7 +45,22 @@ OFFICIAL = (
     "black-forest-labs/flux-schnell",
     "black-forest-labs/flux-dev",
     "black-forest-labs/flux-pro",
+    "black-forest-labs/flux-kontext-pro",
+    "black-forest-labs/flux-fill-pro",
 )
+# Official models that answer one URI string rather than a list.
+SINGLE_OUTPUT = OFFICIAL[2:]
+KONTEXT_RATIOS = {
+    "21:9": (1568, 672),
+    "16:9": (1392, 752),
+    "4:3": (1184, 880),
+    "3:2": (1248, 832),
+    "1:1": (1024, 1024),
+    "2:3": (832, 1248),
+    "3:4": (880, 1184),
+    "9:16": (752, 1392),
+    "9:21": (672, 1568),
+}
 NSFW_ERROR = (
     "All generated images contained NSFW content. Try running it again with a different prompt."
 )
@@ -50,6 +72,8 @@ PRICES = {
     "black-forest-labs/flux-dev": ("image", "25000"),
     "black-forest-labs/flux-pro": ("image", "55000"),
     "stability-ai/sdxl": ("second", "975"),
+    "black-forest-labs/flux-kontext-pro": ("image", "40000"),
+    "black-forest-labs/flux-fill-pro": ("image", "50000"),
 }
 
 
@@ -246,9 +270,23 @@ class ReplicateEmulator(Emulator):
 
     def _render(self, pred: Prediction) -> Any:
         inp = pred.input
+        source = image_field(inp.get("image")) or b""
         if pred.model == "stability-ai/sdxl":
             width, height = int(inp.get("width", 1024)), int(inp.get("height", 1024))
+            if source:
+                # With an input image SDXL answers at its size, whatever width/height say.
+                width, height = image_bytes_size(source)
             fmt = OutputFormat.PNG
+        elif pred.model == "black-forest-labs/flux-kontext-pro":
+            ratio = inp.get("aspect_ratio", "match_input_image")
+            if ratio == "match_input_image":
+                ratio = "1:1"
+            width, height = KONTEXT_RATIOS[ratio]
+            source = image_field(inp.get("input_image")) or b""
+            fmt = OutputFormat.PNG if inp.get("output_format") == "png" else OutputFormat.JPEG
+        elif pred.model == "black-forest-labs/flux-fill-pro":
+            width, height = image_bytes_size(source)
+            fmt = OutputFormat.PNG if inp.get("output_format") == "png" else OutputFormat.JPEG
         elif inp.get("aspect_ratio") == "custom":
             width, height = int(inp["width"]) // 32 * 32, int(inp["height"]) // 32 * 32
             fmt = _FORMATS.get(inp.get("output_format", "webp"), OutputFormat.WEBP)
@@ -258,12 +296,14 @@ class ReplicateEmulator(Emulator):
             fmt = _FORMATS.get(inp.get("output_format", "webp"), OutputFormat.WEBP)
         seed = int(inp.get("seed", 1234))
         urls = []
-        n = 1 if pred.model == "black-forest-labs/flux-pro" else int(inp.get("num_outputs", 1))
+        n = 1 if pred.model in SINGLE_OUTPUT else int(inp.get("num_outputs", 1))
         for i in range(n):
             data, declared, _ = self.result_image(width, height, fmt, seed + i)
+            if source and declared == fmt.mime_type:
+                data = edited_image(source, width, height, fmt, seed + i)
             urls.append(self.store_file(data, declared, suffix=f"/out-{i}.{fmt.value}"))
         # flux-pro returns one URI string; the others a list of URIs.
-        return urls[0] if pred.model == "black-forest-labs/flux-pro" else urls
+        return urls[0] if pred.model in SINGLE_OUTPUT else urls
 
     def _body(self, pred: Prediction) -> dict[str, Any]:
         url = f"{self.base_url}/v1/predictions/{pred.id}"
@@ -343,8 +383,69 @@ def _validate(model: str, inp: Any) -> list[dict[str, str]]:
             "seed",
             "scheduler",
             "refine",
+            "image",
+            "mask",
+            "prompt_strength",
         }
-        limits = {"num_inference_steps": (1, 500), "guidance_scale": (1, 50), "num_outputs": (1, 4)}
+        limits: dict[str, tuple[float, float]] = {
+            "num_inference_steps": (1, 500),
+            "guidance_scale": (1, 50),
+            "num_outputs": (1, 4),
+            "prompt_strength": (0, 1),
+        }
+        image_size = _file_input(inp, "image", bad)
+        mask_size = _file_input(inp, "mask", bad)
+        if mask_size and not image_size and "image" not in inp:
+            bad("mask", "required", "mask needs an image")
+        if image_size and mask_size and image_size != mask_size:
+            bad(
+                "mask",
+                "invalid",
+                f"mask is {mask_size[0]}x{mask_size[1]}, image is {image_size[0]}x{image_size[1]}",
+            )
+    elif model == "black-forest-labs/flux-kontext-pro":
+        allowed = {
+            "prompt",
+            "input_image",
+            "aspect_ratio",
+            "output_format",
+            "safety_tolerance",
+            "seed",
+            "prompt_upsampling",
+        }
+        limits = {"safety_tolerance": (0, 6)}
+        _file_input(inp, "input_image", bad)
+        ratio = inp.get("aspect_ratio", "match_input_image")
+        if ratio != "match_input_image" and ratio not in KONTEXT_RATIOS:
+            bad("aspect_ratio", "enum", "aspect_ratio must be one of the listed ratios")
+        if inp.get("output_format", "png") not in ("jpg", "png"):
+            bad("output_format", "enum", 'output_format must be one of: "jpg", "png"')
+    elif model == "black-forest-labs/flux-fill-pro":
+        allowed = {
+            "prompt",
+            "image",
+            "mask",
+            "steps",
+            "guidance",
+            "outpaint",
+            "output_format",
+            "safety_tolerance",
+            "seed",
+            "prompt_upsampling",
+        }
+        limits = {"steps": (15, 50), "guidance": (1.5, 100), "safety_tolerance": (0, 6)}
+        image_size = _file_input(inp, "image", bad)
+        mask_size = _file_input(inp, "mask", bad)
+        if "image" not in inp:
+            bad("image", "required", "image is required")
+        if image_size and mask_size and image_size != mask_size:
+            bad(
+                "mask",
+                "invalid",
+                f"mask is {mask_size[0]}x{mask_size[1]}, image is {image_size[0]}x{image_size[1]}",
+            )
+        if inp.get("output_format", "jpg") not in ("jpg", "png"):
+            bad("output_format", "enum", 'output_format must be one of: "jpg", "png"')
     elif model == "black-forest-labs/flux-pro":
         allowed = {
             "prompt",
@@ -391,3 +492,21 @@ def _validate(model: str, inp: Any) -> list[dict[str, str]]:
         if v is not None and not (isinstance(v, int | float) and lo <= v <= hi):
             bad(name, "number_range", f"Must be between {lo} and {hi}")
     return out
+
+
+# Replicate takes files as HTTP URLs or data URIs; the emulator checks data URIs and never fetches.
+MAX_DATA_URI_BYTES = 20 * 1024 * 1024
+
+
+def _file_input(inp: dict[str, Any], name: str, bad: Any) -> tuple[int, int] | None:
+    value = inp.get(name)
+    if value is None:
+        return None
+    if isinstance(value, str) and value.startswith(("http://", "https://")):
+        bad(name, "invalid", "URL inputs are not emulated (the gateway sends data URIs)")
+        return None
+    info, problem = input_problem(image_field(value), name, max_bytes=MAX_DATA_URI_BYTES)
+    if problem is not None or info is None:
+        bad(name, "invalid", problem or "invalid image")
+        return None
+    return info.width, info.height

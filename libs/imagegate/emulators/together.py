@@ -9,7 +9,14 @@ from typing import Any
 
 from aiohttp import web
 
-from imagegate.emulators.base import Emulator, new_id, whole_megapixels
+from imagegate.emulators.base import (
+    Emulator,
+    edited_image,
+    image_field,
+    input_problem,
+    new_id,
+    whole_megapixels,
+)
 from imagegate.providerkit.types import OutputFormat
 
 FLUX_SCHNELL = "black-forest-labs/FLUX.1-schnell"
@@ -22,12 +29,29 @@ PRICES = {
     "black-forest-labs/FLUX.1-schnell": "2700",
     "black-forest-labs/FLUX.1-dev": "25000",
     "stabilityai/stable-diffusion-xl-base-1.0": "2000",
+    "black-forest-labs/FLUX.1-kontext-pro": "40000",
+    "black-forest-labs/FLUX.1-kontext-max": "80000",
 }
 MODELS: dict[str, tuple[int, int, int]] = {
     FLUX_SCHNELL: (1, 12, 4),
     FLUX_DEV: (1, 50, 28),
     SDXL: (1, 50, 20),
+    "black-forest-labs/FLUX.1-kontext-pro": (1, 50, 28),
+    "black-forest-labs/FLUX.1-kontext-max": (1, 50, 28),
 }
+KONTEXT_RATIOS = {
+    "21:9": (1568, 672),
+    "16:9": (1392, 752),
+    "4:3": (1184, 880),
+    "3:2": (1248, 832),
+    "1:1": (1024, 1024),
+    "2:3": (832, 1248),
+    "3:4": (880, 1184),
+    "9:16": (752, 1392),
+    "9:21": (672, 1568),
+}
+# Largest image_url data URI the emulator takes (Together publishes no figure, [U]).
+MAX_INPUT_BYTES = 20 * 1024 * 1024
 _MAX_SIDE = 1792
 _RATE_HEADERS = {
     "x-ratelimit-limit": "20",
@@ -108,6 +132,9 @@ async def handle_generation(
         int(body.get("width", 1024)),
         int(body.get("height", 1024)),
     )
+    source = image_field(body.get("image_url")) or b""
+    if "kontext" in model:
+        width, height = KONTEXT_RATIOS[body.get("aspect_ratio", "1:1")]
     steps = int(body.get("steps", MODELS[model][2]))
     wanted = OutputFormat.PNG if body.get("output_format") == "png" else OutputFormat.JPEG
     expired = emu.faults.take("expired_url") is not None
@@ -117,6 +144,8 @@ async def handle_generation(
     data: list[dict[str, Any]] = []
     for index in range(int(body.get("n", 1))):
         image, declared, _ = emu.result_image(width, height, wanted, seed + index)
+        if source and declared == wanted.mime_type:
+            image = edited_image(source, width, height, wanted, seed + index)
         item: dict[str, Any] = {"index": index, "timings": {"inference": ms}}
         if use_url:
             item["url"] = emu.store_file(image, declared, ttl=0.0 if expired else 3600.0)
@@ -162,6 +191,17 @@ def _validate(body: Any) -> tuple[int, str] | None:
         return 400, "response_format must be one of: base64, url"
     if body.get("output_format", "jpeg") not in ("jpeg", "png"):
         return 400, "output_format must be one of: jpeg, png"
+    if "image_url" in body:
+        if "kontext" not in model:
+            return 400, f"image_url is not supported by {model}"
+        value = body["image_url"]
+        if isinstance(value, str) and value.startswith(("http://", "https://")):
+            return 400, "image_url: URL inputs are not emulated (the gateway sends data URIs)"
+        _, problem = input_problem(image_field(value), "image_url", max_bytes=MAX_INPUT_BYTES)
+        if problem is not None:
+            return 400, problem
+    if "kontext" in model and body.get("aspect_ratio", "1:1") not in KONTEXT_RATIOS:
+        return 400, "aspect_ratio must be one of: " + ", ".join(KONTEXT_RATIOS)
     return None
 
 

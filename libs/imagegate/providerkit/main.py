@@ -10,6 +10,7 @@ from grpc_health.v1 import health_pb2
 
 from imagegate.config import CommonSettings
 from imagegate.grpckit.server import RunningServer, serve_until_signal, start_server
+from imagegate.inputs.checks import InputLimits
 from imagegate.provider.v1 import provider_pb2, provider_pb2_grpc
 from imagegate.providerkit.adapter import Adapter
 from imagegate.providerkit.servicer import ProviderServicer
@@ -23,10 +24,14 @@ SERVICE_NAME = provider_pb2.DESCRIPTOR.services_by_name["ProviderService"].full_
 
 
 async def start_adapter_server(
-    adapter: Adapter, *, address: str, telemetry: Telemetry
+    adapter: Adapter,
+    *,
+    address: str,
+    telemetry: Telemetry,
+    input_limits: InputLimits | None = None,
 ) -> tuple[RunningServer, ProviderServicer]:
     """Starts a ProviderService server for `adapter` on `address` (port 0 picks one)."""
-    servicer = ProviderServicer(adapter)
+    servicer = ProviderServicer(adapter, input_limits)
     running = await start_server(
         address=address,
         registrars=[lambda s: provider_pb2_grpc.add_ProviderServiceServicer_to_server(servicer, s)],
@@ -61,7 +66,12 @@ def run_adapter(
             f"adapter-{name}", metrics_addr=metrics_address(f"adapter-{name}")
         )
         adapter = build(telemetry)
-        running, _ = await start_adapter_server(adapter, address=address, telemetry=telemetry)
+        running, _ = await start_adapter_server(
+            adapter,
+            address=address,
+            telemetry=telemetry,
+            input_limits=InputLimits(max_bytes=common.max_input_image_bytes),
+        )
         log.info(
             "adapter listening",
             extra={"provider": name, "address": running.address, "enabled": adapter.enabled},

@@ -12,8 +12,10 @@ from imagegate.common.v1 import catalog_pb2, image_pb2
 from imagegate.grpckit import reasons
 from imagegate.grpckit.deadline import Deadline
 from imagegate.grpckit.errors import FieldViolation, ImagegateError, invalid_argument
+from imagegate.inputs.checks import InputLimits
 from imagegate.provider.v1 import provider_pb2, provider_pb2_grpc
 from imagegate.providerkit.adapter import Adapter
+from imagegate.providerkit.edits import edit_inputs, input_violations
 from imagegate.providerkit.errors import ProviderError
 from imagegate.providerkit.types import (
     Deviation,
@@ -61,6 +63,12 @@ def capabilities_proto(spec: ModelSpec) -> catalog_pb2.Capabilities:
         steps=spec.steps,
         guidance=spec.guidance,
         max_pixels=spec.sizes.max_pixels,
+        image_to_image=spec.image_to_image,
+        inpainting=spec.inpainting,
+        max_reference_images=spec.max_reference_images,
+        strength=spec.strength,
+        input_image_required=spec.input_image_required,
+        max_input_image_bytes=spec.max_input_image_bytes,
     )
 
 
@@ -102,10 +110,11 @@ def size_ok(spec: ModelSpec, width: int, height: int) -> bool:
 class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
     """Implements ProviderService around one Adapter."""
 
-    def __init__(self, adapter: Adapter) -> None:
+    def __init__(self, adapter: Adapter, limits: InputLimits | None = None) -> None:
         self._adapter = adapter
         self._specs = {m.id: m for m in adapter.models()}
         self._in_flight = 0
+        self._limits = limits or InputLimits()
 
     @property
     def in_flight(self) -> int:
@@ -235,11 +244,16 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
             violations.append(FieldViolation("num_images", "must be 1 to 4"))
         if not (16 <= r.width <= 8192 and 16 <= r.height <= 8192):
             violations.append(FieldViolation("width/height", "each side must be 16 to 8192"))
+        violations += input_violations(r, self._limits)
         if violations:
             raise invalid_argument(violations, domain=f"imagegate.provider.{self._adapter.name}")
+        try:
+            image, mask, refs, strength, edit_unsupported = edit_inputs(spec, r)
+        except ProviderError as err:
+            raise err.to_imagegate_error(self._adapter.name, r.model) from None
         width, height, num = r.width, r.height, r.num_images
         fmt = FORMAT_FROM_PROTO.get(r.output_format, OutputFormat.PNG)
-        unsupported: list[Deviation] = []
+        unsupported: list[Deviation] = list(edit_unsupported)
         if not size_ok(spec, width, height):
             w2, h2 = nearest_size(spec, width, height)
             unsupported.append(
@@ -296,6 +310,10 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
             guidance_scale=guidance,
             allow_degradation=r.allow_degradation,
             quality=quality,
+            image=image,
+            strength=strength,
+            mask=mask,
+            reference_images=refs,
         )
         return gen, deviations
 

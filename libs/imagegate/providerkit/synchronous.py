@@ -22,7 +22,8 @@ async def post_sync(
     path: str,
     *,
     deadline: Deadline,
-    json: object,
+    json: object = None,
+    content: bytes | None = None,
     what: str,
     special: SpecialError,
     job_header: str = "x-request-id",
@@ -35,7 +36,9 @@ async def post_sync(
     """
     inner = Deadline(deadline.at - SYNC_MARGIN)
     try:
-        resp = await send(client, "POST", path, deadline=inner, json=json, headers=headers)
+        resp = await send(
+            client, "POST", path, deadline=inner, json=json, content=content, headers=headers
+        )
     except ProviderError as err:
         # Connect failures never reached the provider; anything later may have been billed.
         if err.extra.get("request_sent") == "unknown":

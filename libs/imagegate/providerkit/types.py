@@ -6,6 +6,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from imagegate.inputs.checks import EditMode, edit_mode
+
 
 class OutputFormat(StrEnum):
     """Image encodings a caller may ask for."""
@@ -61,6 +63,29 @@ class GenerationRequest:
     quality: str = ""
     """Quality setting ("low", "medium", "high", "auto"), or "" for the adapter's default; only
     for models whose spec lists it in `qualities`."""
+    image: bytes = b""
+    """Input image to redraw (image-to-image) or repaint (with `mask`); empty otherwise."""
+    strength: float | None = None
+    """How far the result may move from `image` (0 keeps it, 1 ignores it); None: default."""
+    mask: bytes = b""
+    """Grayscale PNG mask of `image`'s size, white repaints; empty when not inpainting."""
+    reference_images: tuple[bytes, ...] = ()
+    """Images of an instruction edit, the edited image first; empty otherwise."""
+
+    @property
+    def mode(self) -> EditMode:
+        """What the request does with its input images."""
+        return edit_mode(
+            image=self.image,
+            mask=self.mask,
+            mask_from_alpha=False,
+            references=len(self.reference_images),
+        )
+
+    @property
+    def inputs(self) -> tuple[bytes, ...]:
+        """Every input image, the edited one first (reference edits) or the image alone."""
+        return self.reference_images or ((self.image,) if self.image else ())
 
 
 @dataclass(frozen=True)
@@ -158,6 +183,18 @@ class ModelSpec:
     """Usage unit the provider bills and the adapter must measure; Metering's prices.yaml owns it."""
     qualities: tuple[str, ...] = ()
     """Quality settings the model takes (its price depends on them); empty: no quality knob."""
+    image_to_image: bool = False
+    """Redraws an input image (with `strength` when `strength` is True)."""
+    inpainting: bool = False
+    """Repaints the masked area of an input image."""
+    max_reference_images: int = 0
+    """Most images of an instruction edit; 0 when the model takes none."""
+    strength: bool = False
+    """Honours `strength`."""
+    input_image_required: bool = False
+    """Edit-only: never serves a text-to-image request."""
+    max_input_image_bytes: int = 0
+    """Largest input image the provider takes; 0 when only the gateway's limit applies."""
 
 
 @dataclass(frozen=True)

@@ -25,19 +25,19 @@ _sym_db = _symbol_database.Default()
 from imagegate.common.v1 import image_pb2 as imagegate_dot_common_dot_v1_dot_image__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!imagegate/common/v1/catalog.proto\x12\x13imagegate.common.v1\x1a\x1fimagegate/common/v1/image.proto\"%\n\x04Size\x12\r\n\x05width\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\"\x9c\x02\n\x0c\x43\x61pabilities\x12\x10\n\x08min_side\x18\x01 \x01(\x05\x12\x10\n\x08max_side\x18\x02 \x01(\x05\x12\x15\n\rside_multiple\x18\x03 \x01(\x05\x12.\n\x0b\x66ixed_sizes\x18\x04 \x03(\x0b\x32\x19.imagegate.common.v1.Size\x12\x12\n\nmax_images\x18\x05 \x01(\x05\x12\x0c\n\x04seed\x18\x06 \x01(\x08\x12\x17\n\x0fnegative_prompt\x18\x07 \x01(\x08\x12\x31\n\x07\x66ormats\x18\x08 \x03(\x0e\x32 .imagegate.common.v1.ImageFormat\x12\r\n\x05steps\x18\t \x01(\x08\x12\x10\n\x08guidance\x18\n \x01(\x08\x12\x12\n\nmax_pixels\x18\x0b \x01(\x03*\xa1\x01\n\tPriceUnit\x12\x1a\n\x16PRICE_UNIT_UNSPECIFIED\x10\x00\x12\x18\n\x14PRICE_UNIT_MEGAPIXEL\x10\x01\x12\x14\n\x10PRICE_UNIT_IMAGE\x10\x02\x12\x1d\n\x19PRICE_UNIT_COMPUTE_SECOND\x10\x03\x12\x14\n\x10PRICE_UNIT_TOKEN\x10\x04\x12\x13\n\x0fPRICE_UNIT_FREE\x10\x05*\x90\x01\n\x0bQualityTier\x12\x1c\n\x18QUALITY_TIER_UNSPECIFIED\x10\x00\x12\x17\n\x13QUALITY_TIER_BUDGET\x10\x01\x12\x15\n\x11QUALITY_TIER_FAST\x10\x02\x12\x19\n\x15QUALITY_TIER_STANDARD\x10\x03\x12\x18\n\x14QUALITY_TIER_PREMIUM\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!imagegate/common/v1/catalog.proto\x12\x13imagegate.common.v1\x1a\x1fimagegate/common/v1/image.proto\"%\n\x04Size\x12\r\n\x05width\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\"\xb5\x03\n\x0c\x43\x61pabilities\x12\x10\n\x08min_side\x18\x01 \x01(\x05\x12\x10\n\x08max_side\x18\x02 \x01(\x05\x12\x15\n\rside_multiple\x18\x03 \x01(\x05\x12.\n\x0b\x66ixed_sizes\x18\x04 \x03(\x0b\x32\x19.imagegate.common.v1.Size\x12\x12\n\nmax_images\x18\x05 \x01(\x05\x12\x0c\n\x04seed\x18\x06 \x01(\x08\x12\x17\n\x0fnegative_prompt\x18\x07 \x01(\x08\x12\x31\n\x07\x66ormats\x18\x08 \x03(\x0e\x32 .imagegate.common.v1.ImageFormat\x12\r\n\x05steps\x18\t \x01(\x08\x12\x10\n\x08guidance\x18\n \x01(\x08\x12\x12\n\nmax_pixels\x18\x0b \x01(\x03\x12\x16\n\x0eimage_to_image\x18\x1e \x01(\x08\x12\x12\n\ninpainting\x18\x1f \x01(\x08\x12\x1c\n\x14max_reference_images\x18  \x01(\x05\x12\x10\n\x08strength\x18! \x01(\x08\x12\x1c\n\x14input_image_required\x18\" \x01(\x08\x12\x1d\n\x15max_input_image_bytes\x18# \x01(\x03*\xa1\x01\n\tPriceUnit\x12\x1a\n\x16PRICE_UNIT_UNSPECIFIED\x10\x00\x12\x18\n\x14PRICE_UNIT_MEGAPIXEL\x10\x01\x12\x14\n\x10PRICE_UNIT_IMAGE\x10\x02\x12\x1d\n\x19PRICE_UNIT_COMPUTE_SECOND\x10\x03\x12\x14\n\x10PRICE_UNIT_TOKEN\x10\x04\x12\x13\n\x0fPRICE_UNIT_FREE\x10\x05*\x90\x01\n\x0bQualityTier\x12\x1c\n\x18QUALITY_TIER_UNSPECIFIED\x10\x00\x12\x17\n\x13QUALITY_TIER_BUDGET\x10\x01\x12\x15\n\x11QUALITY_TIER_FAST\x10\x02\x12\x19\n\x15QUALITY_TIER_STANDARD\x10\x03\x12\x18\n\x14QUALITY_TIER_PREMIUM\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'imagegate.common.v1.catalog_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PRICEUNIT']._serialized_start=418
-  _globals['_PRICEUNIT']._serialized_end=579
-  _globals['_QUALITYTIER']._serialized_start=582
-  _globals['_QUALITYTIER']._serialized_end=726
+  _globals['_PRICEUNIT']._serialized_start=571
+  _globals['_PRICEUNIT']._serialized_end=732
+  _globals['_QUALITYTIER']._serialized_start=735
+  _globals['_QUALITYTIER']._serialized_end=879
   _globals['_SIZE']._serialized_start=91
   _globals['_SIZE']._serialized_end=128
   _globals['_CAPABILITIES']._serialized_start=131
-  _globals['_CAPABILITIES']._serialized_end=415
+  _globals['_CAPABILITIES']._serialized_end=568
 # @@protoc_insertion_point(module_scope)

@@ -131,6 +131,12 @@ class Capabilities(_message.Message):
     STEPS_FIELD_NUMBER: _builtins.int
     GUIDANCE_FIELD_NUMBER: _builtins.int
     MAX_PIXELS_FIELD_NUMBER: _builtins.int
+    IMAGE_TO_IMAGE_FIELD_NUMBER: _builtins.int
+    INPAINTING_FIELD_NUMBER: _builtins.int
+    MAX_REFERENCE_IMAGES_FIELD_NUMBER: _builtins.int
+    STRENGTH_FIELD_NUMBER: _builtins.int
+    INPUT_IMAGE_REQUIRED_FIELD_NUMBER: _builtins.int
+    MAX_INPUT_IMAGE_BYTES_FIELD_NUMBER: _builtins.int
     min_side: _builtins.int
     """Smallest accepted side in pixels (ignored when `fixed_sizes` is set)."""
     max_side: _builtins.int
@@ -149,6 +155,20 @@ class Capabilities(_message.Message):
     """Whether guidance scale can be set."""
     max_pixels: _builtins.int
     """Largest accepted width x height product, in pixels; 0 when only the side limits apply."""
+    image_to_image: _builtins.bool
+    """Whether the model redraws a caller's input image (image-to-image)."""
+    inpainting: _builtins.bool
+    """Whether the model repaints only the masked area of an input image (inpainting)."""
+    max_reference_images: _builtins.int
+    """Most reference images one instruction edit accepts (FLUX Kontext, GPT image edits); 0 when
+    the model takes none.
+    """
+    strength: _builtins.bool
+    """Whether `strength` (how far the result may move from the input image) is honoured."""
+    input_image_required: _builtins.bool
+    """Whether the model needs an input image (an edit-only model never serves text-to-image)."""
+    max_input_image_bytes: _builtins.int
+    """Largest input image the provider accepts, in bytes; 0 when only the gateway's limit applies."""
     @_builtins.property
     def fixed_sizes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Size]:
         """When non-empty, only these exact sizes are accepted."""
@@ -171,10 +191,16 @@ class Capabilities(_message.Message):
         steps: _builtins.bool = ...,
         guidance: _builtins.bool = ...,
         max_pixels: _builtins.int = ...,
+        image_to_image: _builtins.bool = ...,
+        inpainting: _builtins.bool = ...,
+        max_reference_images: _builtins.int = ...,
+        strength: _builtins.bool = ...,
+        input_image_required: _builtins.bool = ...,
+        max_input_image_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fixed_sizes", b"fixed_sizes", "formats", b"formats", "guidance", b"guidance", "max_images", b"max_images", "max_pixels", b"max_pixels", "max_side", b"max_side", "min_side", b"min_side", "negative_prompt", b"negative_prompt", "seed", b"seed", "side_multiple", b"side_multiple", "steps", b"steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fixed_sizes", b"fixed_sizes", "formats", b"formats", "guidance", b"guidance", "image_to_image", b"image_to_image", "inpainting", b"inpainting", "input_image_required", b"input_image_required", "max_images", b"max_images", "max_input_image_bytes", b"max_input_image_bytes", "max_pixels", b"max_pixels", "max_reference_images", b"max_reference_images", "max_side", b"max_side", "min_side", b"min_side", "negative_prompt", b"negative_prompt", "seed", b"seed", "side_multiple", b"side_multiple", "steps", b"steps", "strength", b"strength"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

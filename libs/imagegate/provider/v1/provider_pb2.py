@@ -26,7 +26,7 @@ from imagegate.common.v1 import catalog_pb2 as imagegate_dot_common_dot_v1_dot_c
 from imagegate.common.v1 import image_pb2 as imagegate_dot_common_dot_v1_dot_image__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$imagegate/provider/v1/provider.proto\x12\x15imagegate.provider.v1\x1a!imagegate/common/v1/catalog.proto\x1a\x1fimagegate/common/v1/image.proto\"\xe4\x02\n\x14GenerateImageRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x17\n\x0fnegative_prompt\x18\x04 \x01(\t\x12\r\n\x05width\x18\x05 \x01(\x05\x12\x0e\n\x06height\x18\x06 \x01(\x05\x12\x12\n\nnum_images\x18\x07 \x01(\x05\x12\x11\n\x04seed\x18\x08 \x01(\x03H\x00\x88\x01\x01\x12\x37\n\routput_format\x18\t \x01(\x0e\x32 .imagegate.common.v1.ImageFormat\x12\x12\n\x05steps\x18\n \x01(\x05H\x01\x88\x01\x01\x12\x1b\n\x0eguidance_scale\x18\x0b \x01(\x02H\x02\x88\x01\x01\x12\x19\n\x11\x61llow_degradation\x18\x0c \x01(\x08\x12\x0f\n\x07quality\x18\x13 \x01(\tB\x07\n\x05_seedB\x08\n\x06_stepsB\x11\n\x0f_guidance_scale\"\xb1\x01\n\x15GenerateImageResponse\x12*\n\x06images\x18\x01 \x03(\x0b\x32\x1a.imagegate.common.v1.Image\x12)\n\x05usage\x18\x02 \x01(\x0b\x32\x1a.imagegate.common.v1.Usage\x12\x32\n\ndeviations\x18\x03 \x03(\x0b\x32\x1e.imagegate.common.v1.Deviation\x12\r\n\x05model\x18\x04 \x01(\t\"Z\n\x1aStreamGenerateImageRequest\x12<\n\x07request\x18\x01 \x01(\x0b\x32+.imagegate.provider.v1.GenerateImageRequest\"\x9b\x01\n\x1bStreamGenerateImageResponse\x12\x33\n\x08progress\x18\x01 \x01(\x0b\x32\x1f.imagegate.provider.v1.ProgressH\x00\x12>\n\x06result\x18\x02 \x01(\x0b\x32,.imagegate.provider.v1.GenerateImageResponseH\x00\x42\x07\n\x05\x65vent\"\\\n\x08Progress\x12\r\n\x05state\x18\x01 \x01(\t\x12\x16\n\x0equeue_position\x18\x02 \x01(\x05\x12\x10\n\x08\x66raction\x18\x03 \x01(\x01\x12\x17\n\x0fprovider_job_id\x18\x04 \x01(\t\"\x19\n\x17\x44\x65scribeProviderRequest\"\x9e\x01\n\x18\x44\x65scribeProviderResponse\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x02 \x01(\x08\x12\x34\n\x06models\x18\x03 \x03(\x0b\x32$.imagegate.provider.v1.ProviderModel\x12\x17\n\x0fmax_concurrency\x18\x04 \x01(\x05\x12\x10\n\x08\x62\x61se_url\x18\x05 \x01(\t\"\x88\x01\n\rProviderModel\x12\n\n\x02id\x18\x01 \x01(\t\x12\x37\n\x0c\x63\x61pabilities\x18\x02 \x01(\x0b\x32!.imagegate.common.v1.Capabilities\x12\x32\n\nprice_unit\x18\x03 \x01(\x0e\x32\x1e.imagegate.common.v1.PriceUnit2\xf2\x02\n\x0fProviderService\x12j\n\rGenerateImage\x12+.imagegate.provider.v1.GenerateImageRequest\x1a,.imagegate.provider.v1.GenerateImageResponse\x12~\n\x13StreamGenerateImage\x12\x31.imagegate.provider.v1.StreamGenerateImageRequest\x1a\x32.imagegate.provider.v1.StreamGenerateImageResponse0\x01\x12s\n\x10\x44\x65scribeProvider\x12..imagegate.provider.v1.DescribeProviderRequest\x1a/.imagegate.provider.v1.DescribeProviderResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$imagegate/provider/v1/provider.proto\x12\x15imagegate.provider.v1\x1a!imagegate/common/v1/catalog.proto\x1a\x1fimagegate/common/v1/image.proto\"\xbf\x03\n\x14GenerateImageRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x17\n\x0fnegative_prompt\x18\x04 \x01(\t\x12\r\n\x05width\x18\x05 \x01(\x05\x12\x0e\n\x06height\x18\x06 \x01(\x05\x12\x12\n\nnum_images\x18\x07 \x01(\x05\x12\x11\n\x04seed\x18\x08 \x01(\x03H\x00\x88\x01\x01\x12\x37\n\routput_format\x18\t \x01(\x0e\x32 .imagegate.common.v1.ImageFormat\x12\x12\n\x05steps\x18\n \x01(\x05H\x01\x88\x01\x01\x12\x1b\n\x0eguidance_scale\x18\x0b \x01(\x02H\x02\x88\x01\x01\x12\x19\n\x11\x61llow_degradation\x18\x0c \x01(\x08\x12\x0f\n\x07quality\x18\x13 \x01(\t\x12\r\n\x05image\x18\x1e \x01(\x0c\x12\x15\n\x08strength\x18\x1f \x01(\x02H\x03\x88\x01\x01\x12\x0c\n\x04mask\x18  \x01(\x0c\x12\x18\n\x10reference_images\x18! \x03(\x0c\x42\x07\n\x05_seedB\x08\n\x06_stepsB\x11\n\x0f_guidance_scaleB\x0b\n\t_strength\"\xb1\x01\n\x15GenerateImageResponse\x12*\n\x06images\x18\x01 \x03(\x0b\x32\x1a.imagegate.common.v1.Image\x12)\n\x05usage\x18\x02 \x01(\x0b\x32\x1a.imagegate.common.v1.Usage\x12\x32\n\ndeviations\x18\x03 \x03(\x0b\x32\x1e.imagegate.common.v1.Deviation\x12\r\n\x05model\x18\x04 \x01(\t\"Z\n\x1aStreamGenerateImageRequest\x12<\n\x07request\x18\x01 \x01(\x0b\x32+.imagegate.provider.v1.GenerateImageRequest\"\x9b\x01\n\x1bStreamGenerateImageResponse\x12\x33\n\x08progress\x18\x01 \x01(\x0b\x32\x1f.imagegate.provider.v1.ProgressH\x00\x12>\n\x06result\x18\x02 \x01(\x0b\x32,.imagegate.provider.v1.GenerateImageResponseH\x00\x42\x07\n\x05\x65vent\"\\\n\x08Progress\x12\r\n\x05state\x18\x01 \x01(\t\x12\x16\n\x0equeue_position\x18\x02 \x01(\x05\x12\x10\n\x08\x66raction\x18\x03 \x01(\x01\x12\x17\n\x0fprovider_job_id\x18\x04 \x01(\t\"\x19\n\x17\x44\x65scribeProviderRequest\"\x9e\x01\n\x18\x44\x65scribeProviderResponse\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x02 \x01(\x08\x12\x34\n\x06models\x18\x03 \x03(\x0b\x32$.imagegate.provider.v1.ProviderModel\x12\x17\n\x0fmax_concurrency\x18\x04 \x01(\x05\x12\x10\n\x08\x62\x61se_url\x18\x05 \x01(\t\"\x88\x01\n\rProviderModel\x12\n\n\x02id\x18\x01 \x01(\t\x12\x37\n\x0c\x63\x61pabilities\x18\x02 \x01(\x0b\x32!.imagegate.common.v1.Capabilities\x12\x32\n\nprice_unit\x18\x03 \x01(\x0e\x32\x1e.imagegate.common.v1.PriceUnit2\xf2\x02\n\x0fProviderService\x12j\n\rGenerateImage\x12+.imagegate.provider.v1.GenerateImageRequest\x1a,.imagegate.provider.v1.GenerateImageResponse\x12~\n\x13StreamGenerateImage\x12\x31.imagegate.provider.v1.StreamGenerateImageRequest\x1a\x32.imagegate.provider.v1.StreamGenerateImageResponse0\x01\x12s\n\x10\x44\x65scribeProvider\x12..imagegate.provider.v1.DescribeProviderRequest\x1a/.imagegate.provider.v1.DescribeProviderResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,21 +34,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'imagegate.provider.v1.provi
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GENERATEIMAGEREQUEST']._serialized_start=132
-  _globals['_GENERATEIMAGEREQUEST']._serialized_end=488
-  _globals['_GENERATEIMAGERESPONSE']._serialized_start=491
-  _globals['_GENERATEIMAGERESPONSE']._serialized_end=668
-  _globals['_STREAMGENERATEIMAGEREQUEST']._serialized_start=670
-  _globals['_STREAMGENERATEIMAGEREQUEST']._serialized_end=760
-  _globals['_STREAMGENERATEIMAGERESPONSE']._serialized_start=763
-  _globals['_STREAMGENERATEIMAGERESPONSE']._serialized_end=918
-  _globals['_PROGRESS']._serialized_start=920
-  _globals['_PROGRESS']._serialized_end=1012
-  _globals['_DESCRIBEPROVIDERREQUEST']._serialized_start=1014
-  _globals['_DESCRIBEPROVIDERREQUEST']._serialized_end=1039
-  _globals['_DESCRIBEPROVIDERRESPONSE']._serialized_start=1042
-  _globals['_DESCRIBEPROVIDERRESPONSE']._serialized_end=1200
-  _globals['_PROVIDERMODEL']._serialized_start=1203
-  _globals['_PROVIDERMODEL']._serialized_end=1339
-  _globals['_PROVIDERSERVICE']._serialized_start=1342
-  _globals['_PROVIDERSERVICE']._serialized_end=1712
+  _globals['_GENERATEIMAGEREQUEST']._serialized_end=579
+  _globals['_GENERATEIMAGERESPONSE']._serialized_start=582
+  _globals['_GENERATEIMAGERESPONSE']._serialized_end=759
+  _globals['_STREAMGENERATEIMAGEREQUEST']._serialized_start=761
+  _globals['_STREAMGENERATEIMAGEREQUEST']._serialized_end=851
+  _globals['_STREAMGENERATEIMAGERESPONSE']._serialized_start=854
+  _globals['_STREAMGENERATEIMAGERESPONSE']._serialized_end=1009
+  _globals['_PROGRESS']._serialized_start=1011
+  _globals['_PROGRESS']._serialized_end=1103
+  _globals['_DESCRIBEPROVIDERREQUEST']._serialized_start=1105
+  _globals['_DESCRIBEPROVIDERREQUEST']._serialized_end=1130
+  _globals['_DESCRIBEPROVIDERRESPONSE']._serialized_start=1133
+  _globals['_DESCRIBEPROVIDERRESPONSE']._serialized_end=1291
+  _globals['_PROVIDERMODEL']._serialized_start=1294
+  _globals['_PROVIDERMODEL']._serialized_end=1430
+  _globals['_PROVIDERSERVICE']._serialized_start=1433
+  _globals['_PROVIDERSERVICE']._serialized_end=1803
 # @@protoc_insertion_point(module_scope)

@@ -39,6 +39,10 @@ class GenerateImageRequest(_message.Message):
     GUIDANCE_SCALE_FIELD_NUMBER: _builtins.int
     ALLOW_DEGRADATION_FIELD_NUMBER: _builtins.int
     QUALITY_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
+    STRENGTH_FIELD_NUMBER: _builtins.int
+    MASK_FIELD_NUMBER: _builtins.int
+    REFERENCE_IMAGES_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The Router's request id; adapters pass it to providers that accept an idempotency key."""
     model: _builtins.str
@@ -70,6 +74,24 @@ class GenerateImageRequest(_message.Message):
     empty for the adapter's configured default. Models without a quality knob ignore it and
     report a Deviation.
     """
+    image: _builtins.bytes
+    """Input image to redraw (image-to-image) or repaint (with `mask`): PNG, JPEG or WebP bytes,
+    already checked by the Router; empty for text-to-image and reference edits.
+    """
+    strength: _builtins.float
+    """How far the result may move from `image`, 0 (keep it) to 1 (ignore it); unset uses the
+    model's default.
+    """
+    mask: _builtins.bytes
+    """Inpainting mask as a grayscale PNG of `image`'s size: white repaints, black keeps. The Router
+    converts a caller's alpha mask into this one convention.
+    """
+    @_builtins.property
+    def reference_images(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Images for an instruction edit, in order (the image being edited first); the prompt says what
+        to do with them. Empty unless the request is a reference edit.
+        """
+
     def __init__(
         self,
         *,
@@ -86,10 +108,14 @@ class GenerateImageRequest(_message.Message):
         guidance_scale: _builtins.float | None = ...,
         allow_degradation: _builtins.bool = ...,
         quality: _builtins.str = ...,
+        image: _builtins.bytes = ...,
+        strength: _builtins.float | None = ...,
+        mask: _builtins.bytes = ...,
+        reference_images: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale", "_seed", b"_seed", "_steps", b"_steps", "guidance_scale", b"guidance_scale", "seed", b"seed", "steps", b"steps"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale", "_seed", b"_seed", "_steps", b"_steps", "_strength", b"_strength", "guidance_scale", b"guidance_scale", "seed", b"seed", "steps", b"steps", "strength", b"strength"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale", "_seed", b"_seed", "_steps", b"_steps", "allow_degradation", b"allow_degradation", "guidance_scale", b"guidance_scale", "height", b"height", "model", b"model", "negative_prompt", b"negative_prompt", "num_images", b"num_images", "output_format", b"output_format", "prompt", b"prompt", "quality", b"quality", "request_id", b"request_id", "seed", b"seed", "steps", b"steps", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale", "_seed", b"_seed", "_steps", b"_steps", "_strength", b"_strength", "allow_degradation", b"allow_degradation", "guidance_scale", b"guidance_scale", "height", b"height", "image", b"image", "mask", b"mask", "model", b"model", "negative_prompt", b"negative_prompt", "num_images", b"num_images", "output_format", b"output_format", "prompt", b"prompt", "quality", b"quality", "reference_images", b"reference_images", "request_id", b"request_id", "seed", b"seed", "steps", b"steps", "strength", b"strength", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__guidance_scale: _TypeAlias = _typing.Literal["guidance_scale"]  # noqa: Y015
     _WhichOneofArgType__guidance_scale: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale"]  # noqa: Y015
@@ -97,12 +123,16 @@ class GenerateImageRequest(_message.Message):
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
     _WhichOneofReturnType__steps: _TypeAlias = _typing.Literal["steps"]  # noqa: Y015
     _WhichOneofArgType__steps: _TypeAlias = _typing.Literal["_steps", b"_steps"]  # noqa: Y015
+    _WhichOneofReturnType__strength: _TypeAlias = _typing.Literal["strength"]  # noqa: Y015
+    _WhichOneofArgType__strength: _TypeAlias = _typing.Literal["_strength", b"_strength"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__guidance_scale) -> _WhichOneofReturnType__guidance_scale | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__steps) -> _WhichOneofReturnType__steps | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__strength) -> _WhichOneofReturnType__strength | None: ...
 
 Global___GenerateImageRequest: _TypeAlias = GenerateImageRequest  # noqa: Y015
 

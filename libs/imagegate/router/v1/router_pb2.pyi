@@ -170,6 +170,11 @@ class GenerateImageRequest(_message.Message):
     STEPS_FIELD_NUMBER: _builtins.int
     GUIDANCE_SCALE_FIELD_NUMBER: _builtins.int
     QUALITY_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
+    STRENGTH_FIELD_NUMBER: _builtins.int
+    MASK_FIELD_NUMBER: _builtins.int
+    MASK_FROM_ALPHA_FIELD_NUMBER: _builtins.int
+    REFERENCE_IMAGES_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key, unique per tenant (a UUID is a good choice). Empty lets the Router
     assign one, which disables deduplication of retries.
@@ -213,6 +218,24 @@ class GenerateImageRequest(_message.Message):
     "auto"); empty uses the provider's default. It sets the price: quotes and quota holds cover
     the worst case of the setting ("auto" and empty are held as "high").
     """
+    image: _builtins.bytes
+    """Input image as bytes (PNG, JPEG or WebP; the gateway never fetches a URL): alone it is
+    redrawn (image-to-image); with `mask` or `mask_from_alpha` it is repainted where masked;
+    with `reference_images` it is the image being edited. At most 10 MiB and 4,096 pixels a
+    side. Unset width and height then default to its size.
+    """
+    strength: _builtins.float
+    """How far the result may move from `image`, 0 (keep it) to 1 (ignore it); only with `image`;
+    unset uses the model's default.
+    """
+    mask: _builtins.bytes
+    """Inpainting mask of `image`'s exact size (PNG, JPEG or WebP): white marks the area to repaint,
+    black the area to keep; in a mask with transparency, transparent pixels are repainted.
+    """
+    mask_from_alpha: _builtins.bool
+    """When true, `image`'s own alpha channel is the mask (transparent pixels are repainted);
+    `image` must then be a PNG or WebP with transparency and `mask` must be empty.
+    """
     @_builtins.property
     def allowed_providers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """When non-empty, only these providers are tried."""
@@ -220,6 +243,12 @@ class GenerateImageRequest(_message.Message):
     @_builtins.property
     def blocked_providers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """These providers are never tried."""
+
+    @_builtins.property
+    def reference_images(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Reference images for an instruction edit (FLUX Kontext, GPT image edits), at most 4, each
+        like `image`; the prompt says what to do with them.
+        """
 
     def __init__(
         self,
@@ -243,10 +272,15 @@ class GenerateImageRequest(_message.Message):
         steps: _builtins.int | None = ...,
         guidance_scale: _builtins.float | None = ...,
         quality: _builtins.str = ...,
+        image: _builtins.bytes = ...,
+        strength: _builtins.float | None = ...,
+        mask: _builtins.bytes = ...,
+        mask_from_alpha: _builtins.bool = ...,
+        reference_images: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale", "_height", b"_height", "_seed", b"_seed", "_steps", b"_steps", "_width", b"_width", "guidance_scale", b"guidance_scale", "height", b"height", "seed", b"seed", "steps", b"steps", "width", b"width"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale", "_height", b"_height", "_seed", b"_seed", "_steps", b"_steps", "_strength", b"_strength", "_width", b"_width", "guidance_scale", b"guidance_scale", "height", b"height", "seed", b"seed", "steps", b"steps", "strength", b"strength", "width", b"width"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale", "_height", b"_height", "_seed", b"_seed", "_steps", b"_steps", "_width", b"_width", "allow_degradation", b"allow_degradation", "allow_moderation_failover", b"allow_moderation_failover", "allowed_providers", b"allowed_providers", "blocked_providers", b"blocked_providers", "guidance_scale", b"guidance_scale", "height", b"height", "max_cost_micros", b"max_cost_micros", "model", b"model", "negative_prompt", b"negative_prompt", "num_images", b"num_images", "output_format", b"output_format", "preference", b"preference", "prompt", b"prompt", "quality", b"quality", "request_id", b"request_id", "seed", b"seed", "steps", b"steps", "style", b"style", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale", "_height", b"_height", "_seed", b"_seed", "_steps", b"_steps", "_strength", b"_strength", "_width", b"_width", "allow_degradation", b"allow_degradation", "allow_moderation_failover", b"allow_moderation_failover", "allowed_providers", b"allowed_providers", "blocked_providers", b"blocked_providers", "guidance_scale", b"guidance_scale", "height", b"height", "image", b"image", "mask", b"mask", "mask_from_alpha", b"mask_from_alpha", "max_cost_micros", b"max_cost_micros", "model", b"model", "negative_prompt", b"negative_prompt", "num_images", b"num_images", "output_format", b"output_format", "preference", b"preference", "prompt", b"prompt", "quality", b"quality", "reference_images", b"reference_images", "request_id", b"request_id", "seed", b"seed", "steps", b"steps", "strength", b"strength", "style", b"style", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__guidance_scale: _TypeAlias = _typing.Literal["guidance_scale"]  # noqa: Y015
     _WhichOneofArgType__guidance_scale: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale"]  # noqa: Y015
@@ -256,6 +290,8 @@ class GenerateImageRequest(_message.Message):
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
     _WhichOneofReturnType__steps: _TypeAlias = _typing.Literal["steps"]  # noqa: Y015
     _WhichOneofArgType__steps: _TypeAlias = _typing.Literal["_steps", b"_steps"]  # noqa: Y015
+    _WhichOneofReturnType__strength: _TypeAlias = _typing.Literal["strength"]  # noqa: Y015
+    _WhichOneofArgType__strength: _TypeAlias = _typing.Literal["_strength", b"_strength"]  # noqa: Y015
     _WhichOneofReturnType__width: _TypeAlias = _typing.Literal["width"]  # noqa: Y015
     _WhichOneofArgType__width: _TypeAlias = _typing.Literal["_width", b"_width"]  # noqa: Y015
     @_typing.overload
@@ -266,6 +302,8 @@ class GenerateImageRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__steps) -> _WhichOneofReturnType__steps | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__strength) -> _WhichOneofReturnType__strength | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__width) -> _WhichOneofReturnType__width | None: ...
 
