@@ -27,53 +27,55 @@ from imagegate.common.v1 import catalog_pb2 as imagegate_dot_common_dot_v1_dot_c
 from imagegate.common.v1 import image_pb2 as imagegate_dot_common_dot_v1_dot_image__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$imagegate/metering/v1/metering.proto\x12\x15imagegate.metering.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!imagegate/common/v1/catalog.proto\x1a\x1fimagegate/common/v1/image.proto\"\xc4\x01\n\rBilledAttempt\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x16\n\x0eprovider_model\x18\x02 \x01(\t\x12\x16\n\x0e\x61ttempt_number\x18\x03 \x01(\x05\x12)\n\x05usage\x18\x04 \x01(\x0b\x32\x1a.imagegate.common.v1.Usage\x12\x11\n\tsucceeded\x18\x05 \x01(\x08\x12\x0c\n\x04note\x18\x06 \x01(\t\x12\x13\n\x0b\x63ost_micros\x18\x07 \x01(\x03\x12\x10\n\x08price_id\x18\x08 \x01(\t\"\xfd\x01\n\x12RecordUsageRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x36\n\x07outcome\x18\x04 \x01(\x0e\x32%.imagegate.metering.v1.RequestOutcome\x12\x36\n\x08\x61ttempts\x18\x05 \x03(\x0b\x32$.imagegate.metering.v1.BilledAttempt\x12/\n\x0boccurred_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08trace_id\x18\x07 \x01(\t\"Z\n\x13RecordUsageResponse\x12\x32\n\x06record\x18\x01 \x01(\x0b\x32\".imagegate.metering.v1.UsageRecord\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"V\n\x17\x42\x61tchRecordUsageRequest\x12;\n\x08requests\x18\x01 \x03(\x0b\x32).imagegate.metering.v1.RecordUsageRequest\"U\n\x18\x42\x61tchRecordUsageResponse\x12\x39\n\x07results\x18\x01 \x03(\x0b\x32(.imagegate.metering.v1.BatchRecordResult\"\x97\x01\n\x11\x42\x61tchRecordResult\x12\x34\n\x06record\x18\x01 \x01(\x0b\x32\".imagegate.metering.v1.UsageRecordH\x00\x12\x31\n\x05\x65rror\x18\x02 \x01(\x0b\x32 .imagegate.metering.v1.ItemErrorH\x00\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x08\x42\x08\n\x06result\":\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xe9\x02\n\x0bUsageRecord\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\x16\n\x0eprovider_model\x18\x05 \x01(\t\x12\x36\n\x07outcome\x18\x06 \x01(\x0e\x32%.imagegate.metering.v1.RequestOutcome\x12\x0e\n\x06images\x18\x07 \x01(\x05\x12\x12\n\nmegapixels\x18\x08 \x01(\x01\x12\x13\n\x0b\x63ost_micros\x18\t \x01(\x03\x12\x36\n\x08\x61ttempts\x18\n \x03(\x0b\x32$.imagegate.metering.v1.BilledAttempt\x12/\n\x0boccurred_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06period\x18\x0c \x01(\t\x12\x10\n\x08trace_id\x18\r \x01(\t\";\n\x16GetUsageSummaryRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06period\x18\x02 \x01(\t\"O\n\x17GetUsageSummaryResponse\x12\x34\n\x07summary\x18\x01 \x01(\x0b\x32#.imagegate.metering.v1.UsageSummary\"\xaf\x01\n\x0cUsageSummary\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06period\x18\x02 \x01(\t\x12\x10\n\x08requests\x18\x03 \x01(\x03\x12\x0e\n\x06images\x18\x04 \x01(\x03\x12\x12\n\nmegapixels\x18\x05 \x01(\x01\x12\x13\n\x0b\x63ost_micros\x18\x06 \x01(\x03\x12\x31\n\x06groups\x18\x07 \x03(\x0b\x32!.imagegate.metering.v1.UsageGroup\"\x81\x01\n\nUsageGroup\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x16\n\x0eprovider_model\x18\x02 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\x03\x12\x0e\n\x06images\x18\x04 \x01(\x03\x12\x12\n\nmegapixels\x18\x05 \x01(\x01\x12\x13\n\x0b\x63ost_micros\x18\x06 \x01(\x03\"c\n\x17ListUsageRecordsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06period\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"h\n\x18ListUsageRecordsResponse\x12\x33\n\x07records\x18\x01 \x03(\x0b\x32\".imagegate.metering.v1.UsageRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8e\x01\n\x11QuotePriceRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x16\n\x0eprovider_model\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\x12\x12\n\nnum_images\x18\x05 \x01(\x05\x12\x12\n\x05steps\x18\x06 \x01(\x05H\x00\x88\x01\x01\x42\x08\n\x06_steps\"V\n\x12QuotePriceResponse\x12\x13\n\x0b\x63ost_micros\x18\x01 \x01(\x03\x12+\n\x05price\x18\x02 \x01(\x0b\x32\x1c.imagegate.metering.v1.Price\"\x13\n\x11ListPricesRequest\"[\n\x12ListPricesResponse\x12\x17\n\x0f\x63\x61talog_version\x18\x01 \x01(\t\x12,\n\x06prices\x18\x02 \x03(\x0b\x32\x1c.imagegate.metering.v1.Price\"\x90\x02\n\x05Price\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x16\n\x0eprovider_model\x18\x03 \x01(\t\x12,\n\x04unit\x18\x04 \x01(\x0e\x32\x1e.imagegate.common.v1.PriceUnit\x12\x19\n\x11unit_price_micros\x18\x05 \x01(\x01\x12 \n\x18input_token_price_micros\x18\x06 \x01(\x01\x12!\n\x19\x61ssumed_seconds_per_image\x18\x07 \x01(\x01\x12$\n\x1c\x61ssumed_tokens_per_megapixel\x18\x08 \x01(\x01\x12\x0e\n\x06source\x18\t \x01(\t\x12\r\n\x05\x61s_of\x18\n \x01(\t*l\n\x0eRequestOutcome\x12\x1f\n\x1bREQUEST_OUTCOME_UNSPECIFIED\x10\x00\x12\x1d\n\x19REQUEST_OUTCOME_SUCCEEDED\x10\x01\x12\x1a\n\x16REQUEST_OUTCOME_FAILED\x10\x02\x32\x99\x05\n\x0fMeteringService\x12\x64\n\x0bRecordUsage\x12).imagegate.metering.v1.RecordUsageRequest\x1a*.imagegate.metering.v1.RecordUsageResponse\x12s\n\x10\x42\x61tchRecordUsage\x12..imagegate.metering.v1.BatchRecordUsageRequest\x1a/.imagegate.metering.v1.BatchRecordUsageResponse\x12p\n\x0fGetUsageSummary\x12-.imagegate.metering.v1.GetUsageSummaryRequest\x1a..imagegate.metering.v1.GetUsageSummaryResponse\x12s\n\x10ListUsageRecords\x12..imagegate.metering.v1.ListUsageRecordsRequest\x1a/.imagegate.metering.v1.ListUsageRecordsResponse\x12\x61\n\nQuotePrice\x12(.imagegate.metering.v1.QuotePriceRequest\x1a).imagegate.metering.v1.QuotePriceResponse\x12\x61\n\nListPrices\x12(.imagegate.metering.v1.ListPricesRequest\x1a).imagegate.metering.v1.ListPricesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$imagegate/metering/v1/metering.proto\x12\x15imagegate.metering.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!imagegate/common/v1/catalog.proto\x1a\x1fimagegate/common/v1/image.proto\"\xfa\x01\n\rBilledAttempt\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x16\n\x0eprovider_model\x18\x02 \x01(\t\x12\x16\n\x0e\x61ttempt_number\x18\x03 \x01(\x05\x12)\n\x05usage\x18\x04 \x01(\x0b\x32\x1a.imagegate.common.v1.Usage\x12\x11\n\tsucceeded\x18\x05 \x01(\x08\x12\x0c\n\x04note\x18\x06 \x01(\t\x12\x13\n\x0b\x63ost_micros\x18\x07 \x01(\x03\x12\x10\n\x08price_id\x18\x08 \x01(\t\x12\x34\n\x04kind\x18( \x01(\x0e\x32&.imagegate.metering.v1.BillingLineKind\"\xfd\x01\n\x12RecordUsageRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x36\n\x07outcome\x18\x04 \x01(\x0e\x32%.imagegate.metering.v1.RequestOutcome\x12\x36\n\x08\x61ttempts\x18\x05 \x03(\x0b\x32$.imagegate.metering.v1.BilledAttempt\x12/\n\x0boccurred_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08trace_id\x18\x07 \x01(\t\"Z\n\x13RecordUsageResponse\x12\x32\n\x06record\x18\x01 \x01(\x0b\x32\".imagegate.metering.v1.UsageRecord\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"V\n\x17\x42\x61tchRecordUsageRequest\x12;\n\x08requests\x18\x01 \x03(\x0b\x32).imagegate.metering.v1.RecordUsageRequest\"U\n\x18\x42\x61tchRecordUsageResponse\x12\x39\n\x07results\x18\x01 \x03(\x0b\x32(.imagegate.metering.v1.BatchRecordResult\"\x97\x01\n\x11\x42\x61tchRecordResult\x12\x34\n\x06record\x18\x01 \x01(\x0b\x32\".imagegate.metering.v1.UsageRecordH\x00\x12\x31\n\x05\x65rror\x18\x02 \x01(\x0b\x32 .imagegate.metering.v1.ItemErrorH\x00\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x08\x42\x08\n\x06result\":\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xe9\x02\n\x0bUsageRecord\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\x16\n\x0eprovider_model\x18\x05 \x01(\t\x12\x36\n\x07outcome\x18\x06 \x01(\x0e\x32%.imagegate.metering.v1.RequestOutcome\x12\x0e\n\x06images\x18\x07 \x01(\x05\x12\x12\n\nmegapixels\x18\x08 \x01(\x01\x12\x13\n\x0b\x63ost_micros\x18\t \x01(\x03\x12\x36\n\x08\x61ttempts\x18\n \x03(\x0b\x32$.imagegate.metering.v1.BilledAttempt\x12/\n\x0boccurred_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06period\x18\x0c \x01(\t\x12\x10\n\x08trace_id\x18\r \x01(\t\";\n\x16GetUsageSummaryRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06period\x18\x02 \x01(\t\"O\n\x17GetUsageSummaryResponse\x12\x34\n\x07summary\x18\x01 \x01(\x0b\x32#.imagegate.metering.v1.UsageSummary\"\xaf\x01\n\x0cUsageSummary\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06period\x18\x02 \x01(\t\x12\x10\n\x08requests\x18\x03 \x01(\x03\x12\x0e\n\x06images\x18\x04 \x01(\x03\x12\x12\n\nmegapixels\x18\x05 \x01(\x01\x12\x13\n\x0b\x63ost_micros\x18\x06 \x01(\x03\x12\x31\n\x06groups\x18\x07 \x03(\x0b\x32!.imagegate.metering.v1.UsageGroup\"\x81\x01\n\nUsageGroup\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x16\n\x0eprovider_model\x18\x02 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\x03\x12\x0e\n\x06images\x18\x04 \x01(\x03\x12\x12\n\nmegapixels\x18\x05 \x01(\x01\x12\x13\n\x0b\x63ost_micros\x18\x06 \x01(\x03\"c\n\x17ListUsageRecordsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06period\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"h\n\x18ListUsageRecordsResponse\x12\x33\n\x07records\x18\x01 \x03(\x0b\x32\".imagegate.metering.v1.UsageRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8e\x01\n\x11QuotePriceRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x16\n\x0eprovider_model\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\x12\x12\n\nnum_images\x18\x05 \x01(\x05\x12\x12\n\x05steps\x18\x06 \x01(\x05H\x00\x88\x01\x01\x42\x08\n\x06_steps\"V\n\x12QuotePriceResponse\x12\x13\n\x0b\x63ost_micros\x18\x01 \x01(\x03\x12+\n\x05price\x18\x02 \x01(\x0b\x32\x1c.imagegate.metering.v1.Price\"\x13\n\x11ListPricesRequest\"[\n\x12ListPricesResponse\x12\x17\n\x0f\x63\x61talog_version\x18\x01 \x01(\t\x12,\n\x06prices\x18\x02 \x03(\x0b\x32\x1c.imagegate.metering.v1.Price\"\x90\x02\n\x05Price\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x16\n\x0eprovider_model\x18\x03 \x01(\t\x12,\n\x04unit\x18\x04 \x01(\x0e\x32\x1e.imagegate.common.v1.PriceUnit\x12\x19\n\x11unit_price_micros\x18\x05 \x01(\x01\x12 \n\x18input_token_price_micros\x18\x06 \x01(\x01\x12!\n\x19\x61ssumed_seconds_per_image\x18\x07 \x01(\x01\x12$\n\x1c\x61ssumed_tokens_per_megapixel\x18\x08 \x01(\x01\x12\x0e\n\x06source\x18\t \x01(\t\x12\r\n\x05\x61s_of\x18\n \x01(\t*l\n\x0eRequestOutcome\x12\x1f\n\x1bREQUEST_OUTCOME_UNSPECIFIED\x10\x00\x12\x1d\n\x19REQUEST_OUTCOME_SUCCEEDED\x10\x01\x12\x1a\n\x16REQUEST_OUTCOME_FAILED\x10\x02*{\n\x0f\x42illingLineKind\x12!\n\x1d\x42ILLING_LINE_KIND_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x42ILLING_LINE_KIND_IMAGE\x10\x01\x12(\n$BILLING_LINE_KIND_PROMPT_ENHANCEMENT\x10\x02\x32\x99\x05\n\x0fMeteringService\x12\x64\n\x0bRecordUsage\x12).imagegate.metering.v1.RecordUsageRequest\x1a*.imagegate.metering.v1.RecordUsageResponse\x12s\n\x10\x42\x61tchRecordUsage\x12..imagegate.metering.v1.BatchRecordUsageRequest\x1a/.imagegate.metering.v1.BatchRecordUsageResponse\x12p\n\x0fGetUsageSummary\x12-.imagegate.metering.v1.GetUsageSummaryRequest\x1a..imagegate.metering.v1.GetUsageSummaryResponse\x12s\n\x10ListUsageRecords\x12..imagegate.metering.v1.ListUsageRecordsRequest\x1a/.imagegate.metering.v1.ListUsageRecordsResponse\x12\x61\n\nQuotePrice\x12(.imagegate.metering.v1.QuotePriceRequest\x1a).imagegate.metering.v1.QuotePriceResponse\x12\x61\n\nListPrices\x12(.imagegate.metering.v1.ListPricesRequest\x1a).imagegate.metering.v1.ListPricesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'imagegate.metering.v1.metering_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REQUESTOUTCOME']._serialized_start=2745
-  _globals['_REQUESTOUTCOME']._serialized_end=2853
+  _globals['_REQUESTOUTCOME']._serialized_start=2799
+  _globals['_REQUESTOUTCOME']._serialized_end=2907
+  _globals['_BILLINGLINEKIND']._serialized_start=2909
+  _globals['_BILLINGLINEKIND']._serialized_end=3032
   _globals['_BILLEDATTEMPT']._serialized_start=165
-  _globals['_BILLEDATTEMPT']._serialized_end=361
-  _globals['_RECORDUSAGEREQUEST']._serialized_start=364
-  _globals['_RECORDUSAGEREQUEST']._serialized_end=617
-  _globals['_RECORDUSAGERESPONSE']._serialized_start=619
-  _globals['_RECORDUSAGERESPONSE']._serialized_end=709
-  _globals['_BATCHRECORDUSAGEREQUEST']._serialized_start=711
-  _globals['_BATCHRECORDUSAGEREQUEST']._serialized_end=797
-  _globals['_BATCHRECORDUSAGERESPONSE']._serialized_start=799
-  _globals['_BATCHRECORDUSAGERESPONSE']._serialized_end=884
-  _globals['_BATCHRECORDRESULT']._serialized_start=887
-  _globals['_BATCHRECORDRESULT']._serialized_end=1038
-  _globals['_ITEMERROR']._serialized_start=1040
-  _globals['_ITEMERROR']._serialized_end=1098
-  _globals['_USAGERECORD']._serialized_start=1101
-  _globals['_USAGERECORD']._serialized_end=1462
-  _globals['_GETUSAGESUMMARYREQUEST']._serialized_start=1464
-  _globals['_GETUSAGESUMMARYREQUEST']._serialized_end=1523
-  _globals['_GETUSAGESUMMARYRESPONSE']._serialized_start=1525
-  _globals['_GETUSAGESUMMARYRESPONSE']._serialized_end=1604
-  _globals['_USAGESUMMARY']._serialized_start=1607
-  _globals['_USAGESUMMARY']._serialized_end=1782
-  _globals['_USAGEGROUP']._serialized_start=1785
-  _globals['_USAGEGROUP']._serialized_end=1914
-  _globals['_LISTUSAGERECORDSREQUEST']._serialized_start=1916
-  _globals['_LISTUSAGERECORDSREQUEST']._serialized_end=2015
-  _globals['_LISTUSAGERECORDSRESPONSE']._serialized_start=2017
-  _globals['_LISTUSAGERECORDSRESPONSE']._serialized_end=2121
-  _globals['_QUOTEPRICEREQUEST']._serialized_start=2124
-  _globals['_QUOTEPRICEREQUEST']._serialized_end=2266
-  _globals['_QUOTEPRICERESPONSE']._serialized_start=2268
-  _globals['_QUOTEPRICERESPONSE']._serialized_end=2354
-  _globals['_LISTPRICESREQUEST']._serialized_start=2356
-  _globals['_LISTPRICESREQUEST']._serialized_end=2375
-  _globals['_LISTPRICESRESPONSE']._serialized_start=2377
-  _globals['_LISTPRICESRESPONSE']._serialized_end=2468
-  _globals['_PRICE']._serialized_start=2471
-  _globals['_PRICE']._serialized_end=2743
-  _globals['_METERINGSERVICE']._serialized_start=2856
-  _globals['_METERINGSERVICE']._serialized_end=3521
+  _globals['_BILLEDATTEMPT']._serialized_end=415
+  _globals['_RECORDUSAGEREQUEST']._serialized_start=418
+  _globals['_RECORDUSAGEREQUEST']._serialized_end=671
+  _globals['_RECORDUSAGERESPONSE']._serialized_start=673
+  _globals['_RECORDUSAGERESPONSE']._serialized_end=763
+  _globals['_BATCHRECORDUSAGEREQUEST']._serialized_start=765
+  _globals['_BATCHRECORDUSAGEREQUEST']._serialized_end=851
+  _globals['_BATCHRECORDUSAGERESPONSE']._serialized_start=853
+  _globals['_BATCHRECORDUSAGERESPONSE']._serialized_end=938
+  _globals['_BATCHRECORDRESULT']._serialized_start=941
+  _globals['_BATCHRECORDRESULT']._serialized_end=1092
+  _globals['_ITEMERROR']._serialized_start=1094
+  _globals['_ITEMERROR']._serialized_end=1152
+  _globals['_USAGERECORD']._serialized_start=1155
+  _globals['_USAGERECORD']._serialized_end=1516
+  _globals['_GETUSAGESUMMARYREQUEST']._serialized_start=1518
+  _globals['_GETUSAGESUMMARYREQUEST']._serialized_end=1577
+  _globals['_GETUSAGESUMMARYRESPONSE']._serialized_start=1579
+  _globals['_GETUSAGESUMMARYRESPONSE']._serialized_end=1658
+  _globals['_USAGESUMMARY']._serialized_start=1661
+  _globals['_USAGESUMMARY']._serialized_end=1836
+  _globals['_USAGEGROUP']._serialized_start=1839
+  _globals['_USAGEGROUP']._serialized_end=1968
+  _globals['_LISTUSAGERECORDSREQUEST']._serialized_start=1970
+  _globals['_LISTUSAGERECORDSREQUEST']._serialized_end=2069
+  _globals['_LISTUSAGERECORDSRESPONSE']._serialized_start=2071
+  _globals['_LISTUSAGERECORDSRESPONSE']._serialized_end=2175
+  _globals['_QUOTEPRICEREQUEST']._serialized_start=2178
+  _globals['_QUOTEPRICEREQUEST']._serialized_end=2320
+  _globals['_QUOTEPRICERESPONSE']._serialized_start=2322
+  _globals['_QUOTEPRICERESPONSE']._serialized_end=2408
+  _globals['_LISTPRICESREQUEST']._serialized_start=2410
+  _globals['_LISTPRICESREQUEST']._serialized_end=2429
+  _globals['_LISTPRICESRESPONSE']._serialized_start=2431
+  _globals['_LISTPRICESRESPONSE']._serialized_end=2522
+  _globals['_PRICE']._serialized_start=2525
+  _globals['_PRICE']._serialized_end=2797
+  _globals['_METERINGSERVICE']._serialized_start=3035
+  _globals['_METERINGSERVICE']._serialized_end=3700
 # @@protoc_insertion_point(module_scope)
