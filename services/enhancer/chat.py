@@ -35,7 +35,7 @@ class ChatAnswer:
     output_tokens: int
     """usage.completion_tokens (0 when the provider sent none)."""
     model: str
-    """The model id the provider reports, or the one asked for."""
+    """The model id asked for (the price catalog's key)."""
 
 
 def _status_error(resp: httpx.Response) -> ChatError:
@@ -66,8 +66,8 @@ def parse_answer(body: Any, asked_model: str) -> ChatAnswer:
     usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
     tokens = [usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)]
     tokens = [t if isinstance(t, int) and t >= 0 else 0 for t in tokens]
-    model = body.get("model") if isinstance(body.get("model"), str) else ""
-    return ChatAnswer(content, tokens[0], tokens[1], model or asked_model)
+    # Priced by the id we asked for: providers report theirs in varying spellings.
+    return ChatAnswer(content, tokens[0], tokens[1], asked_model)
 
 
 class ChatClient:

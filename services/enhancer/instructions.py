@@ -77,9 +77,8 @@ def read_answer(content: str, request: enhancer_pb2.EnhancePromptRequest) -> tup
         if not isinstance(data, dict) or not isinstance(data.get("prompt"), str):
             return None
         prompt = data["prompt"]
-        negative = (
-            data.get("negative_prompt") if isinstance(data.get("negative_prompt"), str) else ""
-        )
+        found = data.get("negative_prompt")
+        negative = found if isinstance(found, str) else ""
     prompt = " ".join(prompt.split())[:limit].strip()
     if not prompt:
         return None

@@ -44,9 +44,17 @@ class RouterSettlement:
         self.pending = pending
 
     def billed_failures(self, job: Job) -> tuple[list[metering_pb2.BilledAttempt], int]:
-        """Failed attempts the provider may bill, and their price in micro-USD."""
+        """Failed attempts the provider may bill plus the prompt enhancement's tokens (a line of
+        its own, numbered after every image attempt), and their price in micro-USD."""
         billed: list[metering_pb2.BilledAttempt] = []
         total = 0
+        enhancement = job.enhancement
+        if enhancement.line is not None:
+            line = metering_pb2.BilledAttempt()
+            line.CopyFrom(enhancement.line)
+            line.attempt_number = job.log.started + 1
+            billed.append(line)
+            total += enhancement.cost_micros
         t = job.admitted.norm.template
         for cand, attempt in job.log.billable_failures:
             usage = image_pb2.Usage(
@@ -103,7 +111,9 @@ class RouterSettlement:
         if stored is not None and stored.cost_micros:
             cost = stored.cost_micros
         plan = job.plan
-        return router_pb2.GenerateImageResponse(
+        template = job.admitted.norm.template
+        notice = job.enhancement.notice
+        response = router_pb2.GenerateImageResponse(
             request_id=job.admitted.request_id,
             images=resp.images,
             provider=cand.provider,
@@ -114,9 +124,14 @@ class RouterSettlement:
             attempts=job.log.attempts,
             trace_id=job.trace_id,
             deviations=resp.deviations,
-            notices=plan.notices,
+            notices=[*plan.notices, *([notice] if notice else [])],
             local_substitute=plan.local_substitute,
+            sent_prompt=template.prompt,
+            sent_negative_prompt=template.negative_prompt,
         )
+        if job.enhancement.report is not None:
+            response.enhancement.CopyFrom(job.enhancement.report)
+        return response
 
     async def fail(self, job: Job, deadline: Deadline | None = None) -> int:
         """Releases the hold and records billable failures; returns what they cost.

@@ -27,7 +27,14 @@ from tests.metering.test_metering import _error, _rows, _ts
 
 Request = metering_pb2.RecordUsageRequest
 SCHNELL = ("replicate", "black-forest-labs/flux-schnell")
-BILLABLE_ATTEMPT_FIELDS = {"provider", "provider_model", "attempt_number", "usage", "succeeded"}
+BILLABLE_ATTEMPT_FIELDS = {
+    "provider",
+    "provider_model",
+    "attempt_number",
+    "usage",
+    "succeeded",
+    "kind",
+}
 BILLABLE_USAGE_FIELDS = {
     "images",
     "megapixels",
@@ -111,6 +118,9 @@ BILLABLE_CHANGES: dict[str, Callable[[Request], None]] = {
     "provider seconds": lambda r: setattr(r.attempts[1].usage, "provider_seconds", 4.0),
     "output tokens": lambda r: setattr(r.attempts[1].usage, "output_tokens", 10),
     "provider job": lambda r: setattr(r.attempts[1].usage, "provider_job_id", "job-2"),
+    "line kind": lambda r: setattr(
+        r.attempts[0], "kind", metering_pb2.BILLING_LINE_KIND_PROMPT_ENHANCEMENT
+    ),
 }
 
 

@@ -465,6 +465,7 @@ class PromptEnhancement(_message.Message):
     CACHED_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
     LATENCY_FIELD_NUMBER: _builtins.int
+    COST_NANOS_FIELD_NUMBER: _builtins.int
     status: Global___EnhancementStatus.ValueType
     """How it ended."""
     original_prompt: _builtins.str
@@ -479,6 +480,10 @@ class PromptEnhancement(_message.Message):
     """True when the enhancer served the rewrite from its cache (no upstream call, no cost)."""
     detail: _builtins.str
     """Why the original prompt went through, for a person; empty when APPLIED."""
+    cost_nanos: _builtins.int
+    """What the enhancement cost in nano-USD (1/1,000 micro-USD): a rewrite by a small model often
+    costs less than one micro-USD, which cost_micros and the ledger round to whole micro-USD.
+    """
     @_builtins.property
     def usage(self) -> _image_pb2.Usage:
         """Tokens spent (input_tokens, output_tokens); zero on a cache hit."""
@@ -499,10 +504,11 @@ class PromptEnhancement(_message.Message):
         cached: _builtins.bool = ...,
         detail: _builtins.str = ...,
         latency: _duration_pb2.Duration | None = ...,
+        cost_nanos: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["latency", b"latency", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached", b"cached", "cost_micros", b"cost_micros", "detail", b"detail", "latency", b"latency", "original_prompt", b"original_prompt", "provider", b"provider", "provider_model", b"provider_model", "status", b"status", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached", b"cached", "cost_micros", b"cost_micros", "cost_nanos", b"cost_nanos", "detail", b"detail", "latency", b"latency", "original_prompt", b"original_prompt", "provider", b"provider", "provider_model", b"provider_model", "status", b"status", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
