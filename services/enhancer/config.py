@@ -9,7 +9,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from imagegate.providerkit.download import is_loopback_host
-from services.enhancer.providers import TEXT_PROVIDERS
+from imagegate.textproviders import TEXT_PROVIDERS
 
 
 def _key(env_name: str) -> SecretStr | None:

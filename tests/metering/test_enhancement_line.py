@@ -62,7 +62,7 @@ async def test_enhancement_line_is_priced_per_token_and_summed_with_the_image(
 
 
 def test_every_text_provider_the_enhancer_knows_has_a_sourced_token_price() -> None:
-    from services.enhancer.providers import TEXT_PROVIDERS
+    from imagegate.textproviders import TEXT_PROVIDERS
 
     book = load_catalog().book
     for provider in TEXT_PROVIDERS:

@@ -5,58 +5,18 @@ enhancer that is down, hanging or absent never costs the image its deadline."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import grpc
 import pytest
-from pydantic import SecretStr
 
 from imagegate.devstack.services import free_port
 from imagegate.emulators.base import Fault
-from imagegate.emulators.fal import FalEmulator
 from imagegate.metering.v1 import metering_pb2
 from imagegate.router.v1 import router_pb2
-from services.fal.adapter import FalAdapter
-from services.fal.config import FalSettings
-from services.metering.catalog import load_catalog as load_prices
-from tests.enhancer.stack import EnhancerStack, start_enhancer_stack
-from tests.fixtures.router_stack import RouterStack, bearer, start_stack
+from tests.fixtures.enhance_world import STYLED, World, fal_prompts, knight, start_world
+from tests.fixtures.router_stack import bearer
 
 pytestmark = pytest.mark.timeout(90)
-FAL_KEY = "fal-test-key:secret"
-STYLED = (
-    "knight, game sprite, full body, centered, clean silhouette, flat plain background, "
-    "crisp edges, 2D game asset"
-)
-
-
-@dataclass
-class World:
-    router: RouterStack
-    fal: FalEmulator
-    enhancer: EnhancerStack | None
-
-    async def stop(self) -> None:
-        await self.router.stop()
-        await self.fal.stop()
-        if self.enhancer is not None:
-            await self.enhancer.stop()
-
-
-async def start_world(*, enhancer: bool = True, enhancer_addr: str = "") -> World:
-    fal = FalEmulator(key=FAL_KEY)
-    adapter = FalAdapter(
-        FalSettings(
-            key=SecretStr(FAL_KEY),
-            base_url=await fal.start(),
-            poll_interval_seconds=0.02,
-            max_poll_interval_seconds=0.05,
-        )
-    )
-    enh = await start_enhancer_stack() if enhancer else None
-    addr = enh.running.address if enh is not None else enhancer_addr
-    router = await start_stack({"fal": adapter}, prices=load_prices().prices, enhancer_addr=addr)
-    return World(router, fal, enh)
 
 
 @pytest.fixture
@@ -64,24 +24,6 @@ async def world() -> AsyncIterator[World]:
     w = await start_world()
     yield w
     await w.stop()
-
-
-def knight(request_id: str, **overrides: object) -> router_pb2.GenerateImageRequest:
-    values: dict[str, object] = {
-        "request_id": request_id,
-        "prompt": "knight",
-        "model": "flux-schnell",
-        "style": "game-sprite",
-        "enhance_prompt": True,
-    }
-    values.update(overrides)
-    return router_pb2.GenerateImageRequest(**values)  # type: ignore[arg-type]
-
-
-def fal_prompts(w: World) -> list[str]:
-    return [
-        c.body["prompt"] for c in w.fal.calls if c.method == "POST" and isinstance(c.body, dict)
-    ]
 
 
 async def test_enhanced_prompt_reaches_the_image_provider_and_is_billed_as_its_own_line(

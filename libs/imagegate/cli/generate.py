@@ -11,6 +11,7 @@ import grpc
 from google.protobuf import json_format
 
 from imagegate.cli.connection import Connection
+from imagegate.cli.enhancement import describe
 from imagegate.cli.output import as_json, table, usd
 from imagegate.common.v1 import image_pb2
 from imagegate.grpckit.channel import create_channel
@@ -56,6 +57,8 @@ def build_request(args: argparse.Namespace) -> router_pb2.GenerateImageRequest:
         req.steps = args.steps
     if args.guidance is not None:
         req.guidance_scale = args.guidance
+    if getattr(args, "enhance", None) is not None:
+        req.enhance_prompt = args.enhance
     return req
 
 
@@ -91,6 +94,8 @@ async def cmd_generate(args: argparse.Namespace, conn: Connection) -> int:
         return 0
     for path, image in zip(paths, result.images, strict=True):
         print(f"wrote {path} ({image.width}x{image.height} {image.mime_type})")
+    for line in describe(result):
+        print(line)
     attempts = ", ".join(
         f"{a.provider}:{router_pb2.AttemptOutcome.Name(a.outcome).removeprefix('ATTEMPT_OUTCOME_').lower()}"
         for a in result.attempts

@@ -1,4 +1,4 @@
-"""The text providers the enhancer knows: base URL, default model and key variable of each.
+"""The text providers the prompt enhancer knows: base URL, default model and key variable of each.
 
 Facts and their sources are in docs/enhancer.md; prices live in services/metering/prices.yaml.
 """
