@@ -72,7 +72,7 @@ TEXT_PROVIDERS: tuple[TextProviderDefaults, ...] = (
     TextProviderDefaults(
         "featherless",
         "https://api.featherless.ai/v1",
-        "meta-llama/Meta-Llama-3.1-8B-Instruct",
+        "meta-llama/Llama-3.1-8B-Instruct",
         "FEATHERLESS_API_KEY",
     ),
 )

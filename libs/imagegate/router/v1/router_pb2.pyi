@@ -481,8 +481,8 @@ class PromptEnhancement(_message.Message):
     detail: _builtins.str
     """Why the original prompt went through, for a person; empty when APPLIED."""
     cost_nanos: _builtins.int
-    """What the enhancement cost in nano-USD (1/1,000 micro-USD): a rewrite by a small model often
-    costs less than one micro-USD, which cost_micros and the ledger round to whole micro-USD.
+    """What the enhancement cost in nano-USD (1/1,000 micro-USD), unrounded: a rewrite by a small
+    model costs tens of micro-USD, which cost_micros and the ledger round to whole micro-USD.
     """
     @_builtins.property
     def usage(self) -> _image_pb2.Usage:
