@@ -252,6 +252,8 @@ class RouterApp:
         try:
             # Before the attempts, inside the abandon guard: tokens spent are settled either way.
             job.enhancement = await self.enhancement.run(admitted, plan)
+            if events is not None and job.enhancement.report is not None:
+                events.emit(prompt_enhanced=job.enhancement.report)
             execution = await self.executor.run(job)
         except BaseException:
             self.settlement.abandon(job)

@@ -195,3 +195,27 @@ async def test_grpc_status_of_enhancer_is_never_the_callers_error(world: World) 
         pytest.fail(f"enhancer failure surfaced to the caller: {err.code()}")
     assert resp.enhancement.status == router_pb2.ENHANCEMENT_STATUS_UNAVAILABLE
     assert "gsk-test" not in resp.enhancement.detail
+
+
+async def test_stream_reports_the_enhancement_before_the_attempts_and_traces_it(
+    world: World,
+) -> None:
+    call = world.router.stub.StreamGenerateImage(
+        router_pb2.StreamGenerateImageRequest(request=knight("s-1")),
+        metadata=bearer("key-pro"),
+        timeout=20,
+    )
+    kinds, events = [], []
+    async for event in call:
+        kinds.append(event.WhichOneof("event"))
+        events.append(event)
+    assert kinds.index("prompt_enhanced") < kinds.index("attempt_started")
+    enhanced = events[kinds.index("prompt_enhanced")].prompt_enhanced
+    assert enhanced.status == router_pb2.ENHANCEMENT_STATUS_APPLIED
+    assert events[-1].result.enhancement == enhanced
+    spans = {s.name: s for s in world.router.spans.get_finished_spans()}
+    span = spans["router.enhance_prompt"]
+    assert span.attributes is not None
+    assert span.attributes["imagegate.enhance.provider"] == "groq"
+    assert span.parent is not None
+    assert span.parent.span_id == spans["router.generate"].context.span_id

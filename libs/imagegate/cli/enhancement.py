@@ -32,6 +32,14 @@ def nano_usd(nanos: int) -> str:
     return f"${nanos / 1_000_000_000:.9f}".rstrip("0").rstrip(".") if nanos else "$0"
 
 
+def progress_line(e: router_pb2.PromptEnhancement) -> str:
+    """The stream's progress line for the enhancement step."""
+    if e.status == router_pb2.ENHANCEMENT_STATUS_APPLIED:
+        how = "from cache" if e.cached else f"{e.usage.input_tokens}+{e.usage.output_tokens} tokens"
+        return f"prompt enhanced by {e.provider} ({how})"
+    return f"prompt enhancement skipped: {e.detail}"
+
+
 def describe(result: router_pb2.GenerateImageResponse) -> list[str]:
     """Lines about the enhancement step and the prompt sent; none when it was not asked for."""
     if not result.HasField("enhancement"):

@@ -11,7 +11,7 @@ import grpc
 from google.protobuf import json_format
 
 from imagegate.cli.connection import Connection
-from imagegate.cli.enhancement import describe
+from imagegate.cli.enhancement import describe, progress_line
 from imagegate.cli.output import as_json, table, usd
 from imagegate.common.v1 import image_pb2
 from imagegate.grpckit.channel import create_channel
@@ -133,6 +133,8 @@ def _progress(event: router_pb2.StreamGenerateImageResponse, kind: str | None, l
     elif kind == "skipped":
         k = event.skipped
         text = f"skipped {k.provider} {k.provider_model}: {k.detail}"
+    elif kind == "prompt_enhanced":
+        text = progress_line(event.prompt_enhanced)
     else:
         return
     line = f"[{event.elapsed_seconds:5.1f}s] {text}"

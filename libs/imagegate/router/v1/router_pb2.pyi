@@ -552,6 +552,7 @@ class StreamGenerateImageResponse(_message.Message):
     FAILOVER_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     SKIPPED_FIELD_NUMBER: _builtins.int
+    PROMPT_ENHANCED_FIELD_NUMBER: _builtins.int
     elapsed_seconds: _builtins.float
     """Seconds since the Router accepted the request."""
     @_builtins.property
@@ -582,6 +583,12 @@ class StreamGenerateImageResponse(_message.Message):
     def skipped(self) -> Global___CandidateSkipped:
         """A candidate was passed over without a call (open circuit, too little time left)."""
 
+    @_builtins.property
+    def prompt_enhanced(self) -> Global___PromptEnhancement:
+        """The prompt enhancement step ended (applied or skipped); sent once, before Accepted, only
+        when the request asked for enhancement.
+        """
+
     def __init__(
         self,
         *,
@@ -593,12 +600,13 @@ class StreamGenerateImageResponse(_message.Message):
         failover: Global___Failover | None = ...,
         result: Global___GenerateImageResponse | None = ...,
         skipped: Global___CandidateSkipped | None = ...,
+        prompt_enhanced: Global___PromptEnhancement | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "attempt_failed", b"attempt_failed", "attempt_started", b"attempt_started", "event", b"event", "failover", b"failover", "progress", b"progress", "result", b"result", "skipped", b"skipped"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "attempt_failed", b"attempt_failed", "attempt_started", b"attempt_started", "event", b"event", "failover", b"failover", "progress", b"progress", "prompt_enhanced", b"prompt_enhanced", "result", b"result", "skipped", b"skipped"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "attempt_failed", b"attempt_failed", "attempt_started", b"attempt_started", "elapsed_seconds", b"elapsed_seconds", "event", b"event", "failover", b"failover", "progress", b"progress", "result", b"result", "skipped", b"skipped"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "attempt_failed", b"attempt_failed", "attempt_started", b"attempt_started", "elapsed_seconds", b"elapsed_seconds", "event", b"event", "failover", b"failover", "progress", b"progress", "prompt_enhanced", b"prompt_enhanced", "result", b"result", "skipped", b"skipped"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["accepted", "attempt_started", "progress", "attempt_failed", "failover", "result", "skipped"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["accepted", "attempt_started", "progress", "attempt_failed", "failover", "result", "skipped", "prompt_enhanced"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
