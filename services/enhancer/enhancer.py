@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 import grpc
+from opentelemetry import metrics
 
 from imagegate.common.v1 import image_pb2
 from imagegate.enhancer.v1 import enhancer_pb2
@@ -39,8 +40,22 @@ class PromptEnhancer:
         clients: list[ChatClient],
         *,
         clock: Callable[[], float] = time.monotonic,
+        meter: metrics.Meter | None = None,
     ) -> None:
         self.settings = settings
+        meter = meter or metrics.get_meter("services.enhancer")
+        self._calls = meter.create_counter(
+            "imagegate.enhancer.provider.calls",
+            description="Text provider calls by provider and outcome (ok or the failure reason).",
+        )
+        self._cache = meter.create_counter(
+            "imagegate.enhancer.cache.lookups",
+            description="Rewrite cache lookups by result (hit or miss).",
+        )
+        self._tokens = meter.create_counter(
+            "imagegate.enhancer.tokens",
+            description="Tokens spent, by provider and direction (input or output).",
+        )
         self.clients = clients
         self.breakers = {
             c.config.name: ProviderBreaker(
@@ -67,6 +82,7 @@ class PromptEnhancer:
         """The rewrite of a valid request; raises ImagegateError when no provider could."""
         key = cache_key(request)
         cached = self.cache.get(key)
+        self._cache.add(1, {"result": "miss" if cached is None else "hit"})
         if cached is not None:
             cached.cached = True
             cached.usage.CopyFrom(image_pb2.Usage())
@@ -115,6 +131,7 @@ class PromptEnhancer:
                 if parsed is None:
                     raise ChatError(reasons.PROVIDER_BAD_RESPONSE, "answer is not a usable prompt")
             except ChatError as err:
+                self._calls.add(1, {"provider": name, "outcome": err.reason})
                 breaker.failure(err.retry_after)
                 log.warning(
                     "text provider failed",
@@ -127,6 +144,9 @@ class PromptEnhancer:
                 )
                 continue
             breaker.success()
+            self._calls.add(1, {"provider": name, "outcome": "ok"})
+            self._tokens.add(answer.input_tokens, {"provider": name, "direction": "input"})
+            self._tokens.add(answer.output_tokens, {"provider": name, "direction": "output"})
             response = enhancer_pb2.EnhancePromptResponse(
                 prompt=parsed[0],
                 negative_prompt=parsed[1],

@@ -30,7 +30,8 @@ async def start_enhancer(
 ) -> tuple[RunningServer, PromptEnhancer]:
     """Builds the provider clients once and starts serving on `address` (port 0 picks one)."""
     clients = [ChatClient(config, telemetry=telemetry) for config in settings.providers()]
-    enhancer = PromptEnhancer(settings, clients, clock=clock)
+    meter = telemetry.meter if telemetry is not None else None
+    enhancer = PromptEnhancer(settings, clients, clock=clock, meter=meter)
     servicer = EnhancerServicer(enhancer)
     running = await start_server(
         address=address or settings.addr,

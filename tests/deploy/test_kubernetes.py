@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 from imagegate.devstack.services import ADAPTERS, CORE, ENHANCER, ROUTER, ServiceSpec
-from imagegate.textproviders import KEY_VARS as TEXT_KEY_VARS
 from imagegate.telemetry import DEFAULT_METRICS_ADDRS
 from imagegate.telemetry.setup import env_key
+from imagegate.textproviders import KEY_VARS as TEXT_KEY_VARS
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES = ROOT / "deploy" / "kubernetes"

@@ -10,6 +10,7 @@ import grpc
 from imagegate.emulators.chat import ChatEmulator
 from imagegate.enhancer.v1 import enhancer_pb2_grpc
 from imagegate.grpckit.server import RunningServer
+from imagegate.telemetry import Telemetry
 from services.enhancer.config import EnhancerSettings
 from services.enhancer.enhancer import PromptEnhancer
 from services.enhancer.server import start_enhancer
@@ -53,7 +54,9 @@ class EnhancerStack:
 
 
 async def start_enhancer_stack(
-    providers: tuple[str, ...] = ("groq", "cerebras"), **settings: Any
+    providers: tuple[str, ...] = ("groq", "cerebras"),
+    telemetry: Telemetry | None = None,
+    **settings: Any,
 ) -> EnhancerStack:
     """Starts one emulator per provider and an enhancer with those providers' keys only."""
     emulators: dict[str, ChatEmulator] = {}
@@ -69,7 +72,7 @@ async def start_enhancer_stack(
     }
     clock = FakeClock()
     running, enhancer = await start_enhancer(
-        EnhancerSettings(**values), None, address="127.0.0.1:0", clock=clock
+        EnhancerSettings(**values), telemetry, address="127.0.0.1:0", clock=clock
     )
     channel = grpc.aio.insecure_channel(running.address)
     return EnhancerStack(running, enhancer, emulators, channel, clock)

@@ -194,3 +194,39 @@ def test_answer_reader_takes_fenced_json_bare_text_and_caps_the_length() -> None
     )
     assert read_answer('{"prompt": 3}', req) is None
     assert read_answer("{not json", req) is None
+
+
+async def test_calls_cache_lookups_and_tokens_are_counted_per_provider() -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from imagegate.telemetry import setup_telemetry
+
+    telemetry = setup_telemetry("enhancer-test")
+    reader = InMemoryMetricReader()
+    telemetry.meter_provider = MeterProvider(metric_readers=[reader])
+    s = await start_enhancer_stack(telemetry=telemetry)
+    try:
+        s.emulators["groq"].faults.set(Fault("error_500", count=1))
+        await s.stub.EnhancePrompt(request(), timeout=5)
+        await s.stub.EnhancePrompt(request(), timeout=5)
+        points: dict[str, dict[tuple[tuple[str, object], ...], int]] = {}
+        data = reader.get_metrics_data()
+        for rm in data.resource_metrics if data else ():
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    if not m.name.startswith("imagegate.enhancer."):
+                        continue
+                    for p in m.data.data_points:
+                        key = tuple(sorted(p.attributes.items()))
+                        points.setdefault(m.name, {})[key] = p.value
+        calls = points["imagegate.enhancer.provider.calls"]
+        assert calls[(("outcome", "PROVIDER_UNAVAILABLE"), ("provider", "groq"))] == 1
+        assert calls[(("outcome", "ok"), ("provider", "cerebras"))] == 1
+        lookups = points["imagegate.enhancer.cache.lookups"]
+        assert lookups[(("result", "miss"),)] == 1 and lookups[(("result", "hit"),)] == 1
+        tokens = points["imagegate.enhancer.tokens"]
+        assert tokens[(("direction", "output"), ("provider", "cerebras"))] > 0
+    finally:
+        await s.stop()
+        telemetry.shutdown()
