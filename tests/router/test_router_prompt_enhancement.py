@@ -219,3 +219,16 @@ async def test_stream_reports_the_enhancement_before_the_attempts_and_traces_it(
     assert span.attributes["imagegate.enhance.provider"] == "groq"
     assert span.parent is not None
     assert span.parent.span_id == spans["router.generate"].context.span_id
+
+
+async def test_enhancer_without_any_text_key_is_reported_as_not_configured() -> None:
+    w = await start_world(groq_key=None, cerebras_key=None)
+    try:
+        resp = await w.router.stub.GenerateImage(
+            knight("k-1"), metadata=bearer("key-pro"), timeout=20
+        )
+        assert resp.enhancement.status == router_pb2.ENHANCEMENT_STATUS_NOT_CONFIGURED
+        assert resp.sent_prompt == STYLED
+        assert any("prompt enhancement skipped" in n for n in resp.notices)
+    finally:
+        await w.stop()
