@@ -113,10 +113,13 @@ class PromptEnhancementStep:
                 span.set_attribute(
                     "imagegate.enhance.status", router_pb2.EnhancementStatus.Name(status)
                 )
-                out = self._skipped(report, status, detail)
-                assert out.report is not None
-                out.report.latency.CopyFrom(_duration(time.perf_counter() - started))
-                return out
+                report.latency.CopyFrom(_duration(time.perf_counter() - started))
+                return self._skipped(report, status, detail)
+            if not resp.prompt.strip():
+                report.latency.CopyFrom(_duration(time.perf_counter() - started))
+                return self._skipped(
+                    report, router_pb2.ENHANCEMENT_STATUS_UNAVAILABLE, "the enhancer sent no prompt"
+                )
             span.set_attribute("imagegate.enhance.provider", resp.provider)
             span.set_attribute("imagegate.enhance.cached", resp.cached)
         template.prompt = resp.prompt
