@@ -22,9 +22,6 @@ from services.enhancer.instructions import messages_for, read_answer
 
 log = logging.getLogger("services.enhancer")
 DOMAIN = "imagegate.enhancer"
-ENHANCER_NOT_CONFIGURED = "ENHANCER_NOT_CONFIGURED"
-ENHANCER_UNAVAILABLE = "ENHANCER_UNAVAILABLE"
-BREAKER_OPEN = "BREAKER_OPEN"
 # A provider call gets at least this long, or it is not started.
 MIN_ATTEMPT_SECONDS = 0.05
 # With another provider left to try, one call may use at most this share of what remains.
@@ -92,7 +89,7 @@ class PromptEnhancer:
         if not enabled:
             raise ImagegateError(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                ENHANCER_NOT_CONFIGURED,
+                reasons.ENHANCER_NOT_CONFIGURED,
                 "no text provider key is configured; set one of GROQ_API_KEY, CEREBRAS_API_KEY, ...",
                 domain=DOMAIN,
             )
@@ -105,7 +102,7 @@ class PromptEnhancer:
                 failures.append(
                     enhancer_pb2.ProviderFailure(
                         provider=name,
-                        reason=BREAKER_OPEN,
+                        reason=reasons.BREAKER_OPEN,
                         message=f"skipped for {breaker.retry_in():.1f} s more",
                     )
                 )
@@ -165,7 +162,7 @@ class PromptEnhancer:
         summary = "; ".join(f"{f.provider}: {f.reason}" for f in failures) or "no time left"
         raise ImagegateError(
             grpc.StatusCode.UNAVAILABLE,
-            ENHANCER_UNAVAILABLE,
+            reasons.ENHANCER_UNAVAILABLE,
             f"no text provider could rewrite the prompt ({summary})",
             domain=DOMAIN,
             metadata={"failures": summary},

@@ -16,6 +16,7 @@ from opentelemetry import trace
 
 from imagegate.common.v1 import image_pb2
 from imagegate.enhancer.v1 import enhancer_pb2, enhancer_pb2_grpc
+from imagegate.grpckit import reasons
 from imagegate.grpckit.errors import parse_rpc_error
 from imagegate.metering.v1 import metering_pb2
 from imagegate.router.v1 import router_pb2
@@ -27,7 +28,6 @@ from services.router.planning import RoutePlan
 from services.router.prices import PriceMirror
 
 log = logging.getLogger("services.router")
-NOT_CONFIGURED_REASON = "ENHANCER_NOT_CONFIGURED"
 _FORMATS: dict[str, enhancer_pb2.PromptFormat.ValueType] = {
     "natural": enhancer_pb2.PROMPT_FORMAT_NATURAL_LANGUAGE,
     "tags": enhancer_pb2.PROMPT_FORMAT_TAGS,
@@ -194,7 +194,7 @@ class PromptEnhancementStep:
         parsed = parse_rpc_error(err)
         if parsed.code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return router_pb2.ENHANCEMENT_STATUS_TIMED_OUT, "the enhancer ran out of its time share"
-        if parsed.reason == NOT_CONFIGURED_REASON:
+        if parsed.reason == reasons.ENHANCER_NOT_CONFIGURED:
             return router_pb2.ENHANCEMENT_STATUS_NOT_CONFIGURED, "no text provider is configured"
         reason = parsed.reason or parsed.code.name
         return router_pb2.ENHANCEMENT_STATUS_UNAVAILABLE, f"enhancer unavailable: {reason}"
