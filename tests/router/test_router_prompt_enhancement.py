@@ -232,3 +232,17 @@ async def test_enhancer_without_any_text_key_is_reported_as_not_configured() -> 
         assert any("prompt enhancement skipped" in n for n in resp.notices)
     finally:
         await w.stop()
+
+
+async def test_tokens_spent_are_billed_even_when_every_image_attempt_fails(world: World) -> None:
+    world.fal.faults.set(Fault("error_503"))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await world.router.stub.GenerateImage(
+            knight("fail-1"), metadata=bearer("key-pro"), timeout=20
+        )
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    record = world.router.metering.records[("t_pro", "fail-1")]
+    assert record.outcome == metering_pb2.REQUEST_OUTCOME_FAILED
+    (line,) = record.attempts
+    assert line.kind == metering_pb2.BILLING_LINE_KIND_PROMPT_ENHANCEMENT
+    assert line.provider == "groq" and line.usage.output_tokens > 0
