@@ -110,6 +110,9 @@ class PromptEnhancementStep:
                 resp = await self.stub.EnhancePrompt(request, timeout=budget)
             except grpc.aio.AioRpcError as err:
                 status, detail = self._failure(err)
+                if status == router_pb2.ENHANCEMENT_STATUS_NOT_CONFIGURED and not explicit:
+                    # As without an enhancer: a style default that cannot apply is not news.
+                    return Enhancement()
                 span.set_attribute(
                     "imagegate.enhance.status", router_pb2.EnhancementStatus.Name(status)
                 )

@@ -230,6 +230,12 @@ async def test_enhancer_without_any_text_key_is_reported_as_not_configured() -> 
         assert resp.enhancement.status == router_pb2.ENHANCEMENT_STATUS_NOT_CONFIGURED
         assert resp.sent_prompt == STYLED
         assert any("prompt enhancement skipped" in n for n in resp.notices)
+        styled = router_pb2.GenerateImageRequest(
+            request_id="k-2", prompt="knight", model="flux-schnell", style="game-sprite"
+        )
+        resp = await w.router.stub.GenerateImage(styled, metadata=bearer("key-pro"), timeout=20)
+        assert not resp.HasField("enhancement") and not resp.notices
+        assert resp.sent_prompt == STYLED
     finally:
         await w.stop()
 
