@@ -49,7 +49,11 @@ def load_catalog(path: Path | None = None) -> Catalog:
     data: dict[str, Any] = yaml.safe_load(text)
     prices: list[metering_pb2.Price] = []
     seen: set[tuple[str, str, str]] = set()
-    for entry in data["prices"]:
+    # Text models (the prompt enhancer's) are priced per token and make no images, so they need
+    # no megapixel assumption.
+    entries = [(e, False) for e in data["prices"]]
+    entries += [(e, True) for e in data.get("text_prices") or []]
+    for entry, is_text in entries:
         unit = _UNITS.get(str(entry["unit"]))
         if unit is None:
             raise ValueError(f"unknown unit {entry['unit']!r} in {entry}")
@@ -82,7 +86,13 @@ def load_catalog(path: Path | None = None) -> Catalog:
             raise ValueError(f"price {price.id}: negative or unsourced")
         if unit == catalog_pb2.PRICE_UNIT_COMPUTE_SECOND and price.assumed_seconds_per_image <= 0:
             raise ValueError(f"price {price.id}: needs assumed_seconds_per_image")
-        if unit == catalog_pb2.PRICE_UNIT_TOKEN and price.assumed_tokens_per_megapixel <= 0:
+        if is_text and unit != catalog_pb2.PRICE_UNIT_TOKEN:
+            raise ValueError(f"price {price.id}: a text model is priced per token")
+        if (
+            unit == catalog_pb2.PRICE_UNIT_TOKEN
+            and not is_text
+            and price.assumed_tokens_per_megapixel <= 0
+        ):
             raise ValueError(f"price {price.id}: needs assumed_tokens_per_megapixel")
         seen.add(key)
         prices.append(price)

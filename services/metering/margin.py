@@ -18,6 +18,7 @@ from services.metering.models import BilledAttemptRow, UsageRecordRow
 
 _records: Table = cast(Table, UsageRecordRow.__table__)
 _attempts: Table = cast(Table, BilledAttemptRow.__table__)
+_ENHANCEMENT = metering_pb2.BILLING_LINE_KIND_PROMPT_ENHANCEMENT
 
 
 @dataclass
@@ -101,7 +102,12 @@ def margin_report(
                 a.provider,
                 func.count(),
                 func.coalesce(func.sum(a.cost_micros), 0),
-                func.coalesce(func.sum(case((a.succeeded, 0), else_=a.cost_micros)), 0),
+                func.coalesce(
+                    func.sum(
+                        case((a.succeeded | (a.kind == _ENHANCEMENT), 0), else_=a.cost_micros)
+                    ),
+                    0,
+                ),
             )
             .where(a.period == period)
             .group_by(a.tenant_id, a.provider)

@@ -77,3 +77,5 @@ class BilledAttemptRow(Base):
     price_id: Mapped[str] = mapped_column(String(300))
     cost_micros: Mapped[int] = mapped_column(BigInteger)
     usage_reported: Mapped[bool] = mapped_column(Boolean, server_default=true())
+    kind: Mapped[int] = mapped_column(Integer, server_default="0")
+    """BillingLineKind: an image attempt (0, 1) or a prompt enhancement (2)."""

@@ -51,9 +51,10 @@ _INSERT_RECORD = (
 _INSERT_ATTEMPT = (
     "INSERT INTO usage_attempts (record_id, tenant_id, period, attempt_number, provider,"
     " provider_model, succeeded, images, pixels, provider_seconds, input_tokens, output_tokens,"
-    " provider_job_id, note, price_id, cost_micros, usage_reported)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " provider_job_id, note, price_id, cost_micros, usage_reported, kind)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_ENHANCEMENT = metering_pb2.BILLING_LINE_KIND_PROMPT_ENHANCEMENT
 _EXISTING = "SELECT content_hash, record FROM usage_records WHERE tenant_id = ? AND request_id = ?"
 
 
@@ -199,7 +200,8 @@ class MeteringStore:
             priced.price_id = price.id
             priced.cost_micros = usage_micros(price, attempt.usage)
             record.cost_micros += priced.cost_micros
-            if not attempt.succeeded:
+            # A prompt enhancement is a provider cost, never a failed attempt.
+            if not attempt.succeeded and attempt.kind != _ENHANCEMENT:
                 record.failed_cost_micros += priced.cost_micros
             if attempt.succeeded:
                 record.provider = attempt.provider
@@ -289,6 +291,7 @@ class MeteringStore:
                             a.price_id,
                             a.cost_micros,
                             a.usage_reported,
+                            a.kind,
                         )
                         for a in record.attempts
                     ],

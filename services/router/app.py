@@ -16,6 +16,7 @@ from collections.abc import Callable
 import grpc
 from opentelemetry import trace
 
+from imagegate.enhancer.v1 import enhancer_pb2_grpc
 from imagegate.grpckit import reasons
 from imagegate.grpckit.errors import ImagegateError
 from imagegate.inputs.checks import InputLimits
@@ -30,6 +31,7 @@ from services.router.breaker import BreakerRegistry
 from services.router.catalog import Catalog
 from services.router.config import RouterSettings
 from services.router.dedupe import Deduplicator
+from services.router.enhancement import PromptEnhancementStep
 from services.router.events import EventSink
 from services.router.execution import Executor
 from services.router.failures import all_failed
@@ -70,6 +72,7 @@ class RouterApp:
         tracer: trace.Tracer,
         metrics: RouterMetrics,
         clock: Callable[[], float] = time.monotonic,
+        enhancer: enhancer_pb2_grpc.EnhancerServiceStub | None = None,
     ) -> None:
         self.settings, self.catalog, self.adapters = settings, catalog, adapters
         self.quota, self.metering, self.pricer = quota, metering, pricer
@@ -98,6 +101,14 @@ class RouterApp:
                 tracer=tracer,
                 metrics=metrics,
             )
+        )
+        self.enhancement = PromptEnhancementStep(
+            stub=enhancer,
+            settings=settings,
+            catalog=catalog,
+            adapters=adapters,
+            pricer=pricer,
+            tracer=tracer,
         )
         self.settlement = RouterSettlement(
             settings=settings, settler=settler, pricer=pricer, pending=pending
@@ -245,6 +256,10 @@ class RouterApp:
         job = Job(admitted, plan, reservation, summary.trace_id, span, events)
         tenant = admitted.caller.tenant_id
         try:
+            # Before the attempts, inside the abandon guard: tokens spent are settled either way.
+            job.enhancement = await self.enhancement.run(admitted, plan)
+            if events is not None and job.enhancement.report is not None:
+                events.emit(prompt_enhanced=job.enhancement.report)
             execution = await self.executor.run(job)
         except BaseException:
             self.settlement.abandon(job)

@@ -70,6 +70,8 @@ class ModelEntry:
     """Size used when neither the caller nor a style sets one."""
     candidates: tuple[Candidate, ...]
     """Candidates in priority order."""
+    prompt_format: str = "natural"
+    """How the model wants prompts written: "natural" (FLUX, GPT image) or "tags" (SD)."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,8 @@ class StylePreset:
     """Negative prompt added by the preset."""
     size: tuple[int, int]
     """Default (width, height)."""
+    enhance_by_default: bool = False
+    """Whether requests in this style enhance their prompt unless they say otherwise."""
 
     def expand(self, prompt: str) -> str:
         """The caller's prompt inside the template (plain replace: braces in prompts are safe)."""
@@ -105,6 +109,7 @@ class StylePreset:
             negative_prompt=self.negative_prompt,
             default_width=self.size[0],
             default_height=self.size[1],
+            enhance_by_default=self.enhance_by_default,
         )
 
 
@@ -198,12 +203,16 @@ def load_catalog(path: Path | None = None) -> Catalog:
         if not cands:
             raise CatalogError(f"{where}: needs at least one candidate")
         w, h = m.get("default_size", [1024, 1024])
+        prompt_format = str(m.get("prompt_format", "natural"))
+        if prompt_format not in ("natural", "tags"):
+            raise CatalogError(f"{where}: prompt_format must be natural or tags")
         models[alias] = ModelEntry(
             alias=alias,
             description=str(m.get("description", "")),
             tier=tier,
             default_size=(int(w), int(h)),
             candidates=tuple(cands),
+            prompt_format=prompt_format,
         )
     prefs = _preferences(raw.get("preferences"), models, f"{path}: preference")
     edit_prefs = _preferences(raw.get("edit_preferences"), models, f"{path}: edit preference")
@@ -219,6 +228,7 @@ def load_catalog(path: Path | None = None) -> Catalog:
             prompt_template=template,
             negative_prompt=str(s.get("negative_prompt", "")),
             size=(int(w), int(h)),
+            enhance_by_default=bool(s.get("enhance_by_default", False)),
         )
     return Catalog(
         models=models,

@@ -30,6 +30,24 @@ class RouterSettings(BaseSettings):
         validation_alias=AliasChoices("IMAGEGATE_METERING_ADDR", "IMAGEGATE_ROUTER_METERING_ADDR"),
         description="Metering service address.",
     )
+    enhancer_addr: str = Field(
+        "",
+        validation_alias=AliasChoices("IMAGEGATE_ENHANCER_ADDR", "IMAGEGATE_ROUTER_ENHANCER_ADDR"),
+        description="PromptEnhancer address; empty: no enhancer (enhance requests answer with "
+        "the original prompt and a notice).",
+    )
+    enhance_deadline_share: float = Field(
+        0.15, ge=0, le=0.5, description="Most of the remaining deadline prompt enhancement may use."
+    )
+    enhance_max_seconds: float = Field(
+        6.0, ge=0, description="Longest prompt enhancement, whatever the deadline."
+    )
+    enhance_min_seconds: float = Field(
+        0.25, ge=0, description="Enhancement is skipped when its share would be shorter."
+    )
+    enhance_max_prompt_chars: int = Field(
+        1000, ge=100, le=4000, description="Longest enhanced prompt asked for, in characters."
+    )
     data_dir: Path = Field(
         Path(".imagegate"),
         validation_alias=AliasChoices("IMAGEGATE_DATA_DIR", "IMAGEGATE_ROUTER_DATA_DIR"),

@@ -12,6 +12,7 @@ from imagegate.quota.v1 import quota_pb2
 from imagegate.router.v1 import router_pb2
 from services.router.admission import Admitted
 from services.router.catalog import Candidate
+from services.router.enhancement import Enhancement
 from services.router.events import EventSink
 from services.router.planning import RoutePlan
 
@@ -63,3 +64,5 @@ class Job:
     """Whether settlement has been handed its order (it must happen exactly once)."""
     accepted_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     """When the Router accepted the request (the usage record's time)."""
+    enhancement: Enhancement = field(default_factory=Enhancement)
+    """What prompt enhancement did (and what it cost) before the attempts."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from imagegate.enhancer.v1 import enhancer_pb2, enhancer_pb2_grpc
 from imagegate.grpckit.channel import create_channel
 from imagegate.grpckit.options import CHANNEL_OPTIONS
 from imagegate.grpckit.server import RunningServer, start_server
@@ -33,6 +34,7 @@ SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 QUOTA_SERVICE = quota_pb2.DESCRIPTOR.services_by_name["QuotaService"].full_name
 METERING_SERVICE = metering_pb2.DESCRIPTOR.services_by_name["MeteringService"].full_name
 PROVIDER_SERVICE = provider_pb2.DESCRIPTOR.services_by_name["ProviderService"].full_name
+ENHANCER_SERVICE = enhancer_pb2.DESCRIPTOR.services_by_name["EnhancerService"].full_name
 
 
 def breaker_config(settings: RouterSettings) -> BreakerConfig:
@@ -137,6 +139,14 @@ async def start_router(
         describe_interval=settings.describe_interval_seconds,
         local_provider=catalog.local_provider,
     )
+    channels = [quota_channel, metering_channel]
+    enhancer = None
+    if settings.enhancer_addr:
+        enhancer_channel = create_channel(settings.enhancer_addr)
+        channels.append(enhancer_channel)
+        enhancer = telemetry.traced_stub(
+            enhancer_pb2_grpc.EnhancerServiceStub(enhancer_channel), ENHANCER_SERVICE
+        )
     outbox = settings.data_dir / "router-outbox.sqlite3"
     outbox.parent.mkdir(parents=True, exist_ok=True)
     app = RouterApp(
@@ -155,6 +165,7 @@ async def start_router(
         tracer=telemetry.tracer,
         metrics=metrics,
         clock=clock,
+        enhancer=enhancer,
     )
     await app.start()
     servicer = RouterServicer(app)
@@ -166,5 +177,5 @@ async def start_router(
         interceptors=telemetry.server_interceptors(),
         maximum_concurrent_rpcs=settings.maximum_concurrent_rpcs,
     )
-    handle = RouterHandle(running=running, app=app, channels=[quota_channel, metering_channel])
+    handle = RouterHandle(running=running, app=app, channels=channels)
     return running, app, handle

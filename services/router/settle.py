@@ -45,7 +45,8 @@ class RouterSettlement:
         self.pending = pending
 
     def billed_failures(self, job: Job) -> tuple[list[metering_pb2.BilledAttempt], int]:
-        """Failed attempts the provider may bill, and their provider cost in micro-USD.
+        """Failed attempts the provider may bill plus the prompt enhancement's tokens (a line of
+        its own, numbered after every image attempt), and their provider cost in micro-USD.
 
         Each carries the usage the adapter reported for it (what the provider bills, e.g. only
         the BFL tasks that were not moderated). When nothing was reported (the Router's own
@@ -54,6 +55,14 @@ class RouterSettlement:
         """
         billed: list[metering_pb2.BilledAttempt] = []
         total = 0
+        enhancement = job.enhancement
+        if enhancement.line is not None:
+            # The gateway's own cost: the tenant's plan counts images, not prompt rewrites.
+            line = metering_pb2.BilledAttempt()
+            line.CopyFrom(enhancement.line)
+            line.attempt_number = job.log.started + 1
+            billed.append(line)
+            total += enhancement.cost_micros
         for cand, attempt, reported in job.log.billable_failures:
             usage = reported
             if usage is None:
@@ -140,7 +149,9 @@ class RouterSettlement:
         order = Settlement(reservation.id if reservation else "", commit, record)
         await self._hand_over(job, order, job.admitted.deadline)
         plan = job.plan
-        return router_pb2.GenerateImageResponse(
+        template = job.admitted.norm.template
+        notice = job.enhancement.notice
+        response = router_pb2.GenerateImageResponse(
             request_id=job.admitted.request_id,
             images=resp.images,
             provider=cand.provider,
@@ -151,9 +162,14 @@ class RouterSettlement:
             attempts=job.log.attempts,
             trace_id=job.trace_id,
             deviations=resp.deviations,
-            notices=plan.notices,
+            notices=[*plan.notices, *([notice] if notice else [])],
             local_substitute=plan.local_substitute,
+            sent_prompt=template.prompt,
+            sent_negative_prompt=template.negative_prompt,
         )
+        if job.enhancement.report is not None:
+            response.enhancement.CopyFrom(job.enhancement.report)
+        return response
 
     async def fail(self, job: Job, deadline: Deadline | None = None) -> int:
         """Releases the hold and records billable failures; returns what they cost.

@@ -16,15 +16,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from imagegate.devstack.services import ADAPTERS, CORE, ROUTER, ServiceSpec
+from imagegate.devstack.services import ADAPTERS, CORE, ENHANCER, ROUTER, ServiceSpec
 from imagegate.telemetry import DEFAULT_METRICS_ADDRS
 from imagegate.telemetry.setup import env_key
+from imagegate.textproviders import KEY_VARS as TEXT_KEY_VARS
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 BASE = KUBERNETES / "base"
 POSTGRES = KUBERNETES / "overlays" / "postgres"
-SPECS = {s.name: s for s in (*CORE, *ADAPTERS, ROUTER)}
+SPECS = {s.name: s for s in (*CORE, *ADAPTERS, ENHANCER, ROUTER)}
 WORKLOAD_KINDS = ("Deployment", "StatefulSet")
 SECRET_NAME = re.compile(r"KEY|TOKEN|PASSWORD|PEPPER|SECRET|CREDENTIAL", re.IGNORECASE)
 # Values that look like a credential whatever the key: a URL with a password, provider key shapes.
@@ -232,6 +233,7 @@ def test_router_dials_every_adapter_and_the_ledgers_by_service_name(base):
     env = environment(base, container(ours(base)["router"]))
     assert env["IMAGEGATE_QUOTA_ADDR"] == "quota:50052"
     assert env["IMAGEGATE_METERING_ADDR"] == "metering:50053"
+    assert env["IMAGEGATE_ENHANCER_ADDR"] == "enhancer:50070"
     adapters = dict(item.split("=", 1) for item in str(env["IMAGEGATE_ROUTER_ADAPTERS"]).split(","))
     local = SPECS["local"]
     assert adapters == {s.name: f"{s.name}:{s.default_port}" for s in (local, *ADAPTERS)}
@@ -285,6 +287,8 @@ def test_provider_keys_and_quota_secrets_come_from_a_secret(base, overlay):
         mine = ours(objs)
         for spec in ADAPTERS:
             assert from_secret(container(mine[spec.name]), spec.key_var) == "imagegate-secrets"
+        for var in TEXT_KEY_VARS:
+            assert from_secret(container(mine["enhancer"]), var) == "imagegate-secrets"
         for var in OTHER_SECRETS:
             assert from_secret(container(mine["quota"]), var) == "imagegate-secrets"
         # Nothing generates a Secret: its values are never in git.

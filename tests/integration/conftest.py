@@ -11,6 +11,7 @@ import pytest
 
 from imagegate.devstack.bootstrap import ensure_admin_token, ensure_dev_key
 from imagegate.devstack.supervisor import Stack
+from imagegate.textproviders import KEY_VARS as TEXT_KEY_VARS
 
 _PROVIDER_KEYS = (
     "FAL_KEY",
@@ -40,7 +41,9 @@ class RunningStack:
 
 def stack_env(data_dir: Path, **extra: str) -> dict[str, str]:
     """The test process's environment without provider keys, pointed at `data_dir`."""
-    env = {k: v for k, v in os.environ.items() if k not in _PROVIDER_KEYS}
+    env = {
+        k: v for k, v in os.environ.items() if k not in _PROVIDER_KEYS and k not in TEXT_KEY_VARS
+    }
     env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
     env.update(
         IMAGEGATE_DATA_DIR=str(data_dir),

@@ -34,6 +34,7 @@ BILLABLE_ATTEMPT_FIELDS = {
     "usage",
     "succeeded",
     "usage_reported",
+    "kind",
 }
 BILLABLE_USAGE_FIELDS = {
     "images",
@@ -118,6 +119,9 @@ BILLABLE_CHANGES: dict[str, Callable[[Request], None]] = {
     "provider seconds": lambda r: setattr(r.attempts[1].usage, "provider_seconds", 4.0),
     "output tokens": lambda r: setattr(r.attempts[1].usage, "output_tokens", 10),
     "provider job": lambda r: setattr(r.attempts[1].usage, "provider_job_id", "job-2"),
+    "line kind": lambda r: setattr(
+        r.attempts[0], "kind", metering_pb2.BILLING_LINE_KIND_PROMPT_ENHANCEMENT
+    ),
 }
 
 

@@ -7,6 +7,7 @@ import pytest
 from imagegate.common.v1 import catalog_pb2, image_pb2
 from imagegate.metering.v1 import metering_pb2
 from imagegate.pricing import PriceBook, billable_megapixels, quote_micros, usage_micros
+from imagegate.textproviders import TEXT_PROVIDERS
 from services.metering.catalog import load_catalog
 
 
@@ -104,13 +105,40 @@ _TWO_1024_SQUARE_IMAGES = {
 }
 
 
+# One prompt rewrite of 1,000 input and 1,000 output tokens, by hand from `text_prices`
+# (micro-USD per token: input price x 1,000 + output price x 1,000).
+_ONE_REWRITE = {
+    ("groq", "llama-3.1-8b-instant"): 130,  # 50 + 80
+    ("cerebras", "gpt-oss-120b"): 1100,  # 350 + 750
+    ("sambanova", "Meta-Llama-3.1-8B-Instruct"): 300,
+    ("fireworks", "accounts/fireworks/models/gpt-oss-20b"): 370,
+    ("nebius", "meta-llama/Meta-Llama-3.1-8B-Instruct"): 80,
+    ("novita", "meta-llama/llama-3.1-8b-instruct"): 70,
+    ("hyperbolic", "meta-llama/Llama-3.3-70B-Instruct"): 1600,
+    ("nscale", "meta-llama/Llama-3.1-8B-Instruct"): 200,
+    ("cohere", "command-r7b-12-2024"): 188,  # 37.5 + 150 = 187.5, half up
+    ("featherless", "meta-llama/Llama-3.1-8B-Instruct"): 200,
+}
+_TEXT_PROVIDERS = {p.name for p in TEXT_PROVIDERS}
+
+
+def test_every_text_model_bills_a_rewrite_at_its_hand_computed_cost() -> None:
+    text = [p for p in load_catalog().prices if p.provider in _TEXT_PROVIDERS]
+    assert {(p.provider, p.provider_model) for p in text} == set(_ONE_REWRITE)
+    usage = image_pb2.Usage(input_tokens=1000, output_tokens=1000)
+    for price in text:
+        assert price.unit == catalog_pb2.PRICE_UNIT_TOKEN, price.id
+        assert usage_micros(price, usage) == _ONE_REWRITE[(price.provider, price.provider_model)]
+
+
 def test_every_catalog_entry_quotes_and_bills_its_hand_computed_cost() -> None:
     catalog = load_catalog()
     book = PriceBook(catalog.prices)
     assert book.find("fal", "fal-ai/flux/schnell") is not None
     assert book.find("fal", "nope") is None
-    assert {(p.provider, p.provider_model) for p in catalog.prices} == set(_TWO_1024_SQUARE_IMAGES)
-    assert {p.unit for p in catalog.prices} == {
+    images = [p for p in catalog.prices if p.provider not in _TEXT_PROVIDERS]
+    assert {(p.provider, p.provider_model) for p in images} == set(_TWO_1024_SQUARE_IMAGES)
+    assert {p.unit for p in images} == {
         catalog_pb2.PRICE_UNIT_MEGAPIXEL,
         catalog_pb2.PRICE_UNIT_IMAGE,
         catalog_pb2.PRICE_UNIT_COMPUTE_SECOND,
@@ -118,7 +146,7 @@ def test_every_catalog_entry_quotes_and_bills_its_hand_computed_cost() -> None:
         catalog_pb2.PRICE_UNIT_FREE,
     }
     usage = image_pb2.Usage(images=2, megapixels=2 * 1024 * 1024 / 1e6)
-    for price in catalog.prices:
+    for price in images:
         expected = _TWO_1024_SQUARE_IMAGES[(price.provider, price.provider_model)]
         quality = "medium" if price.unit == catalog_pb2.PRICE_UNIT_TOKEN else ""
         quoted = quote_micros(price, width=1024, height=1024, num_images=2, quality=quality)

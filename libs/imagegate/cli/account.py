@@ -41,8 +41,16 @@ async def cmd_styles(args: argparse.Namespace, conn: Connection) -> int:
         resp = await stub.ListStyles(
             router_pb2.ListStylesRequest(), metadata=conn.api_metadata(), timeout=10
         )
-    rows = [[s.name, f"{s.default_width}x{s.default_height}", s.description] for s in resp.styles]
-    print(table(["style", "size", "description"], rows))
+    rows = [
+        [
+            s.name,
+            f"{s.default_width}x{s.default_height}",
+            "yes" if s.enhance_by_default else "no",
+            s.description,
+        ]
+        for s in resp.styles
+    ]
+    print(table(["style", "size", "enhance", "description"], rows))
     return 0
 
 

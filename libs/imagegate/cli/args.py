@@ -10,6 +10,7 @@ from typing import NoReturn
 from imagegate.cli import flags
 from imagegate.cli.account import cmd_models, cmd_providers, cmd_quota, cmd_styles, cmd_usage
 from imagegate.cli.admin import cmd_admin
+from imagegate.cli.enhancement import add_enhance_flags
 from imagegate.cli.generate import FORMATS, PREFERENCES, cmd_estimate, cmd_generate
 from imagegate.cli.inputs import add_input_args
 from imagegate.pricing import QUALITIES
@@ -52,6 +53,7 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--style", type=flags.text(flags.MAX_ID), help="style preset (`imagegate styles`)"
     )
+    add_enhance_flags(p)
     p.add_argument(
         "--negative", type=flags.text(flags.MAX_NEGATIVE, required=False), help="negative prompt"
     )

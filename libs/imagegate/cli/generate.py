@@ -11,6 +11,7 @@ import grpc
 from google.protobuf import json_format
 
 from imagegate.cli.connection import Connection
+from imagegate.cli.enhancement import describe, progress_line
 from imagegate.cli.inputs import apply_inputs
 from imagegate.cli.output import as_json, table, usd
 from imagegate.common.v1 import image_pb2
@@ -59,6 +60,8 @@ def build_request(args: argparse.Namespace) -> router_pb2.GenerateImageRequest:
     if args.guidance is not None:
         req.guidance_scale = args.guidance
     apply_inputs(args, req)
+    if getattr(args, "enhance", None) is not None:
+        req.enhance_prompt = args.enhance
     return req
 
 
@@ -94,6 +97,8 @@ async def cmd_generate(args: argparse.Namespace, conn: Connection) -> int:
         return 0
     for path, image in zip(paths, result.images, strict=True):
         print(f"wrote {path} ({image.width}x{image.height} {image.mime_type})")
+    for line in describe(result):
+        print(line)
     attempts = ", ".join(
         f"{a.provider}:{router_pb2.AttemptOutcome.Name(a.outcome).removeprefix('ATTEMPT_OUTCOME_').lower()}"
         for a in result.attempts
@@ -131,6 +136,8 @@ def _progress(event: router_pb2.StreamGenerateImageResponse, kind: str | None, l
     elif kind == "skipped":
         k = event.skipped
         text = f"skipped {k.provider} {k.provider_model}: {k.detail}"
+    elif kind == "prompt_enhanced":
+        text = progress_line(event.prompt_enhanced)
     else:
         return
     line = f"[{event.elapsed_seconds:5.1f}s] {text}"

@@ -12,6 +12,7 @@ from imagegate.devstack.bootstrap import ensure_admin_token, ensure_dev_key
 from imagegate.devstack.emulated import start_emulators
 from imagegate.devstack.services import default_env
 from imagegate.devstack.supervisor import Stack, StackError
+from imagegate.textproviders import TEXT_PROVIDERS
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -46,6 +47,12 @@ async def run(args: argparse.Namespace) -> int:
         return 1
     router = stack.address("router")
     hosted = [s.name for s in stack.specs if s.key_var]
+    text = [p.name for p in TEXT_PROVIDERS if env.get(p.key_var)]
+    enhancer = (
+        f"on ({', '.join(text)})"
+        if any(s.name == "enhancer" for s in stack.specs)
+        else "off (no text provider key set: --enhance sends the original prompt with a notice)"
+    )
     for name, emulator in emulators.items():
         print(
             f"  {name} emulator: {emulator.base_url} (faults: POST {emulator.base_url}/_emulator/faults)"
@@ -55,11 +62,13 @@ async def run(args: argparse.Namespace) -> int:
         f"imagegate is up. Router: {router}\n"
         f"  providers: local{''.join(', ' + h for h in hosted)}"
         f"{'' if hosted else ' (no provider keys set: the local backend serves every model)'}\n"
+        f"  prompt enhancer: {enhancer}\n"
         f"  dev API key: {key_file}{' (created)' if created else ''}\n"
         f"  data: {data_dir}\n\n"
         "Try, in another terminal:\n"
         '  .venv/bin/imagegate generate "isometric treasure chest, game asset" '
         "--size 512x512 -o chest.png\n"
+        '  .venv/bin/imagegate generate "knight" --style game-sprite --enhance -o knight.png\n'
         "  .venv/bin/imagegate usage && .venv/bin/imagegate quota\n\n"
         "Ctrl-C stops everything.\n",
         flush=True,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from imagegate.emulators.base import Emulator
 from imagegate.emulators.bfl import BflEmulator
+from imagegate.emulators.chat import ChatEmulator
 from imagegate.emulators.fal import FalEmulator
 from imagegate.emulators.huggingface import HuggingFaceEmulator
 from imagegate.emulators.openai import OpenAIEmulator
@@ -58,10 +59,38 @@ PROVIDERS = (
 )
 
 
+# Text providers emulated for the prompt enhancer: two, so failover between them can be shown.
+CHAT_PROVIDERS = (
+    ("groq", "GROQ_API_KEY", "gsk_emulated"),
+    ("cerebras", "CEREBRAS_API_KEY", "csk-emulated"),
+)
+
+
+async def start_chat_emulators(
+    env: MutableMapping[str, str], *, latency: float = 0.0
+) -> dict[str, Emulator]:
+    """Starts a chat/completions emulator per emulated text provider and points the enhancer's
+    keys and base URLs at them (which makes the dev stack start the enhancer)."""
+    started: dict[str, Emulator] = {}
+    urls = []
+    for name, key_var, key in CHAT_PROVIDERS:
+        emulator = ChatEmulator(latency=min(latency, 0.2), key=key)
+        base_url = await emulator.start("127.0.0.1", 0)
+        env[key_var] = key
+        urls.append(f"{name}={base_url}/v1")
+        started[name] = emulator
+    env["IMAGEGATE_ENHANCER_BASE_URLS"] = ",".join(urls)
+    env["IMAGEGATE_ENHANCER_ORDER"] = ",".join(name for name, _, _ in CHAT_PROVIDERS)
+    return started
+
+
 async def start_emulators(
     env: MutableMapping[str, str], names: Iterable[str] | None = None, *, latency: float = 0.0
 ) -> dict[str, Emulator]:
-    """Starts emulators on free loopback ports and points the adapters' variables at them."""
+    """Starts emulators on free loopback ports and points the adapters' variables at them.
+
+    With no `names`, every image provider and the text providers of the prompt enhancer.
+    """
     wanted = set(names) if names is not None else {p.name for p in PROVIDERS}
     started: dict[str, Emulator] = {}
     for provider in PROVIDERS:
@@ -72,4 +101,6 @@ async def start_emulators(
         env[provider.key_var] = provider.key
         env[provider.base_url_var] = base_url
         started[provider.name] = emulator
+    if names is None:
+        started.update(await start_chat_emulators(env, latency=latency))
     return started

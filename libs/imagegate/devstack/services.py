@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from imagegate.telemetry.setup import env_key
+from imagegate.textproviders import KEY_VARS as TEXT_KEY_VARS
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ ADAPTERS = (
         "together", "services.together", "IMAGEGATE_TOGETHER_ADDR", 50066, "", "TOGETHER_API_KEY"
     ),
 )
+# Started when any text provider key is set; the Router dials it at IMAGEGATE_ENHANCER_ADDR.
+ENHANCER = ServiceSpec("enhancer", "services.enhancer", "IMAGEGATE_ENHANCER_ADDR", 50070, "")
 ROUTER = ServiceSpec("router", "services.router", "IMAGEGATE_ROUTER_ADDR", 50051, "")
 
 
@@ -66,10 +69,17 @@ def plan_stack(
     """The processes to start (core, enabled adapters, router last) and their shared environment.
 
     Hosted adapters are started only when their key variable is set; the local adapter always is.
+    The prompt enhancer is started when at least one text provider key (GROQ_API_KEY, ...) is set;
+    without one the Router has no enhancer and answers enhance requests with the original prompt
+    and a notice.
     """
     out = dict(env)
     enabled = [a for a in ADAPTERS if env.get(a.key_var)]
-    specs = [*CORE, *enabled, ROUTER]
+    enhancer = [ENHANCER] if any(env.get(v) for v in TEXT_KEY_VARS) else []
+    if not enhancer:
+        # A stale address from the shell would make the Router dial an enhancer that is not there.
+        out.pop(ENHANCER.addr_var, None)
+    specs = [*CORE, *enabled, *enhancer, ROUTER]
     for spec in specs:
         metrics_var = f"IMAGEGATE_{env_key(spec.name)}_METRICS_ADDR"
         if auto_ports:

@@ -28,7 +28,9 @@ def find_emulator(provider: str) -> type[Emulator]:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(prog="python -m imagegate.emulators", description=__doc__)
-    parser.add_argument("provider", help="fal, replicate, bfl, huggingface, openai or together")
+    parser.add_argument(
+        "provider", help="fal, replicate, bfl, huggingface, openai, together or chat"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="listen host (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="listen port (default: any free)")
     parser.add_argument(
@@ -52,7 +54,11 @@ async def run(args: argparse.Namespace) -> None:
     base_url = await emulator.start(args.host, args.port)
     prefix = "IMAGEGATE_" + {"huggingface": "HF"}.get(args.provider, args.provider.upper())
     print(f"{args.provider} emulator on {base_url}", flush=True)
-    print(f"  point the adapter at it: {prefix}_BASE_URL={base_url}", flush=True)
+    if args.provider == "chat":
+        hint = f"IMAGEGATE_ENHANCER_BASE_URLS=groq={base_url}/v1 GROQ_API_KEY=<any>"
+        print(f"  point the enhancer at it: {hint}", flush=True)
+    else:
+        print(f"  point the adapter at it: {prefix}_BASE_URL={base_url}", flush=True)
     print(
         f'  faults: curl -X POST {base_url}/_emulator/faults -d \'{{"kind": "error_503"}}\'',
         flush=True,

@@ -75,3 +75,11 @@ META_BILLED_OUTPUT_TOKENS = "billed_output_tokens"
 
 # Metering (appended).
 PRICE_NOT_FOUND = "PRICE_NOT_FOUND"
+
+# PromptEnhancer (appended; docs/enhancer.md).
+# No text provider key is configured.
+ENHANCER_NOT_CONFIGURED = "ENHANCER_NOT_CONFIGURED"
+# Every configured text provider failed or was skipped.
+ENHANCER_UNAVAILABLE = "ENHANCER_UNAVAILABLE"
+# A text provider skipped because its breaker is open (ProviderFailure.reason, not a status).
+BREAKER_OPEN = "BREAKER_OPEN"

@@ -46,6 +46,30 @@ REQUEST_OUTCOME_FAILED: RequestOutcome.ValueType  # 2
 """No images were delivered."""
 Global___RequestOutcome: _TypeAlias = RequestOutcome  # noqa: Y015
 
+class _BillingLineKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BillingLineKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BillingLineKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BILLING_LINE_KIND_UNSPECIFIED: _BillingLineKind.ValueType  # 0
+    """Not set; an image generation attempt."""
+    BILLING_LINE_KIND_IMAGE: _BillingLineKind.ValueType  # 1
+    """An image generation attempt."""
+    BILLING_LINE_KIND_PROMPT_ENHANCEMENT: _BillingLineKind.ValueType  # 2
+    """A prompt rewrite by a text provider, billed per token; never "succeeded" (it delivers no images)."""
+
+class BillingLineKind(_BillingLineKind, metaclass=_BillingLineKindEnumTypeWrapper):
+    """What a billed line is for."""
+
+BILLING_LINE_KIND_UNSPECIFIED: BillingLineKind.ValueType  # 0
+"""Not set; an image generation attempt."""
+BILLING_LINE_KIND_IMAGE: BillingLineKind.ValueType  # 1
+"""An image generation attempt."""
+BILLING_LINE_KIND_PROMPT_ENHANCEMENT: BillingLineKind.ValueType  # 2
+"""A prompt rewrite by a text provider, billed per token; never "succeeded" (it delivers no images)."""
+Global___BillingLineKind: _TypeAlias = BillingLineKind  # noqa: Y015
+
 @_typing.final
 class BilledAttempt(_message.Message):
     """One provider attempt the provider may bill."""
@@ -61,6 +85,7 @@ class BilledAttempt(_message.Message):
     COST_MICROS_FIELD_NUMBER: _builtins.int
     PRICE_ID_FIELD_NUMBER: _builtins.int
     USAGE_REPORTED_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     """Provider name."""
     provider_model: _builtins.str
@@ -80,6 +105,8 @@ class BilledAttempt(_message.Message):
     when the Router estimated it from the request because nothing was reported (its own
     timeout, a cancelled hedge loser): the estimate is the requested size times n.
     """
+    kind: Global___BillingLineKind.ValueType
+    """What the line bills: an image attempt (the default) or a prompt enhancement."""
     @_builtins.property
     def usage(self) -> _image_pb2.Usage:
         """Usage of the attempt (for a failed but billable attempt, the usage the provider would bill)."""
@@ -96,10 +123,11 @@ class BilledAttempt(_message.Message):
         cost_micros: _builtins.int = ...,
         price_id: _builtins.str = ...,
         usage_reported: _builtins.bool = ...,
+        kind: Global___BillingLineKind.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_number", b"attempt_number", "cost_micros", b"cost_micros", "note", b"note", "price_id", b"price_id", "provider", b"provider", "provider_model", b"provider_model", "succeeded", b"succeeded", "usage", b"usage", "usage_reported", b"usage_reported"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_number", b"attempt_number", "cost_micros", b"cost_micros", "kind", b"kind", "note", b"note", "price_id", b"price_id", "provider", b"provider", "provider_model", b"provider_model", "succeeded", b"succeeded", "usage", b"usage", "usage_reported", b"usage_reported"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

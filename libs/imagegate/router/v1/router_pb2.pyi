@@ -117,6 +117,38 @@ ATTEMPT_OUTCOME_FAILED: AttemptOutcome.ValueType  # 11
 """Any other failure."""
 Global___AttemptOutcome: _TypeAlias = AttemptOutcome  # noqa: Y015
 
+class _EnhancementStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EnhancementStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EnhancementStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ENHANCEMENT_STATUS_UNSPECIFIED: _EnhancementStatus.ValueType  # 0
+    """Not set."""
+    ENHANCEMENT_STATUS_APPLIED: _EnhancementStatus.ValueType  # 1
+    """The enhanced prompt was sent to the image provider."""
+    ENHANCEMENT_STATUS_NOT_CONFIGURED: _EnhancementStatus.ValueType  # 2
+    """The enhancer is not configured (no text provider key): the original prompt was sent."""
+    ENHANCEMENT_STATUS_UNAVAILABLE: _EnhancementStatus.ValueType  # 3
+    """The enhancer or every text provider failed: the original prompt was sent."""
+    ENHANCEMENT_STATUS_TIMED_OUT: _EnhancementStatus.ValueType  # 4
+    """The enhancer ran out of its share of the deadline: the original prompt was sent."""
+
+class EnhancementStatus(_EnhancementStatus, metaclass=_EnhancementStatusEnumTypeWrapper):
+    """How the prompt enhancement step ended."""
+
+ENHANCEMENT_STATUS_UNSPECIFIED: EnhancementStatus.ValueType  # 0
+"""Not set."""
+ENHANCEMENT_STATUS_APPLIED: EnhancementStatus.ValueType  # 1
+"""The enhanced prompt was sent to the image provider."""
+ENHANCEMENT_STATUS_NOT_CONFIGURED: EnhancementStatus.ValueType  # 2
+"""The enhancer is not configured (no text provider key): the original prompt was sent."""
+ENHANCEMENT_STATUS_UNAVAILABLE: EnhancementStatus.ValueType  # 3
+"""The enhancer or every text provider failed: the original prompt was sent."""
+ENHANCEMENT_STATUS_TIMED_OUT: EnhancementStatus.ValueType  # 4
+"""The enhancer ran out of its share of the deadline: the original prompt was sent."""
+Global___EnhancementStatus: _TypeAlias = EnhancementStatus  # noqa: Y015
+
 class _BreakerState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -175,6 +207,7 @@ class GenerateImageRequest(_message.Message):
     MASK_FIELD_NUMBER: _builtins.int
     MASK_FROM_ALPHA_FIELD_NUMBER: _builtins.int
     REFERENCE_IMAGES_FIELD_NUMBER: _builtins.int
+    ENHANCE_PROMPT_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key, unique per tenant (a UUID is a good choice). Empty lets the Router
     assign one, which disables deduplication of retries.
@@ -236,6 +269,10 @@ class GenerateImageRequest(_message.Message):
     """When true, `image`'s own alpha channel is the mask (transparent pixels are repainted);
     `image` must then be a PNG or WebP with transparency and `mask` must be empty.
     """
+    enhance_prompt: _builtins.bool
+    """Rewrite the prompt through the prompt enhancer (text-only providers) before generating.
+    Unset takes the style's default (see Style.enhance_by_default); no style means false.
+    """
     @_builtins.property
     def allowed_providers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """When non-empty, only these providers are tried."""
@@ -277,11 +314,14 @@ class GenerateImageRequest(_message.Message):
         mask: _builtins.bytes = ...,
         mask_from_alpha: _builtins.bool = ...,
         reference_images: _abc.Iterable[_builtins.bytes] | None = ...,
+        enhance_prompt: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale", "_height", b"_height", "_seed", b"_seed", "_steps", b"_steps", "_strength", b"_strength", "_width", b"_width", "guidance_scale", b"guidance_scale", "height", b"height", "seed", b"seed", "steps", b"steps", "strength", b"strength", "width", b"width"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_enhance_prompt", b"_enhance_prompt", "_guidance_scale", b"_guidance_scale", "_height", b"_height", "_seed", b"_seed", "_steps", b"_steps", "_strength", b"_strength", "_width", b"_width", "enhance_prompt", b"enhance_prompt", "guidance_scale", b"guidance_scale", "height", b"height", "seed", b"seed", "steps", b"steps", "strength", b"strength", "width", b"width"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale", "_height", b"_height", "_seed", b"_seed", "_steps", b"_steps", "_strength", b"_strength", "_width", b"_width", "allow_degradation", b"allow_degradation", "allow_moderation_failover", b"allow_moderation_failover", "allowed_providers", b"allowed_providers", "blocked_providers", b"blocked_providers", "guidance_scale", b"guidance_scale", "height", b"height", "image", b"image", "mask", b"mask", "mask_from_alpha", b"mask_from_alpha", "max_cost_micros", b"max_cost_micros", "model", b"model", "negative_prompt", b"negative_prompt", "num_images", b"num_images", "output_format", b"output_format", "preference", b"preference", "prompt", b"prompt", "quality", b"quality", "reference_images", b"reference_images", "request_id", b"request_id", "seed", b"seed", "steps", b"steps", "strength", b"strength", "style", b"style", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enhance_prompt", b"_enhance_prompt", "_guidance_scale", b"_guidance_scale", "_height", b"_height", "_seed", b"_seed", "_steps", b"_steps", "_strength", b"_strength", "_width", b"_width", "allow_degradation", b"allow_degradation", "allow_moderation_failover", b"allow_moderation_failover", "allowed_providers", b"allowed_providers", "blocked_providers", b"blocked_providers", "enhance_prompt", b"enhance_prompt", "guidance_scale", b"guidance_scale", "height", b"height", "image", b"image", "mask", b"mask", "mask_from_alpha", b"mask_from_alpha", "max_cost_micros", b"max_cost_micros", "model", b"model", "negative_prompt", b"negative_prompt", "num_images", b"num_images", "output_format", b"output_format", "preference", b"preference", "prompt", b"prompt", "quality", b"quality", "reference_images", b"reference_images", "request_id", b"request_id", "seed", b"seed", "steps", b"steps", "strength", b"strength", "style", b"style", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__enhance_prompt: _TypeAlias = _typing.Literal["enhance_prompt"]  # noqa: Y015
+    _WhichOneofArgType__enhance_prompt: _TypeAlias = _typing.Literal["_enhance_prompt", b"_enhance_prompt"]  # noqa: Y015
     _WhichOneofReturnType__guidance_scale: _TypeAlias = _typing.Literal["guidance_scale"]  # noqa: Y015
     _WhichOneofArgType__guidance_scale: _TypeAlias = _typing.Literal["_guidance_scale", b"_guidance_scale"]  # noqa: Y015
     _WhichOneofReturnType__height: _TypeAlias = _typing.Literal["height"]  # noqa: Y015
@@ -294,6 +334,8 @@ class GenerateImageRequest(_message.Message):
     _WhichOneofArgType__strength: _TypeAlias = _typing.Literal["_strength", b"_strength"]  # noqa: Y015
     _WhichOneofReturnType__width: _TypeAlias = _typing.Literal["width"]  # noqa: Y015
     _WhichOneofArgType__width: _TypeAlias = _typing.Literal["_width", b"_width"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__enhance_prompt) -> _WhichOneofReturnType__enhance_prompt | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__guidance_scale) -> _WhichOneofReturnType__guidance_scale | None: ...
     @_typing.overload
@@ -379,6 +421,9 @@ class GenerateImageResponse(_message.Message):
     DEVIATIONS_FIELD_NUMBER: _builtins.int
     NOTICES_FIELD_NUMBER: _builtins.int
     LOCAL_SUBSTITUTE_FIELD_NUMBER: _builtins.int
+    SENT_PROMPT_FIELD_NUMBER: _builtins.int
+    SENT_NEGATIVE_PROMPT_FIELD_NUMBER: _builtins.int
+    ENHANCEMENT_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The request id (the caller's, or the one the Router assigned)."""
     provider: _builtins.str
@@ -396,6 +441,10 @@ class GenerateImageResponse(_message.Message):
     """W3C trace id of this request (32 hex digits), to quote in support tickets."""
     local_substitute: _builtins.bool
     """True when the local backend served a request because no hosted provider could."""
+    sent_prompt: _builtins.str
+    """The prompt actually sent to the image provider (style applied, enhanced when enhancement ran)."""
+    sent_negative_prompt: _builtins.str
+    """The negative prompt actually sent to the image provider."""
     @_builtins.property
     def images(self) -> _containers.RepeatedCompositeFieldContainer[_image_pb2.Image]:
         """The images, exactly as many as requested."""
@@ -418,6 +467,10 @@ class GenerateImageResponse(_message.Message):
         hosted provider is enabled.
         """
 
+    @_builtins.property
+    def enhancement(self) -> Global___PromptEnhancement:
+        """What the prompt enhancement step did; unset when it was not asked for."""
+
     def __init__(
         self,
         *,
@@ -433,14 +486,81 @@ class GenerateImageResponse(_message.Message):
         deviations: _abc.Iterable[_image_pb2.Deviation] | None = ...,
         notices: _abc.Iterable[_builtins.str] | None = ...,
         local_substitute: _builtins.bool = ...,
+        sent_prompt: _builtins.str = ...,
+        sent_negative_prompt: _builtins.str = ...,
+        enhancement: Global___PromptEnhancement | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["enhancement", b"enhancement", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cost_micros", b"cost_micros", "deviations", b"deviations", "images", b"images", "local_substitute", b"local_substitute", "model", b"model", "notices", b"notices", "provider", b"provider", "provider_model", b"provider_model", "request_id", b"request_id", "trace_id", b"trace_id", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cost_micros", b"cost_micros", "deviations", b"deviations", "enhancement", b"enhancement", "images", b"images", "local_substitute", b"local_substitute", "model", b"model", "notices", b"notices", "provider", b"provider", "provider_model", b"provider_model", "request_id", b"request_id", "sent_negative_prompt", b"sent_negative_prompt", "sent_prompt", b"sent_prompt", "trace_id", b"trace_id", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GenerateImageResponse: _TypeAlias = GenerateImageResponse  # noqa: Y015
+
+@_typing.final
+class PromptEnhancement(_message.Message):
+    """The prompt enhancement step of one request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    ORIGINAL_PROMPT_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    PROVIDER_MODEL_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    COST_MICROS_FIELD_NUMBER: _builtins.int
+    CACHED_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    LATENCY_FIELD_NUMBER: _builtins.int
+    COST_NANOS_FIELD_NUMBER: _builtins.int
+    status: Global___EnhancementStatus.ValueType
+    """How it ended."""
+    original_prompt: _builtins.str
+    """The prompt before enhancement (the caller's, with the style applied)."""
+    provider: _builtins.str
+    """Text provider that wrote the enhanced prompt; empty unless APPLIED."""
+    provider_model: _builtins.str
+    """Its model id."""
+    cost_micros: _builtins.int
+    """What the enhancement cost, in micro-USD (included in GenerateImageResponse.cost_micros)."""
+    cached: _builtins.bool
+    """True when the enhancer served the rewrite from its cache (no upstream call, no cost)."""
+    detail: _builtins.str
+    """Why the original prompt went through, for a person; empty when APPLIED."""
+    cost_nanos: _builtins.int
+    """What the enhancement cost in nano-USD (1/1,000 micro-USD), unrounded: a rewrite by a small
+    model costs tens of micro-USD, which cost_micros and the ledger round to whole micro-USD.
+    """
+    @_builtins.property
+    def usage(self) -> _image_pb2.Usage:
+        """Tokens spent (input_tokens, output_tokens); zero on a cache hit."""
+
+    @_builtins.property
+    def latency(self) -> _duration_pb2.Duration:
+        """Time the step took."""
+
+    def __init__(
+        self,
+        *,
+        status: Global___EnhancementStatus.ValueType = ...,
+        original_prompt: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        provider_model: _builtins.str = ...,
+        usage: _image_pb2.Usage | None = ...,
+        cost_micros: _builtins.int = ...,
+        cached: _builtins.bool = ...,
+        detail: _builtins.str = ...,
+        latency: _duration_pb2.Duration | None = ...,
+        cost_nanos: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["latency", b"latency", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached", b"cached", "cost_micros", b"cost_micros", "cost_nanos", b"cost_nanos", "detail", b"detail", "latency", b"latency", "original_prompt", b"original_prompt", "provider", b"provider", "provider_model", b"provider_model", "status", b"status", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PromptEnhancement: _TypeAlias = PromptEnhancement  # noqa: Y015
 
 @_typing.final
 class StreamGenerateImageRequest(_message.Message):
@@ -480,6 +600,7 @@ class StreamGenerateImageResponse(_message.Message):
     FAILOVER_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     SKIPPED_FIELD_NUMBER: _builtins.int
+    PROMPT_ENHANCED_FIELD_NUMBER: _builtins.int
     elapsed_seconds: _builtins.float
     """Seconds since the Router accepted the request."""
     @_builtins.property
@@ -510,6 +631,12 @@ class StreamGenerateImageResponse(_message.Message):
     def skipped(self) -> Global___CandidateSkipped:
         """A candidate was passed over without a call (open circuit, too little time left)."""
 
+    @_builtins.property
+    def prompt_enhanced(self) -> Global___PromptEnhancement:
+        """The prompt enhancement step ended (applied or skipped); sent once, before Accepted, only
+        when the request asked for enhancement.
+        """
+
     def __init__(
         self,
         *,
@@ -521,12 +648,13 @@ class StreamGenerateImageResponse(_message.Message):
         failover: Global___Failover | None = ...,
         result: Global___GenerateImageResponse | None = ...,
         skipped: Global___CandidateSkipped | None = ...,
+        prompt_enhanced: Global___PromptEnhancement | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "attempt_failed", b"attempt_failed", "attempt_started", b"attempt_started", "event", b"event", "failover", b"failover", "progress", b"progress", "result", b"result", "skipped", b"skipped"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "attempt_failed", b"attempt_failed", "attempt_started", b"attempt_started", "event", b"event", "failover", b"failover", "progress", b"progress", "prompt_enhanced", b"prompt_enhanced", "result", b"result", "skipped", b"skipped"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "attempt_failed", b"attempt_failed", "attempt_started", b"attempt_started", "elapsed_seconds", b"elapsed_seconds", "event", b"event", "failover", b"failover", "progress", b"progress", "result", b"result", "skipped", b"skipped"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "attempt_failed", b"attempt_failed", "attempt_started", b"attempt_started", "elapsed_seconds", b"elapsed_seconds", "event", b"event", "failover", b"failover", "progress", b"progress", "prompt_enhanced", b"prompt_enhanced", "result", b"result", "skipped", b"skipped"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["accepted", "attempt_started", "progress", "attempt_failed", "failover", "result", "skipped"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["accepted", "attempt_started", "progress", "attempt_failed", "failover", "result", "skipped", "prompt_enhanced"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -848,6 +976,7 @@ class Style(_message.Message):
     NEGATIVE_PROMPT_FIELD_NUMBER: _builtins.int
     DEFAULT_WIDTH_FIELD_NUMBER: _builtins.int
     DEFAULT_HEIGHT_FIELD_NUMBER: _builtins.int
+    ENHANCE_BY_DEFAULT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Name, e.g. "pixel-art"."""
     description: _builtins.str
@@ -860,6 +989,8 @@ class Style(_message.Message):
     """Default width when the caller sets none."""
     default_height: _builtins.int
     """Default height when the caller sets none."""
+    enhance_by_default: _builtins.bool
+    """Whether requests in this style enhance their prompt unless they set enhance_prompt."""
     def __init__(
         self,
         *,
@@ -869,10 +1000,11 @@ class Style(_message.Message):
         negative_prompt: _builtins.str = ...,
         default_width: _builtins.int = ...,
         default_height: _builtins.int = ...,
+        enhance_by_default: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_height", b"default_height", "default_width", b"default_width", "description", b"description", "name", b"name", "negative_prompt", b"negative_prompt", "prompt_template", b"prompt_template"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_height", b"default_height", "default_width", b"default_width", "description", b"description", "enhance_by_default", b"enhance_by_default", "name", b"name", "negative_prompt", b"negative_prompt", "prompt_template", b"prompt_template"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

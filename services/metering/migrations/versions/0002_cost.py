@@ -1,4 +1,4 @@
-"""Cost truth: tenant charge, failed-attempt cost and plan per record; reported usage per attempt.
+"""Cost truth: tenant charge, failed-attempt cost and plan per record; reported usage and line kind per attempt.
 
 Rows written before this migration keep 0 / "" / true: their cost_micros was the provider cost,
 and their tenant charge was never recorded here (Quota holds it).
@@ -26,12 +26,14 @@ def upgrade() -> None:
         batch.add_column(
             sa.Column("usage_reported", sa.Boolean, nullable=False, server_default=sa.true())
         )
+        batch.add_column(sa.Column("kind", sa.Integer, nullable=False, server_default="0"))
     op.create_index("ix_usage_records_period_plan", "usage_records", ["period", "plan"])
 
 
 def downgrade() -> None:
     op.drop_index("ix_usage_records_period_plan", table_name="usage_records")
     with op.batch_alter_table("usage_attempts") as batch:
+        batch.drop_column("kind")
         batch.drop_column("usage_reported")
     with op.batch_alter_table("usage_records") as batch:
         batch.drop_column("plan")

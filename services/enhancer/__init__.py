@@ -1,0 +1,1 @@
+"""PromptEnhancer: rewrites image prompts through OpenAI-compatible text providers."""
