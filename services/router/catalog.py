@@ -124,6 +124,8 @@ class Catalog:
     """Provider name of the embedded local backend."""
     local_model: str = "imagegate-local-v1"
     """Its model id."""
+    self_hosted_providers: frozenset[str] = frozenset()
+    """Providers running on the operator's own hardware: tried before hosted ones."""
 
     @property
     def local_alias(self) -> str | None:
@@ -225,4 +227,5 @@ def load_catalog(path: Path | None = None) -> Catalog:
         provider_timeouts={k: float(v) for k, v in (raw.get("provider_timeouts") or {}).items()},
         local_provider=local_provider,
         local_model=str(raw.get("local_model", "imagegate-local-v1")),
+        self_hosted_providers=frozenset(str(p) for p in raw.get("self_hosted_providers") or ()),
     )

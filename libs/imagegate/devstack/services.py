@@ -25,7 +25,8 @@ class ServiceSpec:
     health_service: str
     """gRPC health service name that reports SERVING once it is ready ("" = whole server)."""
     key_var: str = ""
-    """For hosted adapters: the key variable that enables it."""
+    """For hosted adapters: the key variable that enables it (for self-hosted ones: the model
+    directory or server URL)."""
 
 
 CORE = (
@@ -50,6 +51,20 @@ ADAPTERS = (
         "together", "services.together", "IMAGEGATE_TOGETHER_ADDR", 50066, "", "TOGETHER_API_KEY"
     ),
 )
+# The team's own capacity: started when their weights directory or server URL is set.
+SELF_HOSTED = (
+    ServiceSpec(
+        "diffusers",
+        "services.diffusers",
+        "IMAGEGATE_DIFFUSERS_ADDR",
+        50067,
+        "",
+        "IMAGEGATE_DIFFUSERS_MODEL_PATH",
+    ),
+    ServiceSpec(
+        "comfyui", "services.comfyui", "IMAGEGATE_COMFYUI_ADDR", 50068, "", "IMAGEGATE_COMFYUI_BASE_URL"
+    ),
+)
 ROUTER = ServiceSpec("router", "services.router", "IMAGEGATE_ROUTER_ADDR", 50051, "")
 
 
@@ -65,10 +80,11 @@ def plan_stack(
 ) -> tuple[list[ServiceSpec], dict[str, str]]:
     """The processes to start (core, enabled adapters, router last) and their shared environment.
 
-    Hosted adapters are started only when their key variable is set; the local adapter always is.
+    Hosted adapters are started only when their key variable is set, self-hosted ones when their
+    weights directory or server URL is; the local placeholder always is.
     """
     out = dict(env)
-    enabled = [a for a in ADAPTERS if env.get(a.key_var)]
+    enabled = [a for a in (*SELF_HOSTED, *ADAPTERS) if env.get(a.key_var)]
     specs = [*CORE, *enabled, ROUTER]
     for spec in specs:
         metrics_var = f"IMAGEGATE_{env_key(spec.name)}_METRICS_ADDR"
