@@ -18,6 +18,8 @@ from imagegate.providerkit.types import ModelSpec
 from imagegate.router.v1 import router_pb2
 from services.bfl.adapter import BflAdapter
 from services.bfl.config import BflSettings
+from services.comfyui.adapter import ComfyUIAdapter
+from services.comfyui.config import ComfyUISettings
 from services.diffusers.adapter import DiffusersAdapter
 from services.diffusers.config import DiffusersSettings
 from services.diffusers.profiles import PROFILES
@@ -53,6 +55,7 @@ def adapter_factories() -> dict[str, Callable[[], Adapter]]:
         "bfl": lambda: BflAdapter(BflSettings(key=KEY)),
         "openai": lambda: OpenAIAdapter(OpenAISettings(key=KEY)),
         "together": lambda: TogetherAdapter(TogetherSettings(key=KEY)),
+        "comfyui": lambda: ComfyUIAdapter(ComfyUISettings(base_url="http://127.0.0.1:8188")),
     }
 
 

@@ -62,7 +62,12 @@ SELF_HOSTED = (
         "IMAGEGATE_DIFFUSERS_MODEL_PATH",
     ),
     ServiceSpec(
-        "comfyui", "services.comfyui", "IMAGEGATE_COMFYUI_ADDR", 50068, "", "IMAGEGATE_COMFYUI_BASE_URL"
+        "comfyui",
+        "services.comfyui",
+        "IMAGEGATE_COMFYUI_ADDR",
+        50068,
+        "",
+        "IMAGEGATE_COMFYUI_BASE_URL",
     ),
 )
 ROUTER = ServiceSpec("router", "services.router", "IMAGEGATE_ROUTER_ADDR", 50051, "")

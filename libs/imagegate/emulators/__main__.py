@@ -28,7 +28,9 @@ def find_emulator(provider: str) -> type[Emulator]:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(prog="python -m imagegate.emulators", description=__doc__)
-    parser.add_argument("provider", help="fal, replicate, bfl, huggingface, openai or together")
+    parser.add_argument(
+        "provider", help="fal, replicate, bfl, huggingface, openai, together or comfyui"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="listen host (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="listen port (default: any free)")
     parser.add_argument(
