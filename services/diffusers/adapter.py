@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from imagegate.grpckit import reasons
@@ -21,6 +22,7 @@ from imagegate.providerkit.types import (
     Progress,
     ProgressSink,
 )
+from services.diffusers.call import Call
 from services.diffusers.config import DiffusersSettings
 from services.diffusers.profiles import PROFILES, Profile
 from services.diffusers.worker import Cancelled, DeviceWorker, Job, QueueFull
@@ -28,7 +30,7 @@ from services.diffusers.worker import Cancelled, DeviceWorker, Job, QueueFull
 if TYPE_CHECKING:
     from PIL import Image
 
-    from services.diffusers.pipeline import Call, LoadedPipeline
+    from services.diffusers.pipeline import LoadedPipeline
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +117,7 @@ class DiffusersAdapter(Adapter):
             raise ProviderError(reasons.PROVIDER_UNAVAILABLE, "pipeline not loaded")
         steps_limit, guidance_limit = self._limits()
         steps, guidance, deviations = steps_and_guidance(request, steps_limit, guidance_limit)
-        first_seed = request.seed if request.seed is not None else secrets.randbits(_SEED_BITS) - 1
-        from services.diffusers.pipeline import Call
-
+        first_seed = request.seed if request.seed is not None else secrets.randbits(_SEED_BITS)
         call = Call(
             prompt=request.prompt,
             negative_prompt=request.negative_prompt,
@@ -181,9 +181,13 @@ class DiffusersAdapter(Adapter):
                 billable=False,
                 provider_job_id=job_id,
             ) from None
+        # Encoding a large PNG takes tens of milliseconds: off the event loop, off the device.
+        encoded = await asyncio.to_thread(
+            lambda: [encode(picture, request.output_format) for picture in pictures]
+        )
         images = [
             GeneratedImage(
-                data=encode(picture, request.output_format),
+                data=encoded[i],
                 format=request.output_format,
                 width=picture.width,
                 height=picture.height,
@@ -199,9 +203,9 @@ class DiffusersAdapter(Adapter):
             model=request.model,
         )
 
-    def _run(self, call: Call, on_step: object) -> list[Image.Image]:
+    def _run(self, call: Call, on_step: Callable[[int, int], None]) -> list[Image.Image]:
         assert self._pipeline is not None
-        return self._pipeline.run(call, on_step)  # type: ignore[arg-type]
+        return self._pipeline.run(call, on_step)
 
     async def aclose(self) -> None:
         """Stops taking jobs; a running one stops at its deadline."""

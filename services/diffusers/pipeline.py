@@ -9,7 +9,6 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,33 +20,13 @@ import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
+from services.diffusers.call import Call
+
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class Interrupted(Exception):
     """Raised from the step callback to stop denoising between two steps."""
-
-
-@dataclass(frozen=True)
-class Call:
-    """One pipeline call: every image of one request, in one batch."""
-
-    prompt: str
-    """Prompt text."""
-    negative_prompt: str
-    """Negative prompt; empty for none."""
-    width: int
-    """Width in pixels."""
-    height: int
-    """Height in pixels."""
-    num_images: int
-    """Images in the batch."""
-    seeds: tuple[int, ...]
-    """One seed per image (a generator each, so image i is reproducible alone)."""
-    steps: int
-    """Denoising steps."""
-    guidance_scale: float
-    """Classifier-free guidance scale."""
 
 
 def resolve_device(wanted: str) -> str:
