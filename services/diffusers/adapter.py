@@ -25,7 +25,7 @@ from imagegate.providerkit.types import (
 from services.diffusers.call import Call
 from services.diffusers.config import DiffusersSettings
 from services.diffusers.profiles import PROFILES, Profile
-from services.diffusers.worker import Cancelled, DeviceWorker, Job, QueueFull
+from services.diffusers.worker import Cancelled, DeviceWorker, Job, QueueFull, WaitTooLong
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -130,7 +130,11 @@ class DiffusersAdapter(Adapter):
         )
         self._jobs += 1
         job_id = f"diffusers-{request.request_id or self._jobs}"
-        job: Job[list[Image.Image]] = Job(deadline_at=deadline.at)
+        job: Job[list[Image.Image]] = Job(
+            deadline_at=deadline.at,
+            steps=call.steps,
+            units=call.steps * call.width * call.height * call.num_images / 1e6,
+        )
         loop = asyncio.get_running_loop()
 
         def report(p: Progress) -> None:
@@ -140,7 +144,7 @@ class DiffusersAdapter(Adapter):
                 task.add_done_callback(self._reports.discard)
 
         def on_step(done: int, total: int) -> None:
-            job.steps_done = done
+            self._worker.step_done(job, done)
             loop.call_soon_threadsafe(
                 report,
                 Progress(state="DENOISING", fraction=done / total, provider_job_id=job_id),
@@ -172,6 +176,14 @@ class DiffusersAdapter(Adapter):
                 f"{err}; try another provider",
                 retry_after_seconds=self._settings.retry_after_seconds,
                 extra={"queue_limit": str(err.limit)},
+            ) from None
+        except WaitTooLong as err:
+            # Waiting here would end past the deadline: let the Router try elsewhere now.
+            raise ProviderError(
+                reasons.PROVIDER_CONCURRENCY_LIMITED,
+                f"{err}; try another provider",
+                retry_after_seconds=max(err.expected, self._settings.retry_after_seconds),
+                extra={"expected_wait_seconds": f"{err.expected:.1f}"},
             ) from None
         except Cancelled:
             raise ProviderError(

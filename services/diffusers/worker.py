@@ -22,6 +22,17 @@ class QueueFull(Exception):
         self.limit = limit
 
 
+class WaitTooLong(Exception):
+    """The work ahead on the device would outlast the job's deadline."""
+
+    def __init__(self, expected: float, remaining: float) -> None:
+        super().__init__(
+            f"device busy for about {expected:.1f}s more, the deadline is in {remaining:.1f}s"
+        )
+        self.expected = expected
+        self.remaining = remaining
+
+
 class Cancelled(Exception):
     """A job stopped because its deadline passed or its caller left."""
 
@@ -36,8 +47,14 @@ class Job(Generic[T]):
     """waiting -> running -> done, or waiting -> dropped."""
     cancel: threading.Event = field(default_factory=threading.Event)
     """Set when the caller no longer wants the result."""
+    steps: int = 1
+    """Denoising steps the job runs."""
+    units: float = 0.0
+    """Its size in work units (steps x megapixels x images): what device time scales with."""
     steps_done: int = 0
     """Denoising steps completed so far."""
+    started_at: float = 0.0
+    """Monotonic time it got the device."""
     seconds: float = 0.0
     """Time the call held the device (what compute-second prices bill)."""
 
@@ -64,6 +81,26 @@ class DeviceWorker:
         self._running = 0
         self.completed = 0
         self.interrupted = 0
+        self._running_job: Job[object] | None = None
+        self._waiting_units = 0.0
+        # Device seconds per work unit, learnt from finished and running jobs (0: not yet).
+        self._seconds_per_unit = 0.0
+
+    def expected_wait(self) -> float:
+        """Seconds until a job admitted now would start: the rest of the running job plus the
+        wait list, at the measured speed (0 until a job has run a step)."""
+        with self._lock:
+            speed = self._seconds_per_unit
+            job = self._running_job
+            left = self._waiting_units
+            if job is not None and job.steps_done > 0:
+                elapsed = time.monotonic() - job.started_at
+                per_step = elapsed / job.steps_done
+                speed = speed or per_step * job.steps / max(job.units, 1e-9)
+                return per_step * (job.steps - job.steps_done) + left * speed
+            if job is not None:
+                left += job.units
+            return left * speed
 
     @property
     def waiting(self) -> int:
@@ -89,7 +126,14 @@ class DeviceWorker:
         with self._lock:
             if self._running + self._waiting >= self.capacity:
                 raise QueueFull(self._waiting, self._max_queue)
+        busy = self._running + self._waiting > 0
+        expected = self.expected_wait() if busy else 0.0
+        remaining = job.deadline_at - time.monotonic()
+        if expected > remaining:
+            raise WaitTooLong(expected, remaining)
+        with self._lock:
             self._waiting += 1
+            self._waiting_units += job.units
             self._changed.notify_all()
         future = self._executor.submit(self._run, job, work)
         try:
@@ -100,6 +144,7 @@ class DeviceWorker:
                 if job.state == "waiting":
                     job.state = "dropped"
                     self._waiting -= 1
+                    self._waiting_units -= job.units
                     self._changed.notify_all()
             raise
 
@@ -109,7 +154,10 @@ class DeviceWorker:
                 raise Cancelled()
             job.state = "running"
             self._waiting -= 1
+            self._waiting_units -= job.units
             self._running += 1
+            self._running_job = job  # type: ignore[assignment]
+            job.started_at = time.monotonic()
             self._changed.notify_all()
         started = time.perf_counter()
         try:
@@ -121,17 +169,31 @@ class DeviceWorker:
         finally:
             job.seconds = time.perf_counter() - started
             with self._lock:
+                if job.steps_done and job.units > 0:
+                    # Fraction of the job that ran, so a stopped one teaches the speed too.
+                    rate = job.seconds / (job.units * job.steps_done / job.steps)
+                    old = self._seconds_per_unit
+                    self._seconds_per_unit = rate if old == 0 else 0.7 * old + 0.3 * rate
+                self._running_job = None
                 job.state = "done"
                 self._running -= 1
                 self.completed += 1
                 self._changed.notify_all()
 
+    def step_done(self, job: Job[T], steps_done: int) -> None:
+        """Records a finished denoising step of the running job (it refines expected_wait)."""
+        with self._lock:
+            job.steps_done = steps_done
+            self._changed.notify_all()
+
     async def wait_until(self, what: str, timeout: float) -> bool:
         """Waits (off the event loop) until the device is "idle" (nothing running or waiting)
-        or "busy" (a job running); False when `timeout` passed first."""
+        , "busy" (a job running) or "measured" (the running job has done a step, so the wait
+        ahead can be estimated); False when `timeout` passed first."""
         tests = {
             "idle": lambda: self._running == 0 and self._waiting == 0,
             "busy": lambda: self._running > 0,
+            "measured": lambda: self._running_job is not None and self._running_job.steps_done > 0,
         }
         predicate = tests[what]
 

@@ -171,12 +171,16 @@ async def test_steps_beyond_the_configured_limit_are_refused_not_changed(
         telemetry.shutdown()
 
 
-async def test_a_full_queue_overflows_to_a_hosted_provider_within_the_deadline(
-    tiny_model_dir: Path,
+@pytest.mark.parametrize(
+    ("max_queue", "why"),
+    [(0, "the wait list is full"), (4, "the work ahead outlasts the deadline")],
+)
+async def test_a_busy_device_overflows_to_a_hosted_provider_within_the_deadline(
+    tiny_model_dir: Path, max_queue: int, why: str
 ) -> None:
     emulator = HuggingFaceEmulator(key=HF_KEY)
     base_url = await emulator.start()
-    diffusers = diffusers_adapter(tiny_model_dir, max_queue=0)
+    diffusers = diffusers_adapter(tiny_model_dir, max_queue=max_queue)
     hosted = HuggingFaceAdapter(HuggingFaceSettings(key=SecretStr(HF_KEY), base_url=base_url))
     s = await start_stack({"diffusers": diffusers, "huggingface": hosted}, prices=PRICES)
     try:
@@ -187,7 +191,8 @@ async def test_a_full_queue_overflows_to_a_hosted_provider_within_the_deadline(
                 timeout=60,
             )
         )
-        assert await diffusers.worker.wait_until("busy", timeout=60)
+        # Once a step has run, the device knows how long the rest of the busy run takes.
+        assert await diffusers.worker.wait_until("measured", timeout=60)
         resp = await s.stub.GenerateImage(
             request(request_id="sh-overflow", allowed_providers=[], width=512, height=512),
             metadata=bearer("key-pro"),
@@ -200,6 +205,9 @@ async def test_a_full_queue_overflows_to_a_hosted_provider_within_the_deadline(
         ]
         # The busy run is still on the device: the overflow did not wait for it.
         assert diffusers.worker.running == 1 and not busy.done()
+        assert diffusers.worker.waiting == 0, why
+        refusal = resp.attempts[0].error_message
+        assert ("the deadline is in" in refusal) == bool(max_queue), refusal
         busy.cancel()
         await wait_until_idle(diffusers)
         assert diffusers.worker.interrupted == 1
