@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from imagegate.common.v1 import catalog_pb2
 from imagegate.emulators.comfyui import ComfyUIEmulator
 from imagegate.grpckit import reasons
@@ -59,7 +61,7 @@ async def test_an_explicit_model_tries_self_hosted_then_overflows_on_refusal() -
         await s.stop()
 
 
-async def test_comfyui_serves_sdxl_through_the_router_at_zero_cost() -> None:
+async def test_comfyui_serves_sdxl_through_the_router_at_zero_cost_with_step_progress() -> None:
     emulator = ComfyUIEmulator()
     base_url = await emulator.start()
     s = await start_stack(
@@ -76,6 +78,20 @@ async def test_comfyui_serves_sdxl_through_the_router_at_zero_cost() -> None:
         )
         assert (resp.provider, resp.provider_model, resp.cost_micros) == ("comfyui", "sdxl", 0)
         assert len(resp.images) == 1 and not resp.local_substitute
+        fractions = [
+            event.progress.fraction
+            async for event in s.stub.StreamGenerateImage(
+                router_pb2.StreamGenerateImageRequest(
+                    request=router_pb2.GenerateImageRequest(
+                        prompt="x", model="sdxl", width=512, height=512, steps=3
+                    )
+                ),
+                metadata=PRO,
+                timeout=15,
+            )
+            if event.HasField("progress") and event.progress.state == "SAMPLING"
+        ]
+        assert fractions == pytest.approx([1 / 3, 2 / 3, 1.0])
     finally:
         await s.stop()
         await emulator.stop()
