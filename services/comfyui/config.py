@@ -24,8 +24,9 @@ class ComfyUISettings(ProviderSettings):
     timeout_seconds: float = Field(
         300.0, gt=0, description="Deadline applied when a caller sets none."
     )
-    # One ComfyUI server runs one prompt at a time; more waiting calls only queue there.
-    max_concurrency: int = Field(4, ge=1, description="Most generations in flight at once.")
+    # One ComfyUI server runs one prompt at a time: one running and one waiting, and the next
+    # call is refused at once so the Router overflows instead of queueing past its deadline.
+    max_concurrency: int = Field(2, ge=1, description="Most generations in flight at once.")
     poll_interval_seconds: float = Field(0.1, gt=0, description="First delay between polls.")
     max_poll_interval_seconds: float = Field(1.0, gt=0, description="Longest delay between polls.")
     progress_socket: bool = Field(
