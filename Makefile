@@ -33,7 +33,7 @@ run-emulated: install
 	$(PY) -m imagegate.devstack --emulators
 
 # Run every test (unit, contract, integration, PostgreSQL, Kubernetes manifests); installs PostgreSQL binaries if missing.
-test: install postgres-bin kubectl-bin
+test: install postgres-bin kubectl-bin diffusers-extra
 	$(PY) -m pytest -q
 
 # Lint: ruff, mypy on our code, buf lint and buf format.
@@ -76,6 +76,12 @@ up:
 # Stop the compose stack.
 down:
 	docker compose -f deploy/compose.yaml down
+
+# The diffusers extra (torch, diffusers, transformers) that services/diffusers and its tests need.
+diffusers-extra: $(VENV)/.diffusers-extra
+$(VENV)/.diffusers-extra: $(STAMP)
+	$(PY) -m pip install -q -c requirements.lock -e '.[dev,diffusers]'
+	@touch $@
 
 # Install Debian's PostgreSQL server binaries when initdb is missing (tests start a throwaway cluster).
 postgres-bin:

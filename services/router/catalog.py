@@ -131,6 +131,8 @@ class Catalog:
     """Its model id."""
     edit_preferences: dict[int, tuple[str, ...]] = field(default_factory=dict)
     """Preference enum value -> ordered aliases for requests with input images."""
+    self_hosted_providers: frozenset[str] = frozenset()
+    """Providers running on the operator's own hardware: tried before hosted ones."""
 
     @property
     def local_alias(self) -> str | None:
@@ -238,6 +240,7 @@ def load_catalog(path: Path | None = None) -> Catalog:
         provider_timeouts={k: float(v) for k, v in (raw.get("provider_timeouts") or {}).items()},
         local_provider=local_provider,
         local_model=str(raw.get("local_model", "imagegate-local-v1")),
+        self_hosted_providers=frozenset(str(p) for p in raw.get("self_hosted_providers") or ()),
     )
 
 

@@ -133,7 +133,14 @@ class Planner:
         if req.preference == router_pb2.PREFERENCE_BUDGET and not norm.explicit_model:
             quotes = {c: self.quote(c, norm) for c in plan.candidates}
             unknown = 1 << 62
-            plan.candidates.sort(key=lambda c: q if (q := quotes[c]) is not None else unknown)
+            own = self.catalog.self_hosted_providers
+            # Self-hosted first, then cheapest: own capacity is used before anything is bought.
+            plan.candidates.sort(
+                key=lambda c: (
+                    c.provider not in own,
+                    q if (q := quotes[c]) is not None else unknown,
+                )
+            )
         return plan
 
     def quote(self, cand: Candidate, norm: Normalized) -> int | None:

@@ -12,7 +12,7 @@ from PIL import Image
 from pydantic import SecretStr
 
 from imagegate.common.v1 import catalog_pb2
-from imagegate.devstack.services import ADAPTERS
+from imagegate.devstack.services import ADAPTERS, SELF_HOSTED
 from imagegate.pricing import PriceBook, quote_micros
 from imagegate.providerkit.adapter import Adapter
 from imagegate.providerkit.servicer import PRICE_UNIT_TO_PROTO, capabilities_proto
@@ -20,6 +20,11 @@ from imagegate.providerkit.types import ModelSpec
 from imagegate.router.v1 import router_pb2
 from services.bfl.adapter import BflAdapter
 from services.bfl.config import BflSettings
+from services.comfyui.adapter import ComfyUIAdapter
+from services.comfyui.config import ComfyUISettings
+from services.diffusers.adapter import DiffusersAdapter
+from services.diffusers.config import DiffusersSettings
+from services.diffusers.profiles import PROFILES
 from services.fal.adapter import FalAdapter
 from services.fal.config import FalSettings
 from services.huggingface.adapter import HuggingFaceAdapter
@@ -52,15 +57,27 @@ def adapter_factories() -> dict[str, Callable[[], Adapter]]:
         "bfl": lambda: BflAdapter(BflSettings(key=KEY)),
         "openai": lambda: OpenAIAdapter(OpenAISettings(key=KEY)),
         "together": lambda: TogetherAdapter(TogetherSettings(key=KEY)),
+        "comfyui": lambda: ComfyUIAdapter(ComfyUISettings(base_url="http://127.0.0.1:8188")),
     }
+
+
+def self_hosted_adapters() -> list[Adapter]:
+    """Self-hosted adapters, once per open model they can be configured to serve."""
+    return [
+        DiffusersAdapter(DiffusersSettings(model_path=Path("/weights"), model_id=model_id))
+        for model_id in PROFILES
+    ]
 
 
 @pytest.fixture
 async def served() -> AsyncIterator[Served]:
     """Provider -> provider model id -> the ModelSpec its adapter serves."""
-    adapters = [build() for build in adapter_factories().values()]
+    adapters = [build() for build in adapter_factories().values()] + self_hosted_adapters()
+    out: Served = {}
+    for a in adapters:
+        out.setdefault(a.name, {}).update({m.id: m for m in a.models()})
     try:
-        yield {a.name: {m.id: m for m in a.models()} for a in adapters}
+        yield out
     finally:
         for a in adapters:
             await a.aclose()
@@ -79,7 +96,8 @@ def prices() -> PriceBook:
 
 
 def test_every_adapter_the_stack_runs_is_checked() -> None:
-    assert set(adapter_factories()) == {s.name for s in ADAPTERS} | {"local"}
+    checked = set(adapter_factories()) | {a.name for a in self_hosted_adapters()}
+    assert checked == {s.name for s in (*ADAPTERS, *SELF_HOSTED)} | {"local"}
 
 
 def test_every_router_candidate_is_served_by_its_adapter(catalog: Catalog, served: Served) -> None:
@@ -159,6 +177,9 @@ def test_a_cheaper_tier_never_costs_more_than_a_dearer_one(
             continue
         w, h = entry.default_size
         for c in entry.candidates:
+            if c.provider in catalog.self_hosted_providers:
+                # Own hardware's amortised cost, not a provider's price band.
+                continue
             price = prices.find(c.provider, c.provider_model)
             if price is not None:
                 # Tiers order typical prices: quality-priced models at their medium setting.

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from imagegate.devstack.services import ADAPTERS, CORE, ENHANCER, ROUTER, ServiceSpec
+from imagegate.devstack.services import ADAPTERS, CORE, ENHANCER, ROUTER, SELF_HOSTED, ServiceSpec
 from imagegate.telemetry import DEFAULT_METRICS_ADDRS
 from imagegate.telemetry.setup import env_key
 from imagegate.textproviders import KEY_VARS as TEXT_KEY_VARS
@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 BASE = KUBERNETES / "base"
 POSTGRES = KUBERNETES / "overlays" / "postgres"
-SPECS = {s.name: s for s in (*CORE, *ADAPTERS, ENHANCER, ROUTER)}
+GPU = KUBERNETES / "overlays" / "gpu"
+SPECS = {s.name: s for s in (*CORE, *ADAPTERS, *SELF_HOSTED, ENHANCER, ROUTER)}
 WORKLOAD_KINDS = ("Deployment", "StatefulSet")
 SECRET_NAME = re.compile(r"KEY|TOKEN|PASSWORD|PEPPER|SECRET|CREDENTIAL", re.IGNORECASE)
 # Values that look like a credential whatever the key: a URL with a password, provider key shapes.
@@ -236,7 +237,9 @@ def test_router_dials_every_adapter_and_the_ledgers_by_service_name(base):
     assert env["IMAGEGATE_ENHANCER_ADDR"] == "enhancer:50070"
     adapters = dict(item.split("=", 1) for item in str(env["IMAGEGATE_ROUTER_ADAPTERS"]).split(","))
     local = SPECS["local"]
-    assert adapters == {s.name: f"{s.name}:{s.default_port}" for s in (local, *ADAPTERS)}
+    assert adapters == {
+        s.name: f"{s.name}:{s.default_port}" for s in (local, *ADAPTERS, *SELF_HOSTED)
+    }
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]
 
 
@@ -383,3 +386,32 @@ def test_the_checks_catch_a_secret_in_a_configmap(tmp_path):
             if o["metadata"]["name"].startswith("imagegate-fal-")
         ]
     ]
+
+
+def test_self_hosted_adapters_are_off_until_configured_and_take_no_secret_in_clear(base):
+    mine = ours(base)
+    for spec in SELF_HOSTED:
+        env = environment(base, container(mine[spec.name]))
+        # The variable that turns it on is a setting (a path, a URL), empty in the base.
+        assert env[spec.key_var] == "", spec.name
+    comfy = container(mine["comfyui"])
+    assert from_secret(comfy, "IMAGEGATE_COMFYUI_TOKEN") == "imagegate-secrets"
+
+
+def test_gpu_overlay_runs_diffusers_on_a_gpu_with_read_only_weights():
+    objs = render(GPU)
+    assert probe_problems(objs) == [] and security_problems(objs) == []
+    assert resource_problems(objs) == [] and configmap_secret_problems(objs) == []
+    diffusers = ours(objs)["diffusers"]
+    c = container(diffusers)
+    env = environment(objs, c)
+    assert env["IMAGEGATE_DIFFUSERS_MODEL_PATH"] == "/models/stable-diffusion-2-1"
+    assert env["HF_HUB_OFFLINE"] == "1"
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert mounts["/models"]["readOnly"] is True
+    volumes = {v["name"]: v for v in diffusers["spec"]["template"]["spec"]["volumes"]}
+    claim = volumes[mounts["/models"]["name"]]["persistentVolumeClaim"]
+    assert claim["readOnly"] is True
+    find(objs, "PersistentVolumeClaim", claim["claimName"])
+    assert c["image"].startswith("imagegate-diffusers")

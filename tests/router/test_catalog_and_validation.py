@@ -33,8 +33,11 @@ def test_bundled_catalog_has_the_required_aliases_and_order() -> None:
         "local",
     ]
     providers = [c.provider for c in CATALOG.models["flux-schnell"].candidates]
-    assert providers[:2] == ["fal", "replicate"]
-    assert set(providers[2:]) == {"together", "huggingface"}
+    # Self-hosted capacity first (skipped when not configured), then the hosted providers.
+    assert providers[:2] == ["diffusers", "comfyui"]
+    assert CATALOG.self_hosted_providers == {"diffusers", "comfyui"}
+    assert providers[2:4] == ["fal", "replicate"]
+    assert set(providers[4:]) == {"together", "huggingface"}
     ids = {(c.provider, c.provider_model) for m in CATALOG.models.values() for c in m.candidates}
     assert ("bfl", "flux-pro-1.1") in ids and ("local", "imagegate-local-v1") in ids
     assert CATALOG.aliases_for(router_pb2.PREFERENCE_SPEED)[0] == "flux-schnell"

@@ -60,8 +60,9 @@ async def run(args: argparse.Namespace) -> int:
     print(
         "\n"
         f"imagegate is up. Router: {router}\n"
-        f"  providers: local{''.join(', ' + h for h in hosted)}"
-        f"{'' if hosted else ' (no provider keys set: the local backend serves every model)'}\n"
+        f"  providers: local (zero-dependency placeholder: procedural images, no model)"
+        f"{''.join(', ' + h for h in hosted)}"
+        f"{'' if hosted else ' (no provider configured: the placeholder serves every model)'}\n"
         f"  prompt enhancer: {enhancer}\n"
         f"  dev API key: {key_file}{' (created)' if created else ''}\n"
         f"  data: {data_dir}\n\n"

@@ -26,7 +26,8 @@ class ServiceSpec:
     health_service: str
     """gRPC health service name that reports SERVING once it is ready ("" = whole server)."""
     key_var: str = ""
-    """For hosted adapters: the key variable that enables it."""
+    """For hosted adapters: the key variable that enables it (for self-hosted ones: the model
+    directory or server URL)."""
 
 
 CORE = (
@@ -53,6 +54,25 @@ ADAPTERS = (
 )
 # Started when any text provider key is set; the Router dials it at IMAGEGATE_ENHANCER_ADDR.
 ENHANCER = ServiceSpec("enhancer", "services.enhancer", "IMAGEGATE_ENHANCER_ADDR", 50070, "")
+# The team's own capacity: started when their weights directory or server URL is set.
+SELF_HOSTED = (
+    ServiceSpec(
+        "diffusers",
+        "services.diffusers",
+        "IMAGEGATE_DIFFUSERS_ADDR",
+        50067,
+        "",
+        "IMAGEGATE_DIFFUSERS_MODEL_PATH",
+    ),
+    ServiceSpec(
+        "comfyui",
+        "services.comfyui",
+        "IMAGEGATE_COMFYUI_ADDR",
+        50068,
+        "",
+        "IMAGEGATE_COMFYUI_BASE_URL",
+    ),
+)
 ROUTER = ServiceSpec("router", "services.router", "IMAGEGATE_ROUTER_ADDR", 50051, "")
 
 
@@ -68,13 +88,14 @@ def plan_stack(
 ) -> tuple[list[ServiceSpec], dict[str, str]]:
     """The processes to start (core, enabled adapters, router last) and their shared environment.
 
-    Hosted adapters are started only when their key variable is set; the local adapter always is.
+    Hosted adapters are started only when their key variable is set, self-hosted ones when their
+    weights directory or server URL is; the local placeholder always is.
     The prompt enhancer is started when at least one text provider key (GROQ_API_KEY, ...) is set;
     without one the Router has no enhancer and answers enhance requests with the original prompt
     and a notice.
     """
     out = dict(env)
-    enabled = [a for a in ADAPTERS if env.get(a.key_var)]
+    enabled = [a for a in (*SELF_HOSTED, *ADAPTERS) if env.get(a.key_var)]
     enhancer = [ENHANCER] if any(env.get(v) for v in TEXT_KEY_VARS) else []
     if not enhancer:
         # A stale address from the shell would make the Router dial an enhancer that is not there.

@@ -29,7 +29,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(prog="python -m imagegate.emulators", description=__doc__)
     parser.add_argument(
-        "provider", help="fal, replicate, bfl, huggingface, openai, together or chat"
+        "provider", help="fal, replicate, bfl, huggingface, openai, together, chat or comfyui"
     )
     parser.add_argument("--host", default="127.0.0.1", help="listen host (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="listen port (default: any free)")

@@ -56,6 +56,8 @@ DEFAULT_METRICS_ADDRS: dict[str, str] = {
     "openai": "127.0.0.1:9475",
     "together": "127.0.0.1:9476",
     "enhancer": "127.0.0.1:9480",
+    "diffusers": "127.0.0.1:9477",
+    "comfyui": "127.0.0.1:9478",
 }
 # Adapter names whose environment prefix differs from the provider name.
 _ENV_ALIASES = {"huggingface": "hf"}

@@ -1,0 +1,1 @@
+"""The ComfyUI backend: a team's own ComfyUI server behind the ProviderService contract."""

@@ -1,0 +1,1 @@
+"""The diffusers backend: a team's own open-weights pipeline, run in-process on its GPU or CPU."""

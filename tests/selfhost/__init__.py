@@ -1,0 +1,1 @@
+"""Self-hosted backends: the diffusers worker and the ComfyUI adapter."""
