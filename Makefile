@@ -14,14 +14,14 @@ PROTOS := $(shell find protos -name '*.proto' | sort)
 
 # Show the targets.
 help:
-	@grep -B1 -E '^[a-z-]+:' Makefile | grep -E '^#' | sed 's/^# //'
+	@awk '/^# /{d=substr($$0,3);next} /^[a-z][a-z-]*:/{if(d!=""){sub(/:.*/,"",$$1);printf "  %-14s %s\n",$$1,d};d="";next} {d=""}' Makefile
 
 # Create the virtualenv and install the pinned dependencies (re-runs when they change).
 install: $(STAMP)
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c requirements.lock -e '.[dev]'
+	$(PY) -m pip install -q -c requirements.lock -e '.[dev]' >$(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; exit 1; }
 	@touch $@
 
 # Start the whole local stack (router, quota, metering, local adapter; hosted adapters whose keys are set).

@@ -7,6 +7,8 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from imagegate.grpckit.address import check_address
+from imagegate.grpckit.errors import ImagegateError
 from imagegate.telemetry.setup import env_key
 
 
@@ -66,6 +68,7 @@ def plan_stack(
     """The processes to start (core, enabled adapters, router last) and their shared environment.
 
     Hosted adapters are started only when their key variable is set; the local adapter always is.
+    Raises ValueError naming the variable when a listen address is not host:port.
     """
     out = dict(env)
     enabled = [a for a in ADAPTERS if env.get(a.key_var)]
@@ -78,6 +81,10 @@ def plan_stack(
             out[metrics_var] = f"127.0.0.1:{free_port()}"
         else:
             out.setdefault(spec.addr_var, f"127.0.0.1:{spec.default_port}")
+            try:
+                check_address(out[spec.addr_var], variable=spec.addr_var, allow_zero=True)
+            except ImagegateError as err:
+                raise ValueError(err.message) from None
     out.setdefault(
         "IMAGEGATE_ROUTER_ADAPTERS",
         ",".join(f"{s.name}={out[s.addr_var]}" for s in specs if s in (CORE[2], *enabled)),

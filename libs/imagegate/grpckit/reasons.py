@@ -68,3 +68,6 @@ META_COST_MICROS = "cost_micros"
 
 # Metering (appended).
 PRICE_NOT_FOUND = "PRICE_NOT_FOUND"
+
+# Configuration: an address that is not host:port with a port from 1 to 65535.
+BAD_ADDRESS = "BAD_ADDRESS"

@@ -334,6 +334,7 @@ class GenerateImageResponse(_message.Message):
     DEVIATIONS_FIELD_NUMBER: _builtins.int
     NOTICES_FIELD_NUMBER: _builtins.int
     LOCAL_SUBSTITUTE_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The request id (the caller's, or the one the Router assigned)."""
     provider: _builtins.str
@@ -348,6 +349,10 @@ class GenerateImageResponse(_message.Message):
     """W3C trace id of this request (32 hex digits), to quote in support tickets."""
     local_substitute: _builtins.bool
     """True when the local backend served a request because no hosted provider could."""
+    replayed: _builtins.bool
+    """True when this answer is the stored result of an earlier call with the same request_id
+    (an idempotent replay): nothing ran again and nothing was charged again.
+    """
     @_builtins.property
     def images(self) -> _containers.RepeatedCompositeFieldContainer[_image_pb2.Image]:
         """The images, exactly as many as requested."""
@@ -385,10 +390,11 @@ class GenerateImageResponse(_message.Message):
         deviations: _abc.Iterable[_image_pb2.Deviation] | None = ...,
         notices: _abc.Iterable[_builtins.str] | None = ...,
         local_substitute: _builtins.bool = ...,
+        replayed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cost_micros", b"cost_micros", "deviations", b"deviations", "images", b"images", "local_substitute", b"local_substitute", "model", b"model", "notices", b"notices", "provider", b"provider", "provider_model", b"provider_model", "request_id", b"request_id", "trace_id", b"trace_id", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cost_micros", b"cost_micros", "deviations", b"deviations", "images", b"images", "local_substitute", b"local_substitute", "model", b"model", "notices", b"notices", "provider", b"provider", "provider_model", b"provider_model", "replayed", b"replayed", "request_id", b"request_id", "trace_id", b"trace_id", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -602,6 +608,7 @@ class ProviderProgress(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     QUEUE_POSITION_FIELD_NUMBER: _builtins.int
     FRACTION_FIELD_NUMBER: _builtins.int
+    PROVIDER_JOB_ID_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     """Provider name."""
     state: _builtins.str
@@ -610,6 +617,10 @@ class ProviderProgress(_message.Message):
     """Requests ahead in the provider queue; -1 when unknown."""
     fraction: _builtins.float
     """Completion from 0 to 1; -1 when unknown."""
+    provider_job_id: _builtins.str
+    """The provider's job id this progress is about, when known: a request for several images
+    may run as one job per image (BFL), each reporting its own progress.
+    """
     def __init__(
         self,
         *,
@@ -617,10 +628,11 @@ class ProviderProgress(_message.Message):
         state: _builtins.str = ...,
         queue_position: _builtins.int = ...,
         fraction: _builtins.float = ...,
+        provider_job_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fraction", b"fraction", "provider", b"provider", "queue_position", b"queue_position", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fraction", b"fraction", "provider", b"provider", "provider_job_id", b"provider_job_id", "queue_position", b"queue_position", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
