@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 KUBECTL_VERSION := 1.37.1
 PROTOS := $(shell find protos -name '*.proto' | sort)
 
-.PHONY: help install run run-emulated test lint fmt gen gen-check bench bench-smoke drill up down postgres-bin kubectl-bin clean
+.PHONY: help install run run-emulated test lint fmt gen gen-check bench bench-smoke drill up down postgres-bin kubectl-bin clean examples-node
 
 # Show the targets.
 help:
@@ -33,7 +33,7 @@ run-emulated: install
 	$(PY) -m imagegate.devstack --emulators
 
 # Run every test (unit, contract, integration, PostgreSQL, Kubernetes manifests); installs PostgreSQL binaries if missing.
-test: install postgres-bin kubectl-bin
+test: install postgres-bin kubectl-bin examples-node
 	$(PY) -m pytest -q
 
 # Lint: ruff, mypy on our code, buf lint and buf format.
@@ -77,6 +77,10 @@ up:
 down:
 	docker compose -f deploy/compose.yaml down
 
+# Node.js example: pinned packages (npm ci) and its stubs generated from protos/ (buf + protoc-gen-es).
+examples-node:
+	cd examples/node && npm ci --no-audit --no-fund --silent && npm run --silent gen
+
 # Install Debian's PostgreSQL server binaries when initdb is missing (tests start a throwaway cluster).
 postgres-bin:
 	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
@@ -93,4 +97,4 @@ $(VENV)/bin/kubectl: $(STAMP)
 
 # Remove the virtualenv and local data.
 clean:
-	rm -rf $(VENV) .imagegate .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .imagegate .pytest_cache .mypy_cache .ruff_cache examples/node/node_modules examples/node/gen
