@@ -21,6 +21,23 @@ FLUX_SCHNELL = "black-forest-labs/FLUX.1-schnell"
 
 HF_INFERENCE = "hf-inference"
 TOGETHER = "together"
+FAL = "fal-ai"
+NSCALE = "nscale"
+# Not a partner: the first partner of the account's Inference Provider order that serves the model.
+AUTO = "auto"
+# Partners this adapter can speak to, and each one's id for FLUX.1 [schnell] when the Hub's
+# mapping is not consulted (IMAGEGATE_HF_PROVIDER_ORDER set).
+PARTNER_MODEL_IDS: dict[str, dict[str, str]] = {
+    TOGETHER: {FLUX_SCHNELL: together_wire.FLUX_SCHNELL},
+    FAL: {FLUX_SCHNELL: "fal-ai/flux/schnell"},
+    NSCALE: {FLUX_SCHNELL: FLUX_SCHNELL},
+    HF_INFERENCE: {SD21: SD21, SDXL: SDXL},
+}
+
+
+def partner_route(model: str, partner: str) -> str:
+    """The adapter's model id of `model` through one partner (HF's own `model:provider` form)."""
+    return f"{model}:{partner}"
 
 
 @dataclass(frozen=True)
@@ -28,7 +45,7 @@ class Route:
     """How one model is reached through the router."""
 
     partner: str
-    """Router provider segment: "hf-inference" or a partner such as "together"."""
+    """Router provider segment ("hf-inference", "together", "fal-ai", "nscale") or "auto"."""
     provider_model: str
     """The model id the partner expects (its own id, from HF's provider mapping)."""
 
@@ -39,7 +56,13 @@ ROUTES: dict[str, Route] = {
     # Together is synchronous and answers base64, so the router call is the whole job: no polling
     # and no result download from a third host (see docs/errors.md, "Hugging Face").
     FLUX_SCHNELL: Route(TOGETHER, together_wire.FLUX_SCHNELL),
+    # One id per partner route, so each has its own breaker in the Router.
+    partner_route(FLUX_SCHNELL, FAL): Route(FAL, "fal-ai/flux/schnell"),
+    partner_route(FLUX_SCHNELL, NSCALE): Route(NSCALE, FLUX_SCHNELL),
+    partner_route(FLUX_SCHNELL, AUTO): Route(AUTO, FLUX_SCHNELL),
 }
+
+_TOGETHER_SCHNELL = next(s for s in together_wire.MODEL_SPECS if s.id == together_wire.FLUX_SCHNELL)
 
 # hf-inference answers one image per call; more are separate calls with consecutive seeds.
 MODEL_SPECS: tuple[ModelSpec, ...] = (
@@ -63,10 +86,13 @@ MODEL_SPECS: tuple[ModelSpec, ...] = (
         guidance=True,
         price_unit=PriceUnit.COMPUTE_SECOND,
     ),
-    replace(
-        next(s for s in together_wire.MODEL_SPECS if s.id == together_wire.FLUX_SCHNELL),
-        id=FLUX_SCHNELL,
-    ),
+    replace(_TOGETHER_SCHNELL, id=FLUX_SCHNELL),
+    # fal takes num_inference_steps; schnell ignores guidance everywhere.
+    replace(_TOGETHER_SCHNELL, id=partner_route(FLUX_SCHNELL, FAL)),
+    # HF's nscale helper drops num_inference_steps and cfg: steps cannot be honoured.
+    replace(_TOGETHER_SCHNELL, id=partner_route(FLUX_SCHNELL, NSCALE), steps=False),
+    # "auto" may land on any partner, so it promises only what all of them honour.
+    replace(_TOGETHER_SCHNELL, id=partner_route(FLUX_SCHNELL, AUTO), steps=False),
 )
 
 # Wording of refusals by the pipelines' safety checkers; hf-inference has no documented code.

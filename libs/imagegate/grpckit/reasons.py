@@ -65,6 +65,9 @@ META_BILLABLE = "billable"
 META_RETRY_AFTER_SECONDS = "retry_after_seconds"
 META_TRACE_ID = "trace_id"
 META_COST_MICROS = "cost_micros"
+# "model" when a failure the Router would hold against the whole provider (a rate limit) is
+# about one route only: a partner behind the HF router, whose limits are its own.
+META_BREAKER_SCOPE = "breaker_scope"
 
 # Metering (appended).
 PRICE_NOT_FOUND = "PRICE_NOT_FOUND"
