@@ -77,3 +77,16 @@ def test_make_help_names_each_target_beside_its_description() -> None:
     assert len(described) >= 10
     for description, target in described:
         assert re.search(rf"^\s*{re.escape(target)}\s+{re.escape(description)}$", out, re.M), target
+
+
+def test_the_install_step_keeps_pip_and_setuptools_chatter_in_a_log() -> None:
+    # `make run` depends on `install`; its pip output (setuptools' editable-install notice
+    # included) goes to .venv/install.log and is shown only when the install fails.
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = makefile.split("\n$(STAMP):", 1)[1].split("\n\n", 1)[0]
+    pip_lines = [line for line in recipe.splitlines() if "pip install" in line and "-e" in line]
+    assert pip_lines, recipe
+    assert all(
+        ">$(VENV)/install.log 2>&1" in line and "cat $(VENV)/install.log" in line
+        for line in pip_lines
+    )

@@ -1,7 +1,8 @@
-"""A repeated request_id answers with the stored result and says so (`replayed`); the first does not."""
+"""A repeated request_id is marked as a replay; stream progress names the job each image runs as."""
 
 from __future__ import annotations
 
+from imagegate.providerkit.types import Progress
 from imagegate.router.v1 import router_pb2
 from tests.fixtures.adapters import ControllableAdapter, spec
 from tests.fixtures.router_stack import bearer, start_stack
@@ -41,5 +42,37 @@ async def test_a_repeat_is_marked_as_a_replay_in_unary_and_stream_answers() -> N
             metadata=PRO,
         )
         assert not fresh.replayed
+    finally:
+        await s.stop()
+
+
+class _PerImageJobs(ControllableAdapter):
+    """Reports progress the way BFL does for n > 1: one job per image."""
+
+    async def _generate(self, request, progress):  # type: ignore[no-untyped-def]
+        if progress is not None:
+            for i in range(request.num_images):
+                await progress(Progress(state="Pending", fraction=0.0, provider_job_id=f"job-{i}"))
+        self.progress_steps = 0
+        return await super()._generate(request, progress)
+
+
+async def test_stream_progress_carries_the_job_each_image_runs_as() -> None:
+    fal = _PerImageJobs("fal", [spec(FAL)])
+    s = await start_stack({"fal": fal})
+    try:
+        events = [
+            e
+            async for e in s.stub.StreamGenerateImage(
+                router_pb2.StreamGenerateImageRequest(
+                    request=router_pb2.GenerateImageRequest(
+                        prompt="x", model="flux-schnell", width=256, height=256, num_images=4
+                    )
+                ),
+                metadata=PRO,
+            )
+        ]
+        jobs = [e.progress.provider_job_id for e in events if e.WhichOneof("event") == "progress"]
+        assert jobs == ["job-0", "job-1", "job-2", "job-3"]
     finally:
         await s.stop()

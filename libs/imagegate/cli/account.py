@@ -29,6 +29,10 @@ async def cmd_models(args: argparse.Namespace, conn: Connection) -> int:
         for m in resp.models
     ]
     print(table(["model", "description", "tier", "providers", "plan", "note"], rows))
+    print(
+        "\nplan: whether your plan allows the alias; its tier decides, whoever serves it "
+        "(the local stand-in too), with or without provider keys"
+    )
     return 0
 
 
