@@ -90,3 +90,17 @@ def test_the_install_step_keeps_pip_and_setuptools_chatter_in_a_log() -> None:
         ">$(VENV)/install.log 2>&1" in line and "cat $(VENV)/install.log" in line
         for line in pip_lines
     )
+
+
+def test_the_router_refuses_downstream_addresses_gRPC_would_wrap() -> None:
+    from pydantic import ValidationError
+
+    from services.router.config import RouterSettings
+
+    with pytest.raises(ValidationError, match="port from 1 to 65535"):
+        RouterSettings(quota_addr="127.0.0.1:99999")
+    with pytest.raises(ValueError, match=r"IMAGEGATE_ROUTER_ADAPTERS fal='127\.0\.0\.1:70000'"):
+        RouterSettings(adapters="local=127.0.0.1:50060,fal=127.0.0.1:70000").adapter_targets()
+    assert RouterSettings(adapters="local=127.0.0.1:50060").adapter_targets() == {
+        "local": "127.0.0.1:50060"
+    }
