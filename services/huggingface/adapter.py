@@ -28,6 +28,8 @@ from imagegate.telemetry import Telemetry
 from services.huggingface import partners, wire
 from services.huggingface.config import HuggingFaceSettings
 from services.huggingface.partners import PartnerCall
+from services.replicate.adapter import ReplicateAdapter
+from services.replicate.config import ReplicateSettings
 from services.together.client import TogetherCall
 
 # Seeds drawn when the caller gives none, so each image of a fan-out differs (HF caches
@@ -60,6 +62,20 @@ class HuggingFaceAdapter(HostedAdapter[HuggingFaceSettings]):
         )
         # The Hub's answer for the auto route: model -> (when fetched, [(partner, partner id)]).
         self._orders: dict[str, tuple[float, list[tuple[str, str]]]] = {}
+        # Replicate's own client code, pointed at the router's /replicate prefix with the HF
+        # token: predictions are created with `Prefer: wait` and polled through the router.
+        router = settings.effective_base_url.rstrip("/")
+        self._replicate = ReplicateAdapter(
+            ReplicateSettings(
+                key=settings.key,
+                base_url=f"{router}/replicate",
+                max_concurrency=settings.max_concurrency,
+                poll_interval_seconds=settings.poll_interval_seconds,
+                max_poll_interval_seconds=settings.max_poll_interval_seconds,
+                api_hosts=(httpx.URL(router).host, "api.replicate.com"),
+            ),
+            telemetry=telemetry,
+        )
         self._together = TogetherCall(
             self._client,
             "/together/v1/images/generations",
@@ -71,22 +87,31 @@ class HuggingFaceAdapter(HostedAdapter[HuggingFaceSettings]):
     def models(self) -> list[ModelSpec]:
         return list(wire.MODEL_SPECS)
 
+    async def aclose(self) -> None:
+        await self._replicate.aclose()
+        await super().aclose()
+
     async def generate(
         self, request: GenerationRequest, deadline: Deadline, progress: ProgressSink | None
     ) -> GenerationResult:
         route = wire.ROUTES[request.model]
         if route.partner == wire.AUTO:
             partner, provider_model = await self._first_partner(route.provider_model, deadline)
-            result = await self._call(partner, provider_model, request, deadline)
+            result = await self._call(partner, provider_model, request, deadline, progress)
             # The job id names the partner that served (the model stays the route asked for).
             return replace(result, provider_job_id=f"{partner}:{result.provider_job_id}")
-        return await self._call(route.partner, route.provider_model, request, deadline)
+        return await self._call(route.partner, route.provider_model, request, deadline, progress)
 
     async def _call(
-        self, partner: str, provider_model: str, request: GenerationRequest, deadline: Deadline
+        self,
+        partner: str,
+        provider_model: str,
+        request: GenerationRequest,
+        deadline: Deadline,
+        progress: ProgressSink | None,
     ) -> GenerationResult:
         try:
-            return await self._partner_call(partner, provider_model, request, deadline)
+            return await self._partner_call(partner, provider_model, request, deadline, progress)
         except ProviderError as err:
             if err.reason == reasons.PROVIDER_RATE_LIMITED and partner != wire.HF_INFERENCE:
                 # A partner's (or this route's) limit, not the HF account's: the Router opens
@@ -96,7 +121,12 @@ class HuggingFaceAdapter(HostedAdapter[HuggingFaceSettings]):
             raise
 
     async def _partner_call(
-        self, partner: str, provider_model: str, request: GenerationRequest, deadline: Deadline
+        self,
+        partner: str,
+        provider_model: str,
+        request: GenerationRequest,
+        deadline: Deadline,
+        progress: ProgressSink | None,
     ) -> GenerationResult:
         if partner == wire.TOGETHER:
             return await self._together.generate(request, provider_model, deadline)
@@ -104,6 +134,11 @@ class HuggingFaceAdapter(HostedAdapter[HuggingFaceSettings]):
             return await self._partners.fal(request, provider_model, deadline)
         if partner == wire.NSCALE:
             return await self._partners.nscale(request, provider_model, deadline)
+        if partner == wire.REPLICATE:
+            result = await self._replicate.generate(
+                replace(request, model=provider_model), deadline, progress
+            )
+            return replace(result, model=request.model)
         return await self._inference(request, provider_model, deadline)
 
     async def _first_partner(self, model: str, deadline: Deadline) -> tuple[str, str]:

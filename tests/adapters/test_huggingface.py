@@ -215,7 +215,8 @@ async def test_capabilities_and_bill_to_header() -> None:
         describe = await s.stub.DescribeProvider(provider_pb2.DescribeProviderRequest())
         models = {m.id: m for m in describe.models}
         routes = {
-            wire.partner_route(wire.FLUX_SCHNELL, p) for p in (wire.FAL, wire.NSCALE, wire.AUTO)
+            wire.partner_route(wire.FLUX_SCHNELL, p)
+            for p in (wire.FAL, wire.NSCALE, wire.REPLICATE, wire.AUTO)
         }
         assert set(models) == {SD21, SDXL, wire.FLUX_SCHNELL, *routes}
         # nscale (and so auto) cannot honour steps: HF drops them on the way.

@@ -23,6 +23,7 @@ KEY = "hf_partnerSecretToken9f8e7d6c"
 FAL_ROUTE = wire.partner_route(wire.FLUX_SCHNELL, wire.FAL)
 NSCALE_ROUTE = wire.partner_route(wire.FLUX_SCHNELL, wire.NSCALE)
 AUTO_ROUTE = wire.partner_route(wire.FLUX_SCHNELL, wire.AUTO)
+REPLICATE_ROUTE = wire.partner_route(wire.FLUX_SCHNELL, wire.REPLICATE)
 
 
 class Served:
@@ -91,6 +92,29 @@ async def test_nscale_route_sends_size_and_b64_json_and_never_steps() -> None:
         assert "steps" not in call.body and "num_inference_steps" not in call.body
         assert call.body["model"] == wire.FLUX_SCHNELL
         assert [d.field for d in resp.deviations] == ["steps"]
+    finally:
+        await s.close()
+
+
+async def test_replicate_route_creates_an_official_prediction_through_the_router() -> None:
+    s = await serve(poll_interval_seconds=0.02, max_poll_interval_seconds=0.05)
+    try:
+        # Answer the create before the prediction is done: the adapter must poll.
+        s.emulator._replicate.honour_wait = False
+        s.emulator._replicate.latency = 0.2
+        resp = await s.generate(REPLICATE_ROUTE, width=1024, height=1024, seed=3)
+        create = s.emulator.calls_to(
+            "/replicate/v1/models/black-forest-labs/flux-schnell/predictions", "POST"
+        )[-1]
+        assert create.headers["authorization"] == f"Bearer {KEY}"
+        assert create.headers["prefer"].startswith("wait")
+        assert create.body["input"]["aspect_ratio"] == "1:1"
+        assert create.body["input"]["seed"] == 3
+        assert s.emulator.calls_to("/replicate/v1/predictions/", "GET")  # polled via the router
+        assert resp.model == REPLICATE_ROUTE and (resp.images[0].width, resp.images[0].height) == (
+            1024,
+            1024,
+        )
     finally:
         await s.close()
 

@@ -1,5 +1,5 @@
-"""Emulator of the Hugging Face router: hf-inference raw image bytes, the Together, fal-ai and
-nscale partner routes, and the Hub API's provider mapping (the account's order, for "auto")."""
+"""Emulator of the Hugging Face router: hf-inference raw image bytes, the Together, fal-ai,
+nscale and Replicate partner routes, and the Hub API's provider mapping (for "auto")."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from imagegate.emulators.base import Emulator, Fault, new_id
+from imagegate.emulators.replicate import ReplicateEmulator
 from imagegate.emulators.together import handle_generation
 from imagegate.providerkit.types import OutputFormat
 
@@ -59,12 +60,39 @@ class HuggingFaceEmulator(Emulator):
         """`estimated_time` of the loading answer."""
         self.provider_order: list[str] = ["together", "fal-ai", "nscale"]
         """The account's Inference Provider order the Hub API reports."""
+        # Replicate behind the router: the Replicate emulator's own handlers, sharing this
+        # server's faults, files and lifetime (wired in `start`).
+        self._replicate = ReplicateEmulator(latency=latency, key=key)
+        self._replicate.faults = self.faults
+        self._replicate.files = self.files
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        base = await super().start(host, port)
+        rep = self._replicate
+        rep._base_url = f"{base}/replicate"  # urls.get / urls.cancel go through the router
+        rep._stopping = self._stopping
+        rep.latency = self.latency
+        rep.host, rep.port = self.host, self.port
+        # Result files live on this server's CDN path.
+        rep.store_file = self.store_file  # type: ignore[method-assign]
+        return base
+
+    async def _replicate_create(self, request: web.Request) -> web.StreamResponse:
+        refused = self._router_layer(request)
+        if refused is not None:
+            return refused
+        return await self._replicate._create_official(request)
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/hf-inference/models/{model_id:.+}", self._inference)
         app.router.add_post("/together/v1/images/generations", self._together)
         app.router.add_post("/fal-ai/{app:.+}", self._fal)
         app.router.add_post("/nscale/v1/images/generations", self._nscale)
+        app.router.add_post(
+            "/replicate/v1/models/{owner}/{name}/predictions", self._replicate_create
+        )
+        app.router.add_get("/replicate/v1/predictions/{id}", self._replicate._get)
+        app.router.add_post("/replicate/v1/predictions/{id}/cancel", self._replicate._cancel)
         # The Hub API (huggingface.co) on the same server: the account's provider order.
         app.router.add_get("/api/models/{model_id:.+}", self._mapping)
 
