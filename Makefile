@@ -78,8 +78,11 @@ down:
 	docker compose -f deploy/compose.yaml down
 
 # Node.js example: pinned packages (npm ci) and its stubs generated from protos/ (buf + protoc-gen-es).
-examples-node:
-	cd examples/node && npm ci --no-audit --no-fund --silent && npm run --silent gen
+examples-node: examples/node/node_modules/.installed
+	cd examples/node && npm run --silent gen
+examples/node/node_modules/.installed: examples/node/package-lock.json
+	cd examples/node && npm ci --no-audit --no-fund --silent
+	@touch $@
 
 # Install Debian's PostgreSQL server binaries when initdb is missing (tests start a throwaway cluster).
 postgres-bin:
