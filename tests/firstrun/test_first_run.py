@@ -104,3 +104,19 @@ def test_the_router_refuses_downstream_addresses_gRPC_would_wrap() -> None:
     assert RouterSettings(adapters="local=127.0.0.1:50060").adapter_targets() == {
         "local": "127.0.0.1:50060"
     }
+
+
+def test_a_busy_metrics_port_names_the_variable_to_move() -> None:
+    import socket
+
+    from imagegate.telemetry import setup_telemetry
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = f"127.0.0.1:{taken.getsockname()[1]}"
+        with pytest.raises(RuntimeError, match=r"IMAGEGATE_HF_METRICS_ADDR") as info:
+            setup_telemetry("adapter-huggingface", metrics_addr=busy)
+        assert busy in str(info.value) and '""' in str(info.value)
+    with pytest.raises(RuntimeError, match=r"IMAGEGATE_ROUTER_METRICS_ADDR='127\.0\.0\.1:99999'"):
+        setup_telemetry("router", metrics_addr="127.0.0.1:99999")
