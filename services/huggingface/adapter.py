@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
+from dataclasses import replace
 
 import httpx
 
@@ -12,6 +14,7 @@ from imagegate.grpckit.deadline import Deadline
 from imagegate.providerkit.download import to_image
 from imagegate.providerkit.errors import BilledUsage, ProviderError
 from imagegate.providerkit.hosted import HostedAdapter
+from imagegate.providerkit.http import error_from_status, json_body, send
 from imagegate.providerkit.images import sniff_format
 from imagegate.providerkit.synchronous import post_sync
 from imagegate.providerkit.types import (
@@ -22,8 +25,11 @@ from imagegate.providerkit.types import (
     ProgressSink,
 )
 from imagegate.telemetry import Telemetry
-from services.huggingface import wire
+from services.huggingface import partners, wire
 from services.huggingface.config import HuggingFaceSettings
+from services.huggingface.partners import PartnerCall
+from services.replicate.adapter import ReplicateAdapter
+from services.replicate.config import ReplicateSettings
 from services.together.client import TogetherCall
 
 # Seeds drawn when the caller gives none, so each image of a fan-out differs (HF caches
@@ -32,7 +38,8 @@ _SEED_RANGE = 2**31
 
 
 class HuggingFaceAdapter(HostedAdapter[HuggingFaceSettings]):
-    """SD 2.1 and SDXL on hf-inference (compute-second billing); FLUX.1 schnell via Together."""
+    """SD 2.1 and SDXL on hf-inference (compute-second billing); FLUX.1 schnell through the
+    router's partners: Together (the bare id), fal-ai, nscale, or "auto" (the account's order)."""
 
     name = "huggingface"
 
@@ -48,6 +55,27 @@ class HuggingFaceAdapter(HostedAdapter[HuggingFaceSettings]):
             max_connections=settings.max_concurrency * 4,
             telemetry=telemetry,
         )
+        self._partners = PartnerCall(
+            self._client,
+            self._results_from(settings.result_hosts),
+            special=lambda resp, job: wire.special_error(resp, job, wire.FAL),
+        )
+        # The Hub's answer for the auto route: model -> (when fetched, [(partner, partner id)]).
+        self._orders: dict[str, tuple[float, list[tuple[str, str]]]] = {}
+        # Replicate's own client code, pointed at the router's /replicate prefix with the HF
+        # token: predictions are created with `Prefer: wait` and polled through the router.
+        router = settings.effective_base_url.rstrip("/")
+        self._replicate = ReplicateAdapter(
+            ReplicateSettings(
+                key=settings.key,
+                base_url=f"{router}/replicate",
+                max_concurrency=settings.max_concurrency,
+                poll_interval_seconds=settings.poll_interval_seconds,
+                max_poll_interval_seconds=settings.max_poll_interval_seconds,
+                api_hosts=(httpx.URL(router).host, "api.replicate.com"),
+            ),
+            telemetry=telemetry,
+        )
         self._together = TogetherCall(
             self._client,
             "/together/v1/images/generations",
@@ -59,13 +87,95 @@ class HuggingFaceAdapter(HostedAdapter[HuggingFaceSettings]):
     def models(self) -> list[ModelSpec]:
         return list(wire.MODEL_SPECS)
 
+    async def aclose(self) -> None:
+        await self._replicate.aclose()
+        await super().aclose()
+
     async def generate(
         self, request: GenerationRequest, deadline: Deadline, progress: ProgressSink | None
     ) -> GenerationResult:
         route = wire.ROUTES[request.model]
-        if route.partner == wire.TOGETHER:
-            return await self._together.generate(request, route.provider_model, deadline)
-        return await self._inference(request, route.provider_model, deadline)
+        if route.partner == wire.AUTO:
+            partner, provider_model = await self._first_partner(route.provider_model, deadline)
+            result = await self._call(partner, provider_model, request, deadline, progress)
+            # The job id names the partner that served (the model stays the route asked for).
+            return replace(result, provider_job_id=f"{partner}:{result.provider_job_id}")
+        return await self._call(route.partner, route.provider_model, request, deadline, progress)
+
+    async def _call(
+        self,
+        partner: str,
+        provider_model: str,
+        request: GenerationRequest,
+        deadline: Deadline,
+        progress: ProgressSink | None,
+    ) -> GenerationResult:
+        try:
+            return await self._partner_call(partner, provider_model, request, deadline, progress)
+        except ProviderError as err:
+            if err.reason == reasons.PROVIDER_RATE_LIMITED and partner != wire.HF_INFERENCE:
+                # A partner's (or this route's) limit, not the HF account's: the Router opens
+                # only this route's breaker and keeps the other partners in play.
+                err.extra[reasons.META_BREAKER_SCOPE] = "model"
+                err.extra["partner"] = partner
+            raise
+
+    async def _partner_call(
+        self,
+        partner: str,
+        provider_model: str,
+        request: GenerationRequest,
+        deadline: Deadline,
+        progress: ProgressSink | None,
+    ) -> GenerationResult:
+        if partner == wire.TOGETHER:
+            return await self._together.generate(request, provider_model, deadline)
+        if partner == wire.FAL:
+            return await self._partners.fal(request, provider_model, deadline)
+        if partner == wire.NSCALE:
+            return await self._partners.nscale(request, provider_model, deadline)
+        if partner == wire.REPLICATE:
+            result = await self._replicate.generate(
+                replace(request, model=provider_model), deadline, progress
+            )
+            return replace(result, model=request.model)
+        return await self._inference(request, provider_model, deadline)
+
+    async def _first_partner(self, model: str, deadline: Deadline) -> tuple[str, str]:
+        """The first partner of the account's order (or IMAGEGATE_HF_PROVIDER_ORDER) we speak."""
+        order = await self._provider_order(model, deadline)
+        for partner, provider_model in order:
+            if partner in wire.PARTNER_MODEL_IDS:
+                return partner, provider_model
+        named = ", ".join(p for p, _ in order) or "none"
+        raise ProviderError(
+            reasons.PROVIDER_INVALID_REQUEST,
+            f"no partner in the HF account's provider order serves {model} for text-to-image "
+            f"through this adapter (order: {named}; spoken: "
+            f"{', '.join(sorted(wire.PARTNER_MODEL_IDS))})",
+        )
+
+    async def _provider_order(self, model: str, deadline: Deadline) -> list[tuple[str, str]]:
+        settings = self._settings
+        fixed = settings.partner_order()
+        if fixed:
+            return [(p, wire.PARTNER_MODEL_IDS.get(p, {}).get(model, model)) for p in fixed]
+        now = time.monotonic()
+        cached = self._orders.get(model)
+        if cached is not None and now - cached[0] < settings.mapping_ttl_seconds:
+            return cached[1]
+        resp = await send(
+            self._client,
+            "GET",
+            f"{settings.hub_url.rstrip('/')}/api/models/{model}",
+            deadline=deadline,
+            params={"expand[]": "inferenceProviderMapping"},
+        )
+        if resp.status_code != 200:
+            raise error_from_status(resp, message="HF Hub provider mapping")
+        order = partners.provider_order(json_body(resp), model)
+        self._orders[model] = (now, order)
+        return order
 
     async def _inference(
         self, request: GenerationRequest, model_id: str, deadline: Deadline

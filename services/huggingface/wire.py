@@ -13,6 +13,7 @@ from imagegate.grpckit import reasons
 from imagegate.providerkit.errors import ProviderError
 from imagegate.providerkit.http import error_detail, redact, secrets_of
 from imagegate.providerkit.types import GenerationRequest, ModelSpec, PriceUnit, SizeRule
+from services.replicate.adapter import MODELS as replicate_models
 from services.together import wire as together_wire
 
 SD21 = "stabilityai/stable-diffusion-2-1"
@@ -21,6 +22,26 @@ FLUX_SCHNELL = "black-forest-labs/FLUX.1-schnell"
 
 HF_INFERENCE = "hf-inference"
 TOGETHER = "together"
+FAL = "fal-ai"
+NSCALE = "nscale"
+REPLICATE = "replicate"
+REPLICATE_SCHNELL = "black-forest-labs/flux-schnell"
+# Not a partner: the first partner of the account's Inference Provider order that serves the model.
+AUTO = "auto"
+# Partners the auto route can take, and each one's id for FLUX.1 [schnell] when the Hub's
+# mapping is not consulted (IMAGEGATE_HF_PROVIDER_ORDER set). Replicate is left out: its FLUX
+# sizes are a fixed table, narrower than what the auto route promises.
+PARTNER_MODEL_IDS: dict[str, dict[str, str]] = {
+    TOGETHER: {FLUX_SCHNELL: together_wire.FLUX_SCHNELL},
+    FAL: {FLUX_SCHNELL: "fal-ai/flux/schnell"},
+    NSCALE: {FLUX_SCHNELL: FLUX_SCHNELL},
+    HF_INFERENCE: {SD21: SD21, SDXL: SDXL},
+}
+
+
+def partner_route(model: str, partner: str) -> str:
+    """The adapter's model id of `model` through one partner (HF's own `model:provider` form)."""
+    return f"{model}:{partner}"
 
 
 @dataclass(frozen=True)
@@ -28,7 +49,8 @@ class Route:
     """How one model is reached through the router."""
 
     partner: str
-    """Router provider segment: "hf-inference" or a partner such as "together"."""
+    """Router provider segment ("hf-inference", "together", "fal-ai", "nscale", "replicate")
+    or "auto"."""
     provider_model: str
     """The model id the partner expects (its own id, from HF's provider mapping)."""
 
@@ -39,7 +61,14 @@ ROUTES: dict[str, Route] = {
     # Together is synchronous and answers base64, so the router call is the whole job: no polling
     # and no result download from a third host (see docs/errors.md, "Hugging Face").
     FLUX_SCHNELL: Route(TOGETHER, together_wire.FLUX_SCHNELL),
+    # One id per partner route, so each has its own breaker in the Router.
+    partner_route(FLUX_SCHNELL, FAL): Route(FAL, "fal-ai/flux/schnell"),
+    partner_route(FLUX_SCHNELL, NSCALE): Route(NSCALE, FLUX_SCHNELL),
+    partner_route(FLUX_SCHNELL, REPLICATE): Route(REPLICATE, REPLICATE_SCHNELL),
+    partner_route(FLUX_SCHNELL, AUTO): Route(AUTO, FLUX_SCHNELL),
 }
+
+_TOGETHER_SCHNELL = next(s for s in together_wire.MODEL_SPECS if s.id == together_wire.FLUX_SCHNELL)
 
 # hf-inference answers one image per call; more are separate calls with consecutive seeds.
 MODEL_SPECS: tuple[ModelSpec, ...] = (
@@ -63,10 +92,18 @@ MODEL_SPECS: tuple[ModelSpec, ...] = (
         guidance=True,
         price_unit=PriceUnit.COMPUTE_SECOND,
     ),
+    replace(_TOGETHER_SCHNELL, id=FLUX_SCHNELL),
+    # fal takes num_inference_steps; schnell ignores guidance everywhere.
+    replace(_TOGETHER_SCHNELL, id=partner_route(FLUX_SCHNELL, FAL)),
+    # HF's nscale helper drops num_inference_steps and cfg: steps cannot be honoured.
+    replace(_TOGETHER_SCHNELL, id=partner_route(FLUX_SCHNELL, NSCALE), steps=False),
+    # Replicate's FLUX takes aspect ratios, not sizes: its own fixed size table applies.
     replace(
-        next(s for s in together_wire.MODEL_SPECS if s.id == together_wire.FLUX_SCHNELL),
-        id=FLUX_SCHNELL,
+        next(s for s in replicate_models if s.id == REPLICATE_SCHNELL),
+        id=partner_route(FLUX_SCHNELL, REPLICATE),
     ),
+    # "auto" may land on any partner, so it promises only what all of them honour.
+    replace(_TOGETHER_SCHNELL, id=partner_route(FLUX_SCHNELL, AUTO), steps=False),
 )
 
 # Wording of refusals by the pipelines' safety checkers; hf-inference has no documented code.

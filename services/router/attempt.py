@@ -177,6 +177,7 @@ class AttemptCaller:
                                 state=msg.progress.state,
                                 queue_position=msg.progress.queue_position,
                                 fraction=msg.progress.fraction,
+                                provider_job_id=msg.progress.provider_job_id,
                             )
                         )
                     elif msg.HasField("result"):

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from imagegate.grpckit.address import check_address
+from imagegate.grpckit.errors import ImagegateError
 
 
 class RouterSettings(BaseSettings):
@@ -181,6 +184,15 @@ class RouterSettings(BaseSettings):
         description="Drain time on SIGTERM.",
     )
 
+    @field_validator("quota_addr", "metering_addr")
+    @classmethod
+    def _dialable(cls, value: str) -> str:
+        # gRPC would dial port 99999 as 34463 without a word.
+        try:
+            return check_address(value, variable="address")
+        except ImagegateError as err:
+            raise ValueError(err.message) from None
+
     def adapter_targets(self) -> dict[str, str]:
         """Parses `adapters` into {provider: "host:port"}, in the order given."""
         out: dict[str, str] = {}
@@ -193,5 +205,9 @@ class RouterSettings(BaseSettings):
                 raise ValueError(
                     f"bad IMAGEGATE_ROUTER_ADAPTERS entry {item!r}: want name=host:port"
                 )
+            try:
+                check_address(target, variable=f"IMAGEGATE_ROUTER_ADAPTERS {name.strip()}")
+            except ImagegateError as err:
+                raise ValueError(err.message) from None
             out[name.strip()] = target.strip()
         return out

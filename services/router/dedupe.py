@@ -19,6 +19,14 @@ from services.router.idempotency import IdempotencyCache, Outcome, await_outcome
 Response: TypeAlias = router_pb2.GenerateImageResponse
 
 
+def replayed(response: Response) -> Response:
+    """A copy of an earlier call's response marked as a replay (the stored one stays as it was)."""
+    out = Response()
+    out.CopyFrom(response)
+    out.replayed = True
+    return out
+
+
 class Deduplicator:
     """In this replica's memory first (in flight, recent), then the shared result store."""
 
@@ -48,12 +56,12 @@ class Deduplicator:
             span.set_attribute("imagegate.idempotent_replay", True)
             replay = await await_outcome(earlier, admitted.deadline, request_id, events)
             await self._settled(tenant)
-            return replay
+            return replayed(replay)
         found = await self.generations.find(tenant, request_id, fp)
         if found is not None:
             # Finished earlier, on this replica before a restart or on another one.
             span.set_attribute("imagegate.idempotent_replay", True)
-            return found[0]
+            return replayed(found[0])
         self.cache.begin(tenant, request_id, fp)
         outcome: Outcome = (None, None)
         try:
@@ -74,10 +82,12 @@ class Deduplicator:
         """Another call (any replica) claimed this request_id first: its outcome, when it has one."""
         tenant = admitted.caller.tenant_id
         if reservation.state == quota_pb2.RESERVATION_STATE_PENDING:
-            return await self.generations.wait(tenant, admitted.request_id, fp, admitted.deadline)
+            return replayed(
+                await self.generations.wait(tenant, admitted.request_id, fp, admitted.deadline)
+            )
         found = await self.generations.find(tenant, admitted.request_id, fp)
         if found is not None:
-            return found[0]
+            return replayed(found[0])
         raise self.cache.spent_error(admitted.request_id, reservation)
 
     def keep(

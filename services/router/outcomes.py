@@ -115,6 +115,9 @@ def classify(err: grpc.aio.AioRpcError) -> AttemptResult:
         reasons.INVALID_ARGUMENT: (o.ATTEMPT_OUTCOME_INVALID_REQUEST, "", False),
     }
     outcome, scope, failover = table.get(reason, (o.ATTEMPT_OUTCOME_FAILED, "model", True))
+    if scope == "provider" and parsed.metadata.get(reasons.META_BREAKER_SCOPE) == "model":
+        # The adapter knows the failure belongs to one route (an HF partner): narrow, never widen.
+        scope = "model"
     retry_after = parsed.retry_after_seconds if reason == reasons.PROVIDER_RATE_LIMITED else None
     usage = billed_usage(parsed.metadata) if billable else None
     return AttemptResult(

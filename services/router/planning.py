@@ -162,8 +162,9 @@ class Planner:
     def tenant_filters(self, plan: RoutePlan, norm: Normalized, caller: Caller) -> None:
         """Removes candidates the plan forbids or that cost more than the ceiling."""
         tiers = set(caller.plan.allowed_tiers)
-        # The local stand-in counts as budget, so a substitute is never forbidden by the alias.
-        if norm.explicit_model and tiers and not plan.local_substitute:
+        # An alias the plan excludes is refused whoever would serve it, the local stand-in
+        # included: the plan rule is the same with and without provider keys.
+        if norm.explicit_model and tiers:
             tier = self.catalog.models[norm.explicit_model].tier
             if tier not in tiers:
                 raise ImagegateError(

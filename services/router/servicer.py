@@ -108,7 +108,6 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                     providers, local_sub = [app.catalog.local_provider], True
                     described = local.models.get(app.catalog.local_model)
                     serving = [described] if described is not None else []
-            tier = "budget" if local_sub else entry.tier
             out.models.add(
                 alias=entry.alias,
                 description=entry.description,
@@ -116,7 +115,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 # The adapter owns capabilities; the alias shows those of the candidate tried first.
                 capabilities=serving[0].capabilities if serving else None,
                 providers=providers,
-                allowed_by_plan=not tiers or entry.tier in tiers or (local_sub and tier in tiers),
+                # The alias's tier decides, whoever serves it (the local stand-in included).
+                allowed_by_plan=not tiers or entry.tier in tiers,
                 local_substitute=local_sub,
             )
         return out

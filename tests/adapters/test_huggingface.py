@@ -214,7 +214,14 @@ async def test_capabilities_and_bill_to_header() -> None:
     try:
         describe = await s.stub.DescribeProvider(provider_pb2.DescribeProviderRequest())
         models = {m.id: m for m in describe.models}
-        assert set(models) == {SD21, SDXL, wire.FLUX_SCHNELL}
+        routes = {
+            wire.partner_route(wire.FLUX_SCHNELL, p)
+            for p in (wire.FAL, wire.NSCALE, wire.REPLICATE, wire.AUTO)
+        }
+        assert set(models) == {SD21, SDXL, wire.FLUX_SCHNELL, *routes}
+        # nscale (and so auto) cannot honour steps: HF drops them on the way.
+        assert not models[wire.partner_route(wire.FLUX_SCHNELL, wire.NSCALE)].capabilities.steps
+        assert models[wire.partner_route(wire.FLUX_SCHNELL, wire.FAL)].capabilities.steps
         assert models[SD21].price_unit == catalog_pb2.PRICE_UNIT_COMPUTE_SECOND
         assert models[wire.FLUX_SCHNELL].price_unit == catalog_pb2.PRICE_UNIT_MEGAPIXEL
         assert not models[wire.FLUX_SCHNELL].capabilities.negative_prompt

@@ -221,20 +221,69 @@ async def test_stream_replay_of_a_finished_request() -> None:
         await s.stop()
 
 
-async def test_free_tenant_gets_local_substitute_for_any_alias() -> None:
+async def test_free_tenant_is_refused_a_pro_alias_even_when_local_stands_in() -> None:
     s = await start_stack({"local": LocalAdapter(LocalSettings())})
     try:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await s.stub.GenerateImage(
+                router_pb2.GenerateImageRequest(
+                    prompt="x", model="flux-pro", width=128, height=128
+                ),
+                metadata=bearer("key-free"),
+            )
+        parsed = parse_rpc_error(info.value)
+        assert parsed.code == grpc.StatusCode.PERMISSION_DENIED
+        assert parsed.reason == reasons.PLAN_FORBIDS_MODEL
+        assert parsed.metadata["model"] == "flux-pro" and parsed.metadata["plan"] == "free"
+        # Without a model the local stand-in still serves the free tenant (it counts as budget).
         resp = await s.stub.GenerateImage(
-            router_pb2.GenerateImageRequest(prompt="x", model="flux-pro", width=128, height=128),
+            router_pb2.GenerateImageRequest(prompt="x", width=128, height=128),
             metadata=bearer("key-free"),
         )
         assert resp.local_substitute and resp.provider == "local"
         models = await s.stub.ListModels(
             router_pb2.ListModelsRequest(), metadata=bearer("key-free")
         )
-        assert all(m.allowed_by_plan for m in models.models)
+        allowed = {m.alias: m.allowed_by_plan for m in models.models}
+        assert allowed["flux-pro"] is False
+        assert any(allowed.values())
     finally:
         await s.stop()
+
+
+async def test_plan_gating_of_an_alias_is_the_same_with_and_without_provider_keys() -> None:
+    keyless = await start_stack({"local": LocalAdapter(LocalSettings())})
+    fal = ControllableAdapter("fal", [spec(FAL), spec("fal-ai/flux/dev")])
+    keyed = await start_stack({"local": LocalAdapter(LocalSettings()), "fal": fal})
+    try:
+        for stack in (keyless, keyed):
+            models = await stack.stub.ListModels(
+                router_pb2.ListModelsRequest(), metadata=bearer("key-free")
+            )
+            # The aliases someone serves in both stacks (the keyed one has fal only).
+            for m in [m for m in models.models if m.alias in ("flux-schnell", "flux-dev")]:
+                request = router_pb2.GenerateImageRequest(
+                    prompt="x", model=m.alias, width=256, height=256
+                )
+                refused = False
+                try:
+                    await stack.stub.GenerateImage(request, metadata=bearer("key-free"))
+                except grpc.aio.AioRpcError as err:
+                    refused = parse_rpc_error(err).reason == reasons.PLAN_FORBIDS_MODEL
+                assert refused == (not m.allowed_by_plan), (m.alias, m.allowed_by_plan)
+        flux_dev = [
+            {m.alias: m.allowed_by_plan for m in r.models}["flux-dev"]
+            for r in [
+                await st.stub.ListModels(
+                    router_pb2.ListModelsRequest(), metadata=bearer("key-free")
+                )
+                for st in (keyless, keyed)
+            ]
+        ]
+        assert flux_dev == [False, False]
+    finally:
+        await keyless.stop()
+        await keyed.stop()
 
 
 async def test_rate_limited_without_retry_after_counts_as_failure() -> None:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from google.protobuf import json_format
-
 from imagegate.cli.connection import Connection
-from imagegate.cli.output import as_csv, as_json, enum_name, table, usd
+from imagegate.cli.output import as_csv, as_json, enum_name, proto_dict, table, usd
 from imagegate.grpckit.channel import create_channel
 from imagegate.router.v1 import router_pb2, router_pb2_grpc
 
@@ -31,6 +29,10 @@ async def cmd_models(args: argparse.Namespace, conn: Connection) -> int:
         for m in resp.models
     ]
     print(table(["model", "description", "tier", "providers", "plan", "note"], rows))
+    print(
+        "\nplan: whether your plan allows the alias; its tier decides, whoever serves it "
+        "(the local stand-in too), with or without provider keys"
+    )
     return 0
 
 
@@ -110,11 +112,8 @@ async def cmd_usage(args: argparse.Namespace, conn: Connection) -> int:
         print(
             as_json(
                 {
-                    "summary": json_format.MessageToDict(summary, preserving_proto_field_name=True),
-                    "records": [
-                        json_format.MessageToDict(r, preserving_proto_field_name=True)
-                        for r in records[: args.limit]
-                    ],
+                    "summary": proto_dict(summary),
+                    "records": [proto_dict(r) for r in records[: args.limit]],
                 }
             )
         )
@@ -172,7 +171,7 @@ async def cmd_quota(args: argparse.Namespace, conn: Connection) -> int:
             )
         ).quota
     if args.json:
-        print(as_json(json_format.MessageToDict(q, preserving_proto_field_name=True)))
+        print(as_json(proto_dict(q)))
         return 0
     limit = q.plan.monthly_images or "unlimited"
     remaining = "unlimited" if q.remaining_images < 0 else q.remaining_images

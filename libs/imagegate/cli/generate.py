@@ -8,12 +8,11 @@ import uuid
 from pathlib import Path
 
 import grpc
-from google.protobuf import json_format
 
 from imagegate.cli.connection import Connection
 from imagegate.cli.enhancement import describe, progress_line
 from imagegate.cli.inputs import apply_inputs
-from imagegate.cli.output import as_json, table, usd
+from imagegate.cli.output import as_json, proto_dict, table, usd
 from imagegate.common.v1 import image_pb2
 from imagegate.grpckit.channel import create_channel
 from imagegate.grpckit.errors import ImagegateError
@@ -77,24 +76,32 @@ async def cmd_generate(args: argparse.Namespace, conn: Connection) -> int:
             metadata=conn.api_metadata(),
             timeout=args.timeout,
         )
+        lines = ProgressLines(args.n)
         async for event in call:
             kind = event.WhichOneof("event")
             if kind == "result":
                 result = event.result
             elif not args.quiet:
-                _progress(event, kind, live)
+                text = lines.text(event, kind)
+                if text is not None:
+                    _show(event.elapsed_seconds, text, live)
         if live:
             print("\r\x1b[K", end="", file=sys.stderr)
     if result is None:
         raise ImagegateError(grpc.StatusCode.UNKNOWN, "NO_RESULT", "stream ended without a result")
     paths = _write_images(result, Path(args.output))
     if args.json:
-        summary = json_format.MessageToDict(result, preserving_proto_field_name=True)
+        summary = proto_dict(result)
         for image in summary.get("images", []):
             image.pop("data", None)
         summary["files"] = [str(p) for p in paths]
         print(as_json(summary))
         return 0
+    if result.replayed:
+        print(
+            f"replay: request_id {request.request_id} already ran; this is its stored result "
+            "(nothing ran or was charged again)"
+        )
     for path, image in zip(paths, result.images, strict=True):
         print(f"wrote {path} ({image.width}x{image.height} {image.mime_type})")
     for line in describe(result):
@@ -114,33 +121,61 @@ async def cmd_generate(args: argparse.Namespace, conn: Connection) -> int:
     return 0
 
 
-def _progress(event: router_pb2.StreamGenerateImageResponse, kind: str | None, live: bool) -> None:
-    if kind == "accepted":
-        text = f"accepted; candidates: {', '.join(event.accepted.candidates)}"
-    elif kind == "attempt_started":
-        a = event.attempt_started
-        text = f"attempt {a.attempt_number}: {a.provider} {a.provider_model}"
-    elif kind == "progress":
-        p = event.progress
+class ProgressLines:
+    """Turns stream events into progress lines: one job per image is numbered, repeats dropped.
+
+    A provider that runs one job per image (BFL) reports each job's state; without the image
+    number `--n 4` printed the same line four times.
+    """
+
+    def __init__(self, num_images: int) -> None:
+        self._num_images = num_images
+        self._jobs: dict[str, int] = {}
+        self._last = ""
+
+    def text(self, event: router_pb2.StreamGenerateImageResponse, kind: str | None) -> str | None:
+        """The line for `event`, or None when there is nothing new to say."""
+        if kind == "accepted":
+            text = f"accepted; candidates: {', '.join(event.accepted.candidates)}"
+        elif kind == "attempt_started":
+            a = event.attempt_started
+            self._jobs.clear()  # job numbers start again with each attempt
+            text = f"attempt {a.attempt_number}: {a.provider} {a.provider_model}"
+        elif kind == "progress":
+            text = self._progress(event.progress)
+        elif kind == "attempt_failed":
+            f = event.attempt_failed
+            text = f"attempt {f.attempt_number} failed: {f.error_reason}"
+        elif kind == "failover":
+            o = event.failover
+            text = f"failover {o.from_provider} -> {o.to_provider} ({o.reason})"
+        elif kind == "skipped":
+            k = event.skipped
+            text = f"skipped {k.provider} {k.provider_model}: {k.detail}"
+        elif kind == "prompt_enhanced":
+            text = progress_line(event.prompt_enhanced)
+        else:
+            return None
+        if text == self._last:
+            return None
+        self._last = text
+        return text
+
+    def _progress(self, p: router_pb2.ProviderProgress) -> str:
         parts = [p.provider, p.state]
         if p.queue_position >= 0:
             parts.append(f"queue position {p.queue_position}")
         if p.fraction >= 0:
             parts.append(f"{p.fraction:.0%}")
-        text = " ".join(x for x in parts if x)
-    elif kind == "attempt_failed":
-        text = f"attempt {event.attempt_failed.attempt_number} failed: {event.attempt_failed.error_reason}"
-    elif kind == "failover":
-        f = event.failover
-        text = f"failover {f.from_provider} -> {f.to_provider} ({f.reason})"
-    elif kind == "skipped":
-        k = event.skipped
-        text = f"skipped {k.provider} {k.provider_model}: {k.detail}"
-    elif kind == "prompt_enhanced":
-        text = progress_line(event.prompt_enhanced)
-    else:
-        return
-    line = f"[{event.elapsed_seconds:5.1f}s] {text}"
+        if p.provider_job_id:
+            index = self._jobs.setdefault(p.provider_job_id, len(self._jobs) + 1)
+            if len(self._jobs) > 1:  # one job per image: say which
+                parts.append(f"(image {index} of {self._num_images})")
+        return " ".join(x for x in parts if x)
+
+
+def _show(elapsed: float, text: str, live: bool) -> None:
+    line = f"[{elapsed:5.1f}s] {text}"
     if live:
         print(f"\r\x1b[K{line}", end="", file=sys.stderr, flush=True)
     else:

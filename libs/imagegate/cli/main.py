@@ -31,7 +31,7 @@ def run(argv: list[str] | None = None) -> int:
     except grpc.aio.AioRpcError as err:
         return _print_error(parse_rpc_error(err))
     except ImagegateError as err:
-        print(f"error: {err.code.name} {err.reason}: {err.message}", file=sys.stderr)
+        print(f"error: {error_head(err.code.name, err.reason)}: {err.message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -50,10 +50,14 @@ def run(argv: list[str] | None = None) -> int:
         return 1
 
 
+def error_head(code: str, reason: str) -> str:
+    """`CODE REASON`, or `CODE` alone when the reason only repeats it (INVALID_ARGUMENT)."""
+    return f"{code} {reason}" if reason and reason != code else code
+
+
 def _print_error(parsed: Any) -> int:
     code = parsed.code.name if hasattr(parsed.code, "name") else str(parsed.code)
-    reason = f" {parsed.reason}" if parsed.reason else ""
-    print(f"error: {code}{reason}: {parsed.message}", file=sys.stderr)
+    print(f"error: {error_head(code, parsed.reason)}: {parsed.message}", file=sys.stderr)
     for v in parsed.field_violations:
         print(f"  field {v.field}: {v.description}", file=sys.stderr)
     for q in parsed.quota_violations:

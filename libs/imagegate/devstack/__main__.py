@@ -8,11 +8,39 @@ import signal
 import sys
 from pathlib import Path
 
+from imagegate.cli.connection import DEFAULT_QUOTA_ADDR, DEFAULT_ROUTER_ADDR, record_data_dir
 from imagegate.devstack.bootstrap import ensure_admin_token, ensure_dev_key
 from imagegate.devstack.emulated import start_emulators
 from imagegate.devstack.services import default_env
 from imagegate.devstack.supervisor import Stack, StackError
 from imagegate.textproviders import TEXT_PROVIDERS
+
+
+def cli_path() -> str:
+    """The `imagegate` command next to this interpreter (absolute: works from any directory)."""
+    beside = Path(sys.executable).parent / "imagegate"
+    return str(beside) if beside.exists() else "imagegate"
+
+
+def try_hint(router: str, quota: str, cli: str) -> str:
+    """The commands to paste into another terminal, carrying any moved address with them."""
+    moved = ""
+    if router != DEFAULT_ROUTER_ADDR:
+        moved += f"IMAGEGATE_ROUTER_ADDR={router} "
+    if quota != DEFAULT_QUOTA_ADDR:
+        moved += f"IMAGEGATE_QUOTA_ADDR={quota} "
+    lines = [
+        "Try, in another terminal:",
+        *(
+            [f"  export {moved.strip()}   # this stack's addresses (not the defaults)"]
+            if moved
+            else []
+        ),
+        f'  {cli} generate "isometric treasure chest, game asset" --size 512x512 -o chest.png',
+        f'  {cli} generate "knight" --style game-sprite --enhance -o knight.png',
+        f"  {cli} usage && {cli} quota",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -27,7 +55,16 @@ async def run(args: argparse.Namespace) -> int:
     env["IMAGEGATE_DATA_DIR"] = str(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     admin_token = ensure_admin_token(data_dir, env)
-    stack = Stack(env)
+    try:
+        # The CLI reads it, so it finds the dev key from any directory.
+        record_data_dir(data_dir, env)
+    except OSError as err:
+        print(f"imagegate: could not record the data directory ({err})", file=sys.stderr)
+    try:
+        stack = Stack(env)
+    except ValueError as err:
+        print(f"imagegate: {err}", file=sys.stderr)
+        return 2
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -66,11 +103,7 @@ async def run(args: argparse.Namespace) -> int:
         f"  prompt enhancer: {enhancer}\n"
         f"  dev API key: {key_file}{' (created)' if created else ''}\n"
         f"  data: {data_dir}\n\n"
-        "Try, in another terminal:\n"
-        '  .venv/bin/imagegate generate "isometric treasure chest, game asset" '
-        "--size 512x512 -o chest.png\n"
-        '  .venv/bin/imagegate generate "knight" --style game-sprite --enhance -o knight.png\n'
-        "  .venv/bin/imagegate usage && .venv/bin/imagegate quota\n\n"
+        f"{try_hint(router, stack.address('quota'), cli_path())}\n"
         "Ctrl-C stops everything.\n",
         flush=True,
     )

@@ -100,6 +100,9 @@ async def start_emulators(
         base_url = await emulator.start("127.0.0.1", 0)
         env[provider.key_var] = provider.key
         env[provider.base_url_var] = base_url
+        if provider.name == "huggingface":
+            # The emulator also answers the Hub's provider mapping (the `auto` route's order).
+            env["IMAGEGATE_HF_HUB_URL"] = base_url
         started[provider.name] = emulator
     if names is None:
         started.update(await start_chat_emulators(env, latency=latency))

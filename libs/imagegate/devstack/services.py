@@ -7,6 +7,8 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from imagegate.grpckit.address import check_address
+from imagegate.grpckit.errors import ImagegateError
 from imagegate.telemetry.setup import env_key
 from imagegate.textproviders import KEY_VARS as TEXT_KEY_VARS
 
@@ -93,6 +95,7 @@ def plan_stack(
     The prompt enhancer is started when at least one text provider key (GROQ_API_KEY, ...) is set;
     without one the Router has no enhancer and answers enhance requests with the original prompt
     and a notice.
+    Raises ValueError naming the variable when a listen address is not host:port.
     """
     out = dict(env)
     enabled = [a for a in (*SELF_HOSTED, *ADAPTERS) if env.get(a.key_var)]
@@ -109,6 +112,10 @@ def plan_stack(
             out[metrics_var] = f"127.0.0.1:{free_port()}"
         else:
             out.setdefault(spec.addr_var, f"127.0.0.1:{spec.default_port}")
+            try:
+                check_address(out[spec.addr_var], variable=spec.addr_var, allow_zero=True)
+            except ImagegateError as err:
+                raise ValueError(err.message) from None
     out.setdefault(
         "IMAGEGATE_ROUTER_ADAPTERS",
         ",".join(f"{s.name}={out[s.addr_var]}" for s in specs if s in (CORE[2], *enabled)),

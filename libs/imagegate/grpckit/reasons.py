@@ -72,6 +72,9 @@ META_BILLED_MEGAPIXELS = "billed_megapixels"
 META_BILLED_PROVIDER_SECONDS = "billed_provider_seconds"
 META_BILLED_INPUT_TOKENS = "billed_input_tokens"
 META_BILLED_OUTPUT_TOKENS = "billed_output_tokens"
+# "model" when a failure the Router would hold against the whole provider (a rate limit) is
+# about one route only: a partner behind the HF router, whose limits are its own.
+META_BREAKER_SCOPE = "breaker_scope"
 
 # Metering (appended).
 PRICE_NOT_FOUND = "PRICE_NOT_FOUND"
@@ -83,3 +86,5 @@ ENHANCER_NOT_CONFIGURED = "ENHANCER_NOT_CONFIGURED"
 ENHANCER_UNAVAILABLE = "ENHANCER_UNAVAILABLE"
 # A text provider skipped because its breaker is open (ProviderFailure.reason, not a status).
 BREAKER_OPEN = "BREAKER_OPEN"
+# Configuration: an address that is not host:port with a port from 1 to 65535.
+BAD_ADDRESS = "BAD_ADDRESS"

@@ -10,10 +10,12 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
+from imagegate.grpckit.address import check_address
+from imagegate.grpckit.errors import ImagegateError
 from imagegate.grpckit.interceptors import ErrorInterceptor
 from imagegate.grpckit.options import SERVER_OPTIONS
+from imagegate.grpckit.reflection import enable_reflection
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,10 @@ async def start_server(
     Interceptors run outermost first: telemetry interceptors passed in wrap the error
     interceptor, so spans see the final status.
     """
+    try:
+        check_address(address, variable="listen address", allow_zero=True)
+    except ImagegateError as err:
+        raise RuntimeError(err.message) from None
     server = grpc.aio.server(
         interceptors=[*interceptors, ErrorInterceptor(domain)],
         options=SERVER_OPTIONS,
@@ -62,13 +68,8 @@ async def start_server(
         register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [
-            *service_names,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ],
-        server,
+    enable_reflection(
+        [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name], server
     )
     port = server.add_insecure_port(address)
     if port == 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import zlib
 from pathlib import Path
@@ -69,8 +70,20 @@ def make_engine(url: str, *, schema: str, pool_size: int = 8) -> Engine:
     )
 
 
+def quiet_alembic() -> None:
+    """Raises the `alembic` logger to WARNING when nobody chose its level (DEBUG runs keep it)."""
+    alembic_log = logging.getLogger("alembic")
+    if alembic_log.level == logging.NOTSET and logging.getLogger().level > logging.DEBUG:
+        alembic_log.setLevel(logging.WARNING)
+
+
 def migrate(engine: Engine, *, script_location: str, schema: str, version_table: str) -> None:
-    """Applies the Alembic migrations (idempotent; safe with several processes starting at once)."""
+    """Applies the Alembic migrations (idempotent; safe with several processes starting at once).
+
+    Alembic's INFO lines ("Context impl SQLiteImpl.", "Will assume non-transactional DDL.") are
+    kept out of start-up output unless the `alembic` logger was configured on purpose.
+    """
+    quiet_alembic()
     cfg = Config()
     cfg.set_main_option("script_location", script_location)
     cfg.set_main_option("version_table", version_table)

@@ -301,11 +301,26 @@ def current_trace_id() -> str:
     return f"{ctx.trace_id:032x}" if ctx.is_valid else ""
 
 
-def _start_metrics_endpoint(address: str, registry: Any) -> MetricsEndpoint:
+def _start_metrics_endpoint(address: str, registry: Any, service_name: str) -> MetricsEndpoint:
     from prometheus_client import start_http_server
 
+    from imagegate.grpckit.address import check_address
+    from imagegate.grpckit.errors import ImagegateError
+
+    variable = f"IMAGEGATE_{env_key(service_name)}_METRICS_ADDR"
+    try:
+        check_address(address, variable=variable, allow_zero=True)
+    except ImagegateError as err:
+        raise RuntimeError(err.message) from None
     host, _, port = address.rpartition(":")
-    server, thread = start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)
+    try:
+        server, thread = start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)
+    except OSError as err:
+        # Moving only the gRPC port of a second stack lands here: say which variable to move.
+        raise RuntimeError(
+            f"metrics endpoint {address} is not free ({err.strerror}): set {variable} to "
+            'another host:port, or to "" to serve no metrics'
+        ) from None
     return MetricsEndpoint(host or "127.0.0.1", server.server_port, server, thread)
 
 
@@ -362,7 +377,7 @@ def setup_telemetry(
         # A registry per service: the default one is process-global.
         registry = CollectorRegistry(auto_describe=True)
         readers.append(PrometheusMetricReader(registry=registry))
-        endpoint = _start_metrics_endpoint(metrics_addr, registry)
+        endpoint = _start_metrics_endpoint(metrics_addr, registry, service_name)
     if _enabled(
         "OTEL_METRICS_EXPORTER",
         "OTEL_EXPORTER_OTLP_ENDPOINT",

@@ -424,6 +424,7 @@ class GenerateImageResponse(_message.Message):
     SENT_PROMPT_FIELD_NUMBER: _builtins.int
     SENT_NEGATIVE_PROMPT_FIELD_NUMBER: _builtins.int
     ENHANCEMENT_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The request id (the caller's, or the one the Router assigned)."""
     provider: _builtins.str
@@ -445,6 +446,10 @@ class GenerateImageResponse(_message.Message):
     """The prompt actually sent to the image provider (style applied, enhanced when enhancement ran)."""
     sent_negative_prompt: _builtins.str
     """The negative prompt actually sent to the image provider."""
+    replayed: _builtins.bool
+    """True when this answer is the stored result of an earlier call with the same request_id
+    (an idempotent replay): nothing ran again and nothing was charged again.
+    """
     @_builtins.property
     def images(self) -> _containers.RepeatedCompositeFieldContainer[_image_pb2.Image]:
         """The images, exactly as many as requested."""
@@ -489,10 +494,11 @@ class GenerateImageResponse(_message.Message):
         sent_prompt: _builtins.str = ...,
         sent_negative_prompt: _builtins.str = ...,
         enhancement: Global___PromptEnhancement | None = ...,
+        replayed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["enhancement", b"enhancement", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cost_micros", b"cost_micros", "deviations", b"deviations", "enhancement", b"enhancement", "images", b"images", "local_substitute", b"local_substitute", "model", b"model", "notices", b"notices", "provider", b"provider", "provider_model", b"provider_model", "request_id", b"request_id", "sent_negative_prompt", b"sent_negative_prompt", "sent_prompt", b"sent_prompt", "trace_id", b"trace_id", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cost_micros", b"cost_micros", "deviations", b"deviations", "enhancement", b"enhancement", "images", b"images", "local_substitute", b"local_substitute", "model", b"model", "notices", b"notices", "provider", b"provider", "provider_model", b"provider_model", "replayed", b"replayed", "request_id", b"request_id", "sent_negative_prompt", b"sent_negative_prompt", "sent_prompt", b"sent_prompt", "trace_id", b"trace_id", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -523,7 +529,9 @@ class PromptEnhancement(_message.Message):
     provider_model: _builtins.str
     """Its model id."""
     cost_micros: _builtins.int
-    """What the enhancement cost, in micro-USD (included in GenerateImageResponse.cost_micros)."""
+    """What the enhancement cost, in micro-USD: the gateway's own provider cost, not part of
+    GenerateImageResponse.cost_micros (the tenant charge, which counts images only).
+    """
     cached: _builtins.bool
     """True when the enhancer served the rewrite from its cache (no upstream call, no cost)."""
     detail: _builtins.str
@@ -778,6 +786,7 @@ class ProviderProgress(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     QUEUE_POSITION_FIELD_NUMBER: _builtins.int
     FRACTION_FIELD_NUMBER: _builtins.int
+    PROVIDER_JOB_ID_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     """Provider name."""
     state: _builtins.str
@@ -786,6 +795,10 @@ class ProviderProgress(_message.Message):
     """Requests ahead in the provider queue; -1 when unknown."""
     fraction: _builtins.float
     """Completion from 0 to 1; -1 when unknown."""
+    provider_job_id: _builtins.str
+    """The provider's job id this progress is about, when known: a request for several images
+    may run as one job per image (BFL), each reporting its own progress.
+    """
     def __init__(
         self,
         *,
@@ -793,10 +806,11 @@ class ProviderProgress(_message.Message):
         state: _builtins.str = ...,
         queue_position: _builtins.int = ...,
         fraction: _builtins.float = ...,
+        provider_job_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fraction", b"fraction", "provider", b"provider", "queue_position", b"queue_position", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fraction", b"fraction", "provider", b"provider", "provider_job_id", b"provider_job_id", "queue_position", b"queue_position", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
