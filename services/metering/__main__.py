@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from imagegate.config import CommonSettings
+from imagegate.grpckit.security import Transport, startup_transport
 from imagegate.grpckit.server import serve_until_signal
 from imagegate.telemetry import metrics_address, setup_telemetry
 from imagegate.telemetry.logs import configure_logging
@@ -17,7 +18,7 @@ from services.metering.store import MeteringStore
 log = logging.getLogger(__name__)
 
 
-async def serve(settings: MeteringSettings, common: CommonSettings) -> None:
+async def serve(settings: MeteringSettings, common: CommonSettings, transport: Transport) -> None:
     """Opens the database (migrating it), serves until SIGTERM, then drains."""
     telemetry = setup_telemetry("metering", metrics_addr=metrics_address("metering"))
     catalog = load_catalog(settings.prices_path)
@@ -31,7 +32,9 @@ async def serve(settings: MeteringSettings, common: CommonSettings) -> None:
     # SQL spans cost the store its batched fast path, so by default only when spans are exported.
     if settings.trace_sql if settings.trace_sql is not None else bool(telemetry.processors):
         telemetry.instrument_sqlalchemy(store.engine)
-    server = await start_metering_server(store, address=settings.addr, telemetry=telemetry)
+    server = await start_metering_server(
+        store, address=settings.addr, telemetry=telemetry, transport=transport
+    )
     log.info(
         "metering listening",
         extra={
@@ -52,7 +55,8 @@ def main() -> None:
     common = CommonSettings()
     settings = MeteringSettings()
     configure_logging("metering", level=common.log_level, fmt=common.log_format)
-    asyncio.run(serve(settings, common))
+    transport = startup_transport(settings.addr, "metering", internal=True)
+    asyncio.run(serve(settings, common, transport))
 
 
 if __name__ == "__main__":

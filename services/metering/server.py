@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from imagegate.grpckit.security import Transport
 from imagegate.grpckit.server import RunningServer, start_server
 from imagegate.metering.v1 import metering_pb2, metering_pb2_grpc
 from imagegate.telemetry import Telemetry
@@ -34,10 +35,22 @@ class MeteringServer:
             await self.store.close()
 
 
+# Only services may call these: they write the ledger or read any tenant's usage. The price
+# catalog (QuotePrice, ListPrices) is public.
+SERVICE_ONLY_RPCS = ("RecordUsage", "BatchRecordUsage", "GetUsageSummary", "ListUsageRecords")
+
+
 async def start_metering_server(
-    store: MeteringStore, *, address: str, telemetry: Telemetry
+    store: MeteringStore,
+    *,
+    address: str,
+    telemetry: Telemetry,
+    transport: Transport | None = None,
 ) -> MeteringServer:
-    """Starts MeteringService on `address` (port 0 picks a free port)."""
+    """Starts MeteringService on `address` (port 0 picks a free port).
+
+    With a `transport`, SERVICE_ONLY_RPCS admit only services (main always passes one).
+    """
     servicer = MeteringServicer(store)
     running = await start_server(
         address=address,
@@ -45,5 +58,9 @@ async def start_metering_server(
         service_names=[SERVICE_NAME],
         domain=DOMAIN,
         interceptors=telemetry.server_interceptors(),
+        transport=transport,
+        guard=transport.guard(SERVICE_NAME, SERVICE_ONLY_RPCS, domain=DOMAIN)
+        if transport
+        else None,
     )
     return MeteringServer(running=running, store=store)

@@ -14,7 +14,7 @@ from imagegate.quota.v1 import quota_pb2, quota_pb2_grpc
 async def cmd_admin(args: argparse.Namespace, conn: Connection) -> int:
     """`imagegate admin ...`: tenants, plans and keys on Quota, with the admin token."""
     meta = conn.admin_metadata()
-    async with create_channel(conn.quota_addr) as channel:
+    async with create_channel(conn.quota_addr, credentials=conn.credentials()) as channel:
         stub = quota_pb2_grpc.QuotaServiceStub(channel)
         action = args.admin_action
         if action == "tenant-create":

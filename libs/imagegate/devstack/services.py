@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -78,6 +79,9 @@ def plan_stack(
             out[metrics_var] = f"127.0.0.1:{free_port()}"
         else:
             out.setdefault(spec.addr_var, f"127.0.0.1:{spec.default_port}")
+    # A fresh internal-call secret per run, never a fixed default (docs/security.md).
+    if not out.get("IMAGEGATE_SERVICE_TOKEN"):
+        out["IMAGEGATE_SERVICE_TOKEN"] = "igsvc_" + secrets.token_urlsafe(32)
     out.setdefault(
         "IMAGEGATE_ROUTER_ADAPTERS",
         ",".join(f"{s.name}={out[s.addr_var]}" for s in specs if s in (CORE[2], *enabled)),

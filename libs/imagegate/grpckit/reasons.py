@@ -68,3 +68,13 @@ META_COST_MICROS = "cost_micros"
 
 # Metering (appended).
 PRICE_NOT_FOUND = "PRICE_NOT_FOUND"
+
+# Service-to-service security (appended; see docs/security.md).
+# An internal RPC called without a service identity (no service token, no client certificate).
+SERVICE_IDENTITY_REQUIRED = "SERVICE_IDENTITY_REQUIRED"
+# A service token that does not match.
+SERVICE_TOKEN_INVALID = "SERVICE_TOKEN_INVALID"
+# A client certificate from our CA whose identity may not call this RPC.
+SERVICE_NOT_ALLOWED = "SERVICE_NOT_ALLOWED"
+# Only the admin token may see this (e.g. provider status detail).
+ADMIN_ONLY = "ADMIN_ONLY"

@@ -14,6 +14,8 @@ from grpc_reflection.v1alpha import reflection
 
 from imagegate.grpckit.interceptors import ErrorInterceptor
 from imagegate.grpckit.options import SERVER_OPTIONS
+from imagegate.grpckit.security import Transport
+from imagegate.grpckit.service_auth import ServiceGuard, ServiceGuardInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +49,22 @@ async def start_server(
     domain: str,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     maximum_concurrent_rpcs: int | None = None,
+    transport: Transport | None = None,
+    client_auth: bool = True,
+    guard: ServiceGuard | None = None,
 ) -> RunningServer:
     """Builds, binds and starts a server; `address` may use port 0 to pick a free port.
 
     Interceptors run outermost first: telemetry interceptors passed in wrap the error
-    interceptor, so spans see the final status.
+    interceptor, so spans see the final status; the service guard runs inside it, so its
+    refusals become rich statuses. `transport` None: plaintext, refused off loopback.
+    `client_auth`: with TLS and a CA, callers must present a certificate (mTLS).
     """
+    transport = transport or Transport()
+    transport.check_listen(address)
+    inner = [ServiceGuardInterceptor(guard)] if guard is not None else []
     server = grpc.aio.server(
-        interceptors=[*interceptors, ErrorInterceptor(domain)],
+        interceptors=[*interceptors, ErrorInterceptor(domain), *inner],
         options=SERVER_OPTIONS,
         maximum_concurrent_rpcs=maximum_concurrent_rpcs,
     )
@@ -70,7 +80,11 @@ async def start_server(
         ],
         server,
     )
-    port = server.add_insecure_port(address)
+    credentials = transport.server_credentials(client_auth=client_auth)
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     if port == 0:
         raise RuntimeError(f"could not bind {address}: is the port already in use?")
     await server.start()

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from grpc_health.v1 import health_pb2
 
 from imagegate.config import CommonSettings
+from imagegate.grpckit.security import Transport, startup_transport
 from imagegate.grpckit.server import RunningServer, serve_until_signal, start_server
 from imagegate.provider.v1 import provider_pb2, provider_pb2_grpc
 from imagegate.providerkit.adapter import Adapter
@@ -22,17 +23,33 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = provider_pb2.DESCRIPTOR.services_by_name["ProviderService"].full_name
 
 
+# Only services may call these: each spends provider credit. DescribeProvider stays open.
+SERVICE_ONLY_RPCS = ("GenerateImage", "StreamGenerateImage")
+
+
 async def start_adapter_server(
-    adapter: Adapter, *, address: str, telemetry: Telemetry
+    adapter: Adapter, *, address: str, telemetry: Telemetry, transport: Transport | None = None
 ) -> tuple[RunningServer, ProviderServicer]:
-    """Starts a ProviderService server for `adapter` on `address` (port 0 picks one)."""
+    """Starts a ProviderService server for `adapter` on `address` (port 0 picks one).
+
+    With a `transport` that has a service token or mTLS, generation RPCs admit only services.
+    """
+    domain = f"imagegate.provider.{adapter.name}"
+    guarded = transport is not None and (
+        bool(transport.service_token)
+        or (transport.tls is not None and transport.tls.ca is not None)
+    )
     servicer = ProviderServicer(adapter)
     running = await start_server(
         address=address,
         registrars=[lambda s: provider_pb2_grpc.add_ProviderServiceServicer_to_server(servicer, s)],
         service_names=[SERVICE_NAME],
-        domain=f"imagegate.provider.{adapter.name}",
+        domain=domain,
         interceptors=telemetry.server_interceptors(),
+        transport=transport,
+        guard=transport.guard(SERVICE_NAME, SERVICE_ONLY_RPCS, domain=domain)
+        if transport is not None and guarded
+        else None,
     )
     # A named health service per provider, so an upstream outage never fails process liveness.
     status = (
@@ -55,13 +72,16 @@ def run_adapter(
 ) -> None:
     """Blocking entry point used by each adapter's `__main__`."""
     configure_logging(f"adapter-{name}", level=common.log_level, fmt=common.log_format)
+    transport = startup_transport(address, name, internal=False)
 
     async def main() -> None:
         telemetry = setup_telemetry(
             f"adapter-{name}", metrics_addr=metrics_address(f"adapter-{name}")
         )
         adapter = build(telemetry)
-        running, _ = await start_adapter_server(adapter, address=address, telemetry=telemetry)
+        running, _ = await start_adapter_server(
+            adapter, address=address, telemetry=telemetry, transport=transport
+        )
         log.info(
             "adapter listening",
             extra={"provider": name, "address": running.address, "enabled": adapter.enabled},
