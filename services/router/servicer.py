@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -11,6 +12,7 @@ from datetime import UTC, datetime
 import grpc
 
 from imagegate.grpckit import reasons
+from imagegate.grpckit.auth import bearer_token
 from imagegate.grpckit.errors import (
     FieldViolation,
     ImagegateError,
@@ -27,7 +29,7 @@ from services.router.app import RouterApp
 from services.router.breaker import BreakerState
 from services.router.catalog import TIERS
 from services.router.events import EventSink, duration
-from services.router.validation import normalize
+from services.router.validation import check_request_id, normalize
 
 BREAKER_PROTO = {
     BreakerState.CLOSED: router_pb2.BREAKER_STATE_CLOSED,
@@ -41,6 +43,16 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
 
     def __init__(self, app: RouterApp) -> None:
         self._app = app
+        self._admin_token = app.settings.admin_token.encode()
+
+    def _is_admin(self, context: grpc.aio.ServicerContext) -> bool:
+        """Whether the caller presented the admin token (constant-time compare)."""
+        token = bearer_token(context)
+        return (
+            bool(self._admin_token)
+            and token is not None
+            and hmac.compare_digest(token.encode(), self._admin_token)
+        )
 
     async def GenerateImage(
         self, request: router_pb2.GenerateImageRequest, context: grpc.aio.ServicerContext
@@ -176,15 +188,32 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def GetProviderStatus(
         self, request: router_pb2.GetProviderStatusRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.GetProviderStatusResponse:
-        await self._app.authenticate(context)
+        # Error rates, in-flight counts, latencies and error reasons describe every tenant's
+        # traffic and our providers' accounts: the admin token sees them; a tenant key sees
+        # whether each provider and model is usable now and when a closed one retries.
+        admin = self._is_admin(context)
+        if not admin:
+            await self._app.authenticate(context)
         app = self._app
-        out = router_pb2.GetProviderStatusResponse(replica_id=app.replica_id)
+        out = router_pb2.GetProviderStatusResponse(replica_id=app.replica_id if admin else "")
         for a in app.adapters.all():
             app.breakers.get(a.name)
         wall_offset = time.time() - app.clock()
         for (provider, model), breaker in app.breakers.items():
             snap = breaker.snapshot()
             adapter = app.adapters.get(provider)
+            if not admin:
+                status = out.providers.add(
+                    provider=provider,
+                    provider_model=model,
+                    enabled=bool(adapter and adapter.enabled),
+                    state=BREAKER_PROTO[snap.state],
+                )
+                if snap.retry_at is not None:
+                    status.retry_at.CopyFrom(
+                        timestamp(datetime.fromtimestamp(snap.retry_at + wall_offset, UTC))
+                    )
+                continue
             status = out.providers.add(
                 provider=provider,
                 provider_model=model,
@@ -270,10 +299,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def GetGeneration(
         self, request: router_pb2.GetGenerationRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.GetGenerationResponse:
-        if not request.request_id:
-            raise invalid_argument(
-                [FieldViolation("request_id", "required")], domain="imagegate.router"
-            )
+        violations: list[FieldViolation] = []
+        check_request_id(violations, request.request_id, required=True)
+        if violations:
+            raise invalid_argument(violations, domain="imagegate.router")
         caller = await self._app.authenticate(context)
         found = await self._app.generations.find(caller.tenant_id, request.request_id, None)
         if found is None:

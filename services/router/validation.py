@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import grpc
@@ -16,6 +17,20 @@ from services.router.catalog import Catalog
 DOMAIN = "imagegate.router"
 MIN_SIDE, MAX_SIDE = 64, 4096
 MAX_PROMPT, MAX_NEGATIVE, MAX_REQUEST_ID = 4000, 2000, 128
+# request_id ends up in logs, usage rows, CSV exports and result-store keys: printable ASCII
+# without separators or spaces (docs/errors.md "request_id"). UUIDs and ULIDs fit.
+REQUEST_ID_CHARS = re.compile(r"[A-Za-z0-9._:-]+")
+REQUEST_ID_RULE = f"at most {MAX_REQUEST_ID} characters from A-Z a-z 0-9 . _ : -"
+
+
+def check_request_id(violations: list[FieldViolation], value: str, *, required: bool) -> None:
+    """Adds a violation unless `value` is a valid request_id (or empty and not required)."""
+    if not value:
+        if required:
+            violations.append(FieldViolation("request_id", "required"))
+        return
+    if len(value) > MAX_REQUEST_ID or not REQUEST_ID_CHARS.fullmatch(value):
+        violations.append(FieldViolation("request_id", REQUEST_ID_RULE))
 
 
 @dataclass
@@ -41,8 +56,7 @@ class Normalized:
 def normalize(req: router_pb2.GenerateImageRequest, catalog: Catalog) -> Normalized:
     """Validates `req`; raises INVALID_ARGUMENT with one field violation per problem."""
     violations: list[FieldViolation] = []
-    if len(req.request_id) > MAX_REQUEST_ID:
-        violations.append(FieldViolation("request_id", f"at most {MAX_REQUEST_ID} characters"))
+    check_request_id(violations, req.request_id, required=False)
     if not req.prompt.strip():
         violations.append(FieldViolation("prompt", "must not be empty"))
     elif len(req.prompt) > MAX_PROMPT:
