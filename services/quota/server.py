@@ -57,6 +57,10 @@ class QuotaServer:
         await self.running.stop(grace)
         if self.servicer is not None:
             await self.servicer.drain()
+        try:
+            await self.store.flush_key_use()
+        except Exception:
+            log.exception("could not record API key use at stop")
         await self.store.close()
 
 
@@ -70,6 +74,10 @@ async def sweep_forever(store: QuotaStore, interval: float) -> None:
                 log.info("expired leases returned", extra={"count": expired})
         except Exception:
             log.exception("lease sweep failed; will retry")
+        try:
+            await store.flush_key_use()
+        except Exception:
+            log.exception("could not record API key use; will retry")
 
 
 async def start_quota_server(
