@@ -121,19 +121,49 @@ async def test_quota_process_refuses_a_client_without_a_certificate(
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-async def test_cli_uses_the_certificate_directory(tls_stack: RunningStack):
+async def _cli(tls_stack: RunningStack, *args: str, api_key: str = "") -> tuple[int, str, str]:
     env = dict(tls_stack.env)
     env["IMAGEGATE_ROUTER_ADDR"] = tls_stack.stack.address("router")
     env["IMAGEGATE_QUOTA_ADDR"] = tls_stack.stack.address("quota")
     env.pop("IMAGEGATE_API_KEY", None)
+    if api_key:
+        env["IMAGEGATE_API_KEY"] = api_key
     proc = await asyncio.create_subprocess_exec(
         os.path.join(os.path.dirname(sys.executable), "imagegate"),
-        "admin",
-        "tenant-list",
+        *args,
         env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, err.decode()
-    assert "dev" in out.decode()
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_cli_uses_the_certificate_directory(tls_stack: RunningStack):
+    code, out, err = await _cli(tls_stack, "admin", "tenant-list")
+    assert code == 0, err
+    assert "dev" in out
+
+
+async def test_cli_rotates_a_key_with_an_overlap_and_lists_keys_without_secrets(
+    tls_stack: RunningStack,
+):
+    code, out, err = await _cli(tls_stack, "admin", "key-create", "t_none")
+    assert code != 0  # an unknown tenant: nothing created
+    old_key = tls_stack.api_key
+    old_id = "_".join(old_key.split("_")[:2])
+    code, out, err = await _cli(tls_stack, "admin", "key-rotate", old_id, "--overlap", "1h")
+    assert code == 0, err
+    new_key = out.split("api key (shown once): ")[1].split()[0]
+    assert f"{old_id} stops working at" in out
+    for key in (old_key, new_key):  # both work during the overlap
+        code, out, err = await _cli(tls_stack, "quota", api_key=key)
+        assert code == 0, err
+    code, listing, err = await _cli(tls_stack, "admin", "key-list")
+    assert code == 0, err
+    assert old_id in listing and "_".join(new_key.split("_")[:2]) in listing
+    assert old_key.split("_", 2)[2] not in listing and new_key.split("_", 2)[2] not in listing
+    code, out, err = await _cli(tls_stack, "admin", "key-revoke", old_id)
+    assert code == 0, err
+    code, out, err = await _cli(tls_stack, "quota", api_key=old_key)
+    assert code != 0 and "API_KEY_REVOKED" in err

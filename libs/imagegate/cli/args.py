@@ -11,6 +11,7 @@ from imagegate.cli import flags
 from imagegate.cli.account import cmd_models, cmd_providers, cmd_quota, cmd_styles, cmd_usage
 from imagegate.cli.admin import cmd_admin
 from imagegate.cli.generate import FORMATS, PREFERENCES, cmd_estimate, cmd_generate
+from imagegate.cli.keys import add_key_parsers
 
 # A value such as -5x512, -1 or -inf: argparse would take it for an unknown option.
 _DASH_VALUE = re.compile(r"-(\d|\.\d|inf|nan)", re.IGNORECASE)
@@ -92,8 +93,7 @@ def _add_admin(sub: argparse._SubParsersAction[Parser]) -> None:
     kc = asub.add_parser("key-create")
     kc.add_argument("tenant_id", type=ident)
     kc.add_argument("--label", type=flags.text(flags.MAX_NAME, required=False))
-    kr = asub.add_parser("key-revoke")
-    kr.add_argument("key_id", type=ident)
+    add_key_parsers(asub, ident)
     a.set_defaults(func=cmd_admin)
 
 
