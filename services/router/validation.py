@@ -17,6 +17,10 @@ from services.router.catalog import Catalog
 DOMAIN = "imagegate.router"
 MIN_SIDE, MAX_SIDE = 64, 4096
 MAX_PROMPT, MAX_NEGATIVE, MAX_REQUEST_ID = 4000, 2000, 128
+# Model aliases and style names are short catalog ids; anything longer is refused before it
+# could be echoed into an error (found by `make fuzz`: a 10 kB model name made a 20 kB
+# status, past the 8 KiB of trailers a gRPC client accepts).
+MAX_NAME = 100
 # request_id ends up in logs, usage rows, CSV exports and result-store keys: printable ASCII
 # without separators or spaces (docs/errors.md "request_id"). UUIDs and ULIDs fit.
 REQUEST_ID_CHARS = re.compile(r"[A-Za-z0-9._:-]+")
@@ -57,6 +61,9 @@ def normalize(req: router_pb2.GenerateImageRequest, catalog: Catalog) -> Normali
     """Validates `req`; raises INVALID_ARGUMENT with one field violation per problem."""
     violations: list[FieldViolation] = []
     check_request_id(violations, req.request_id, required=False)
+    for name in ("model", "style"):
+        if len(getattr(req, name)) > MAX_NAME:
+            violations.append(FieldViolation(name, f"at most {MAX_NAME} characters"))
     if not req.prompt.strip():
         violations.append(FieldViolation("prompt", "must not be empty"))
     elif len(req.prompt) > MAX_PROMPT:
