@@ -130,8 +130,27 @@ def _mock_client(base_url: str, headers: httpx.Headers, script: list[Answer]) ->
     )
 
 
+# Set by `recorded()`: the emulator's address and credential, so URLs in recorded answers pass
+# the adapters' host checks exactly as they did against the emulator.
+_ENDPOINT: dict[str, tuple[str, str]] = {}
+_BUILDING: list[str] = []
+
+
 def _fast(settings_cls: Any) -> Any:
-    return settings_cls(key=KEY, poll_interval_seconds=0.001, max_poll_interval_seconds=0.001)
+    base_url, key = _ENDPOINT.get(_BUILDING[-1], ("", KEY)) if _BUILDING else ("", KEY)
+    extra = {"base_url": base_url} if base_url else {}
+    return settings_cls(
+        key=key, poll_interval_seconds=0.001, max_poll_interval_seconds=0.001, **extra
+    )
+
+
+def build(name: str) -> Adapter:
+    """The adapter `name`, pointed where its happy path was recorded (if it was)."""
+    _BUILDING.append(name)
+    try:
+        return ADAPTERS[name]()
+    finally:
+        _BUILDING.pop()
 
 
 def _fal() -> Adapter:
@@ -240,7 +259,7 @@ def check_adapter(name: str, request: GenerationRequest, script: list[Answer]) -
 
     Returns "ok" or the error reason, so a run can say which paths it reached.
     """
-    adapter = ADAPTERS[name]()
+    adapter = build(name)
     _install(adapter, script)
 
     async def run() -> GenerationResult | ProviderError:
@@ -259,3 +278,119 @@ def check_adapter(name: str, request: GenerationRequest, script: list[Answer]) -
     for image in outcome.images:
         assert image.data, "no empty image passes as a success"
     return "ok"
+
+
+class _Recorder(httpx.AsyncBaseTransport):
+    """Forwards to the real transport and keeps every answer."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.answers: list[Answer] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        resp = await self.inner.handle_async_request(request)
+        body = await resp.aread()
+        self.answers.append(
+            Answer(resp.status_code, body, resp.headers.get("content-type", ""), None)
+        )
+        return httpx.Response(resp.status_code, headers=resp.headers, content=body)
+
+
+def recorded(name: str, request: GenerationRequest) -> list[Answer]:
+    """The answers of one successful generation against the provider's in-repo emulator."""
+    from imagegate.devstack.emulated import PROVIDERS
+
+    provider = next(p for p in PROVIDERS if p.name == name)
+
+    async def run() -> list[Answer]:
+        emulator = provider.emulator(latency=0.0, key=provider.key)
+        base_url = await emulator.start()
+        _ENDPOINT[name] = (base_url, provider.key)
+        adapter = build(name)
+        client: httpx.AsyncClient = adapter._client  # type: ignore[attr-defined]
+        recorder = _Recorder(client._transport)
+        client._transport = recorder
+        try:
+            await adapter.generate(request, Deadline.after(30.0), None)
+        finally:
+            await adapter.aclose()
+            await emulator.stop()
+        return recorder.answers
+
+    return asyncio.run(run())
+
+
+@st.composite
+def mutated(draw: st.DrawFn, happy: list[Answer], hosts: list[str]) -> list[Answer]:
+    """The happy path with some answers changed: status, a key dropped or replaced, junk body."""
+    out: list[Answer] = []
+    for answer in happy:
+        how = draw(st.sampled_from(["keep", "keep", "keep", "status", "json", "junk", "stop"]))
+        if how == "stop":
+            break
+        if how == "status":
+            answer = Answer(draw(st.sampled_from(STATUSES)), answer.body, answer.content_type, None)
+        elif how == "junk":
+            answer = draw(answers(hosts))
+        elif how == "json":
+            try:
+                value = json.loads(answer.body)
+            except ValueError:
+                value = None
+            if isinstance(value, dict) and value:
+                value = _mutate(draw, value, hosts)
+                answer = Answer(
+                    answer.status, json.dumps(value).encode(), answer.content_type, None
+                )
+        out.append(answer)
+    return out
+
+
+def _mutate(draw: st.DrawFn, value: Any, hosts: list[str]) -> Any:
+    """One change somewhere inside a JSON value."""
+    if isinstance(value, dict) and value:
+        key = draw(st.sampled_from(sorted(value)))
+        action = draw(st.sampled_from(["drop", "replace", "descend"]))
+        copy = dict(value)
+        if action == "drop":
+            del copy[key]
+        elif action == "replace":
+            copy[key] = draw(json_values(hosts))
+        else:
+            copy[key] = _mutate(draw, value[key], hosts)
+        return copy
+    if isinstance(value, list) and value:
+        index = draw(st.integers(0, len(value) - 1))
+        action = draw(st.sampled_from(["drop", "replace", "descend", "duplicate"]))
+        copy = list(value)
+        if action == "drop":
+            del copy[index]
+        elif action == "replace":
+            copy[index] = draw(json_values(hosts))
+        elif action == "duplicate":
+            copy.append(copy[index])
+        else:
+            copy[index] = _mutate(draw, value[index], hosts)
+        return copy
+    return draw(_leaves(hosts))
+
+
+def happy_request(adapter: Adapter) -> GenerationRequest:
+    """The request whose happy path is recorded: the adapter's first model, one image."""
+    spec = adapter.models()[0]
+    width, height = _size(spec)
+    return GenerationRequest(
+        request_id="fuzz-1", model=spec.id, prompt="a red square", width=width, height=height
+    )
+
+
+def scripts(name: str) -> st.SearchStrategy[tuple[GenerationRequest, list[Answer]]]:
+    """(request, answers): the recorded happy path mutated, or answers from scratch."""
+    request = happy_request(build(name))
+    happy = recorded(name, request)
+    adapter = build(name)
+    hosts = hosts_of(adapter)
+    return st.one_of(
+        st.tuples(st.just(request), mutated(happy, hosts)),
+        st.tuples(requests(adapter), st.lists(answers(hosts), max_size=6)),
+    )
