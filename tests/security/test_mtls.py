@@ -115,3 +115,32 @@ async def test_server_picks_up_a_replaced_certificate_without_a_restart(tmp_path
         assert not await healthy_trusting(old_dir)
     finally:
         await running.stop(grace=0)
+
+
+async def test_a_tls_server_can_answer_plaintext_health_probes_on_a_separate_port(certs: Path):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from imagegate.devstack.services import free_port
+
+    health_port = free_port()
+    running = await start_server(
+        address="127.0.0.1:0",
+        registrars=[],
+        service_names=[],
+        domain="imagegate.test",
+        transport=Transport(tls=tls_files(certs, "quota"), health_port=health_port),
+    )
+    try:
+        async with create_channel(f"127.0.0.1:{health_port}") as channel:
+            resp = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
+            assert resp.status == health_pb2.HealthCheckResponse.SERVING
+            # Nothing but health is served there.
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await quota_pb2_grpc.QuotaServiceStub(channel).ListPlans(
+                    quota_pb2.ListPlansRequest(), timeout=5
+                )
+            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        await running.stop(grace=0)

@@ -38,6 +38,8 @@ class Transport:
     """Permit plaintext on a non-loopback address (a mesh that encrypts for us)."""
     dev_mode: bool | None = None
     """Dev-mode leniency (weak secrets allowed); None: dev exactly when listening on loopback."""
+    health_port: int = 0
+    """With TLS: a plaintext port serving only grpc.health (kubelet probes speak no TLS); 0: none."""
 
     def is_dev(self, address: str) -> bool:
         """Whether dev-mode rules apply to a process listening on `address`."""
@@ -131,6 +133,12 @@ class SecuritySettings(BaseSettings):
     service_peers: str = Field(
         "router", description="Comma-separated certificate names allowed to call internal RPCs."
     )
+    health_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="With TLS: plaintext port with only the health service, for kubelet probes.",
+    )
 
     def transport(self, name: str) -> Transport:
         """The Transport these settings describe for the process called `name` ("quota")."""
@@ -151,6 +159,7 @@ class SecuritySettings(BaseSettings):
             peers=frozenset(p.strip() for p in self.service_peers.split(",") if p.strip()),
             allow_plaintext=self.allow_plaintext,
             dev_mode=self.dev_mode,
+            health_port=self.health_port,
         )
 
 

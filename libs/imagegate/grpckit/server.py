@@ -34,11 +34,15 @@ class RunningServer:
     """Health servicer; named services (e.g. "provider.fal") can be set separately."""
     address: str
     """host:port to dial."""
+    health_server: grpc.aio.Server | None = None
+    """The plaintext health-only listener beside a TLS port (Transport.health_port), if any."""
 
     async def stop(self, grace: float = 5.0) -> None:
         """Marks every service NOT_SERVING, then stops accepting and drains in-flight calls."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
 
 
 async def start_server(
@@ -88,10 +92,25 @@ async def start_server(
     if port == 0:
         raise RuntimeError(f"could not bind {address}: is the port already in use?")
     await server.start()
+    health_server = None
+    if credentials is not None and transport.health_port:
+        # Only grpc.health, no reflection and no service: what a kubelet probe needs, nothing
+        # an attacker could use beyond learning that the process is up.
+        health_server = grpc.aio.server(options=SERVER_OPTIONS)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        if health_server.add_insecure_port(f"0.0.0.0:{transport.health_port}") == 0:
+            raise RuntimeError(f"could not bind health port {transport.health_port}")
+        await health_server.start()
     for name in ("", *service_names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     host = address.rsplit(":", 1)[0]
-    return RunningServer(server=server, port=port, health=health_servicer, address=f"{host}:{port}")
+    return RunningServer(
+        server=server,
+        port=port,
+        health=health_servicer,
+        address=f"{host}:{port}",
+        health_server=health_server,
+    )
 
 
 async def serve_until_signal(running: RunningServer, *, grace: float = 5.0) -> None:
