@@ -61,9 +61,10 @@ def normalize(req: router_pb2.GenerateImageRequest, catalog: Catalog) -> Normali
     """Validates `req`; raises INVALID_ARGUMENT with one field violation per problem."""
     violations: list[FieldViolation] = []
     check_request_id(violations, req.request_id, required=False)
-    for name in ("model", "style"):
-        if len(getattr(req, name)) > MAX_NAME:
-            violations.append(FieldViolation(name, f"at most {MAX_NAME} characters"))
+    if len(req.model) > MAX_NAME:
+        violations.append(FieldViolation("model", f"at most {MAX_NAME} characters"))
+    if len(req.style) > MAX_NAME:
+        violations.append(FieldViolation("style", f"at most {MAX_NAME} characters"))
     if not req.prompt.strip():
         violations.append(FieldViolation("prompt", "must not be empty"))
     elif len(req.prompt) > MAX_PROMPT:

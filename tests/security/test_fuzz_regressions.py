@@ -76,3 +76,18 @@ def test_adapter_recorded_happy_path_succeeds_unmutated(name: str):
     request = adapter_responses.happy_request(adapter_responses.build(name))
     happy = adapter_responses.recorded(name, request)
     assert adapter_responses.check_adapter(name, request, happy) == "ok"
+
+
+def test_together_answer_with_an_empty_data_list_is_a_bad_response():
+    # Found by `make fuzz`: HTTP 200 with `"data": []` came back as a success with no image.
+    adapter = adapter_responses.build("together")
+    request = adapter_responses.happy_request(adapter)
+    empty = adapter_responses.Answer(
+        200,
+        b'{"id": "tg-1", "model": "black-forest-labs/FLUX.1-schnell", "object": "list", "data": []}',
+        "application/json",
+        None,
+    )
+    assert adapter_responses.check_adapter("together", request, [empty]) == (
+        reasons.PROVIDER_BAD_RESPONSE
+    )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -25,9 +27,7 @@ def duration(text: str) -> int:
     return int(match.group(1)) * _UNIT[match.group(2)]
 
 
-def add_key_parsers(
-    asub: argparse._SubParsersAction[argparse.ArgumentParser], ident: object
-) -> None:
+def add_key_parsers(asub: argparse._SubParsersAction[Any], ident: Callable[[str], str]) -> None:
     """The key subcommands of `imagegate admin`."""
     kl = asub.add_parser("key-list", help="key prefixes, labels, creation, last use, revocation")
     kl.add_argument("--tenant", dest="tenant_id", type=ident, default=None)
