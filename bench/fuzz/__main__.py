@@ -67,8 +67,11 @@ def run_target(
         rounds += 1
         try:
             test()
-        except Exception as err:  # the falsifying example, already printed by hypothesis
+        except Exception as err:
             failure = f"{type(err).__name__}: {str(err)[:500]}"
+            # Hypothesis attaches the shrunk falsifying example as notes.
+            for note in getattr(err, "__notes__", []):
+                print(f"[{name}] {note}", flush=True)
             break
     return {
         "target": name,
