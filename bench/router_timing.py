@@ -148,6 +148,7 @@ def _free_port() -> int:
 
 def _process_env(tmp: Path) -> dict[str, str]:
     import os
+    import secrets
 
     # Free ports and scrape endpoints: other runs on this machine must not clash with this one.
     ports = {name: _free_port() for name in ("router", "quota", "metering", "local")}
@@ -155,6 +156,8 @@ def _process_env(tmp: Path) -> dict[str, str]:
         **os.environ,
         "IMAGEGATE_DATA_DIR": str(tmp),
         "IMAGEGATE_ADMIN_TOKEN": "adm",
+        # Quota and Metering admit the Router by this token (docs/security.md); fresh per run.
+        "IMAGEGATE_SERVICE_TOKEN": "igsvc_" + secrets.token_urlsafe(24),
         "IMAGEGATE_ROUTER_ADDR": f"127.0.0.1:{ports['router']}",
         "IMAGEGATE_QUOTA_ADDR": f"127.0.0.1:{ports['quota']}",
         "IMAGEGATE_METERING_ADDR": f"127.0.0.1:{ports['metering']}",
