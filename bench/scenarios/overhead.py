@@ -45,7 +45,7 @@ async def run(ctx: Ctx) -> Result:
             }
             paths = {
                 "echo": echo_call(chans["echo"], payload),
-                "direct": direct_call(chans["direct"]),
+                "direct": direct_call(chans["direct"], env=stack.services.env),
             }
             if stack.has_router:
                 chans["router"] = channels(stack.services.address("router"), nchan)
