@@ -29,8 +29,8 @@ class TlsFiles:
 def is_loopback(address: str) -> bool:
     """Whether a listen or dial address ("host:port", "[::1]:port", "localhost:0") stays on this host."""
     host = address.rsplit(":", 1)[0].strip("[]")
-    if host in ("localhost", ""):
-        return host == "localhost"
+    if host == "localhost":
+        return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
