@@ -25,6 +25,7 @@ from imagegate.metering.v1 import metering_pb2
 from imagegate.provider.v1 import provider_pb2
 from imagegate.quota.v1 import quota_pb2
 from imagegate.router.v1 import router_pb2, router_pb2_grpc
+from services.router.admission import Caller
 from services.router.app import RouterApp
 from services.router.breaker import BreakerState
 from services.router.catalog import TIERS
@@ -192,8 +193,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         # traffic and our providers' accounts: the admin token sees them; a tenant key sees
         # whether each provider and model is usable now and when a closed one retries.
         admin = self._is_admin(context)
+        visible: tuple[set[tuple[str, str]], set[str]] | None = None
         if not admin:
-            await self._app.authenticate(context)
+            visible = self._visible_to(await self._app.authenticate(context))
         app = self._app
         out = router_pb2.GetProviderStatusResponse(replica_id=app.replica_id if admin else "")
         for a in app.adapters.all():
@@ -202,7 +204,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         for (provider, model), breaker in app.breakers.items():
             snap = breaker.snapshot()
             adapter = app.adapters.get(provider)
-            if not admin:
+            if visible is not None:
+                models, providers = visible
+                if (provider, model) not in models and not (not model and provider in providers):
+                    continue  # a model the tenant's plan may not use does not affect it
                 status = out.providers.add(
                     provider=provider,
                     provider_model=model,
@@ -235,6 +240,19 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                     timestamp(datetime.fromtimestamp(snap.retry_at + wall_offset, UTC))
                 )
         return out
+
+    def _visible_to(self, caller: Caller) -> tuple[set[tuple[str, str]], set[str]]:
+        """The (provider, model) pairs and providers the caller's plan may route to."""
+        catalog = self._app.catalog
+        tiers = set(caller.plan.allowed_tiers)
+        models: set[tuple[str, str]] = set()
+        for entry in catalog.models.values():
+            for cand in entry.candidates:
+                # As planning rules: the local stand-in counts as budget.
+                tier = "budget" if cand.provider == catalog.local_provider else cand.tier
+                if not tiers or tier in tiers:
+                    models.add((cand.provider, cand.provider_model))
+        return models, {provider for provider, _ in models} | {catalog.local_provider}
 
     async def GetUsageSummary(
         self, request: router_pb2.GetUsageSummaryRequest, context: grpc.aio.ServicerContext

@@ -105,3 +105,22 @@ async def test_provider_status_without_credentials_is_unauthenticated(stack: Rou
             router_pb2.GetProviderStatusRequest(), metadata=bearer("not-the-admin-token")
         )
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_tenant_sees_only_the_providers_its_plan_may_route_to(stack: RouterStack):
+    await stack.stub.GenerateImage(
+        router_pb2.GenerateImageRequest(prompt="fox", model="flux-schnell", width=256, height=256),
+        metadata=PRO,
+    )
+    admin = await stack.stub.GetProviderStatus(
+        router_pb2.GetProviderStatusRequest(), metadata=ADMIN
+    )
+    pro = await stack.stub.GetProviderStatus(router_pb2.GetProviderStatusRequest(), metadata=PRO)
+    free = await stack.stub.GetProviderStatus(
+        router_pb2.GetProviderStatusRequest(), metadata=bearer("key-free")
+    )
+    rows = lambda resp: {(p.provider, p.provider_model) for p in resp.providers}  # noqa: E731
+    assert ("fal", FAL) in rows(admin) and ("fal", FAL) in rows(pro)
+    # The free plan routes to budget models only: fal's fast model does not affect it.
+    assert not {r for r in rows(free) if r[0] == "fal"}
+    assert rows(free) <= rows(admin)
