@@ -136,3 +136,14 @@ def test_a_certificate_directory_gives_each_process_its_own_pair(tmp_path: Path)
     assert transport.tls.cert == tmp_path / "metering.pem"
     assert transport.tls.key == tmp_path / "metering-key.pem"
     assert transport.tls.ca == tmp_path / "ca.pem"
+
+
+def test_the_dev_stack_makes_a_fresh_service_token_per_run_and_keeps_a_given_one():
+    from imagegate.devstack.services import plan_stack
+
+    _, first = plan_stack({}, auto_ports=True)
+    _, second = plan_stack({}, auto_ports=True)
+    assert first["IMAGEGATE_SERVICE_TOKEN"] != second["IMAGEGATE_SERVICE_TOKEN"]
+    assert len(first["IMAGEGATE_SERVICE_TOKEN"]) >= 32
+    _, given = plan_stack({"IMAGEGATE_SERVICE_TOKEN": STRONG}, auto_ports=True)
+    assert given["IMAGEGATE_SERVICE_TOKEN"] == STRONG
