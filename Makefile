@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 KUBECTL_VERSION := 1.37.1
 PROTOS := $(shell find protos -name '*.proto' | sort)
 
-.PHONY: help install run run-emulated test lint fmt gen gen-check bench bench-smoke drill up down postgres-bin kubectl-bin clean examples-node
+.PHONY: help install run run-emulated test lint fmt gen gen-check bench bench-smoke drill up down postgres-bin kubectl-bin clean certs fuzz examples-node diffusers-extra
 
 # Show the targets.
 help:
@@ -64,6 +64,14 @@ gen-check: gen
 # Benchmark the gateway (writes bench/results/<date>.json, .md and .png).
 bench: install postgres-bin
 	$(PY) -m bench
+
+# Dev CA and one certificate per service in .imagegate/certs (TLS: IMAGEGATE_TLS_DIR; docs/security.md).
+certs: install
+	$(PY) -m imagegate.devcerts
+
+# Fuzz the Router's request validation and the adapters' response parsing (bench/results/fuzz-<date>.json).
+fuzz: install
+	$(PY) -m bench.fuzz --seconds $${FUZZ_SECONDS:-240}
 
 # Failover drill: stack against provider emulators, primary fails, prints trace ids and attempts.
 drill: install

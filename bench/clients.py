@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 
 import grpc
 
@@ -10,6 +11,7 @@ from bench.echo import METHOD
 from bench.loadgen import Call
 from imagegate.common.v1 import image_pb2
 from imagegate.grpckit.channel import create_channel
+from imagegate.grpckit.security import transport_from_env
 from imagegate.provider.v1 import provider_pb2, provider_pb2_grpc
 from imagegate.quota.v1 import quota_pb2, quota_pb2_grpc
 from imagegate.router.v1 import router_pb2, router_pb2_grpc
@@ -67,13 +69,21 @@ def channels(target: str, count: int) -> list[grpc.aio.Channel]:
     ]
 
 
-def direct_call(chans: list[grpc.aio.Channel], *, side: int = 64, timeout: float = 30.0) -> Call:
-    """GenerateImage straight to an adapter (what the Router itself sends)."""
+def direct_call(
+    chans: list[grpc.aio.Channel],
+    *,
+    side: int = 64,
+    timeout: float = 30.0,
+    env: Mapping[str, str] | None = None,
+) -> Call:
+    """GenerateImage straight to an adapter (what the Router itself sends, service token too:
+    the stack's `env` carries it)."""
     stubs = [provider_pb2_grpc.ProviderServiceStub(c) for c in chans]
+    service = transport_from_env(env or {}).outbound_metadata()
 
     async def call(n: int) -> float | None:
         req = provider_request(n, side=side)
-        resp = await stubs[n % len(stubs)].GenerateImage(req, timeout=timeout)
+        resp = await stubs[n % len(stubs)].GenerateImage(req, timeout=timeout, metadata=service)
         if not resp.images:
             raise RuntimeError("no image")
         return None

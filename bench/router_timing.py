@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from imagegate.grpckit.channel import create_channel
+from imagegate.grpckit.security import transport_from_env
 from imagegate.provider.v1 import provider_pb2, provider_pb2_grpc
 from imagegate.providerkit.main import start_adapter_server
 from imagegate.quota.v1 import quota_pb2, quota_pb2_grpc
@@ -102,8 +103,15 @@ async def run(n: int) -> None:
     await mstore.close()
 
 
-async def measure(router_addr: str, local_addr: str, api_key: str, n: int) -> None:
-    """Serial requests each way against already running services."""
+async def measure(
+    router_addr: str,
+    local_addr: str,
+    api_key: str,
+    n: int,
+    service: tuple[tuple[str, str], ...] = (),
+) -> None:
+    """Serial requests each way against already running services (`service`: the metadata the
+    Router itself sends an adapter, i.e. the service token)."""
     md = (("authorization", f"Bearer {api_key}"),)
     router = router_pb2_grpc.RouterServiceStub(create_channel(router_addr))
     direct = provider_pb2_grpc.ProviderServiceStub(create_channel(local_addr))
@@ -114,7 +122,7 @@ async def measure(router_addr: str, local_addr: str, api_key: str, n: int) -> No
     stamp = time.time_ns()
     for i in range(n + 50):
         t = time.perf_counter()
-        await direct.GenerateImage(dreq, timeout=10)
+        await direct.GenerateImage(dreq, timeout=10, metadata=service)
         d = time.perf_counter() - t
         rreq = router_pb2.GenerateImageRequest(
             request_id=f"t{stamp}-{i}", prompt="dot", model="local", width=64, height=64
@@ -148,6 +156,7 @@ def _free_port() -> int:
 
 def _process_env(tmp: Path) -> dict[str, str]:
     import os
+    import secrets
 
     # Free ports and scrape endpoints: other runs on this machine must not clash with this one.
     ports = {name: _free_port() for name in ("router", "quota", "metering", "local")}
@@ -155,6 +164,8 @@ def _process_env(tmp: Path) -> dict[str, str]:
         **os.environ,
         "IMAGEGATE_DATA_DIR": str(tmp),
         "IMAGEGATE_ADMIN_TOKEN": "adm",
+        # Quota and Metering admit the Router by this token (docs/security.md); fresh per run.
+        "IMAGEGATE_SERVICE_TOKEN": "igsvc_" + secrets.token_urlsafe(24),
         "IMAGEGATE_ROUTER_ADDR": f"127.0.0.1:{ports['router']}",
         "IMAGEGATE_QUOTA_ADDR": f"127.0.0.1:{ports['quota']}",
         "IMAGEGATE_METERING_ADDR": f"127.0.0.1:{ports['metering']}",
@@ -201,7 +212,10 @@ async def measure_processes(env: dict[str, str], n: int, pids: dict[str, int]) -
     # The Router describes its adapters at start; let that settle before timing.
     await asyncio.sleep(1.0)
     before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
-    await measure(env["IMAGEGATE_ROUTER_ADDR"], env["IMAGEGATE_LOCAL_ADDR"], key.api_key, n)
+    service = transport_from_env(env).outbound_metadata()
+    await measure(
+        env["IMAGEGATE_ROUTER_ADDR"], env["IMAGEGATE_LOCAL_ADDR"], key.api_key, n, service
+    )
     used = {
         name: (_cpu_seconds(pid) - before[name]) * 1000 / (n + 50) for name, pid in pids.items()
     }

@@ -21,7 +21,7 @@ async def run(ctx: Ctx) -> Result:
     """Concurrency 1, 16 and 64; each concurrency runs the three paths interleaved."""
     stack = await start_stack(ctx, "overhead")
     local = stack.services.address("local")
-    reply = await response_size(local)
+    reply = await response_size(local, stack.services.env)
     echo = await start_echo(ctx, reply)
     payload = provider_request(0).SerializeToString()
     result = Result(
@@ -45,7 +45,7 @@ async def run(ctx: Ctx) -> Result:
             }
             paths = {
                 "echo": echo_call(chans["echo"], payload),
-                "direct": direct_call(chans["direct"]),
+                "direct": direct_call(chans["direct"], env=stack.services.env),
             }
             if stack.has_router:
                 chans["router"] = channels(stack.services.address("router"), nchan)

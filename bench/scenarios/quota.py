@@ -18,6 +18,8 @@ from bench.pg import start_cluster
 from bench.procs import base_env, start_services_retrying
 from bench.scenarios.common import interleaved, note_deaths, rss_table
 from imagegate.common.v1 import image_pb2
+from imagegate.grpckit.security import transport_from_env
+from imagegate.grpckit.service_auth import with_metadata
 from imagegate.metering.v1 import metering_pb2, metering_pb2_grpc
 from imagegate.quota.v1 import quota_pb2, quota_pb2_grpc
 
@@ -118,8 +120,12 @@ async def over_grpc(ctx: Ctx, result: Result, backend: str, urls: dict[str, str]
             for i in range(SPREAD)
         ]
         chans = channels(services.address("quota"), 4) + channels(services.address("metering"), 4)
-        quota = [quota_pb2_grpc.QuotaServiceStub(c) for c in chans[:4]]
-        metering = [metering_pb2_grpc.MeteringServiceStub(c) for c in chans[4:]]
+        # Called like the Router calls them: with the stack's service token.
+        service = transport_from_env(services.env).outbound_metadata()
+        quota = [with_metadata(quota_pb2_grpc.QuotaServiceStub(c), service) for c in chans[:4]]
+        metering = [
+            with_metadata(metering_pb2_grpc.MeteringServiceStub(c), service) for c in chans[4:]
+        ]
         now = _now()
         turn = iter(range(10**12))
 

@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from imagegate.config import CommonSettings
+from imagegate.grpckit.security import startup_transport
 from imagegate.grpckit.server import serve_until_signal
 from imagegate.telemetry import metrics_address, setup_telemetry
 from imagegate.telemetry.logs import configure_logging
@@ -19,10 +20,11 @@ def main() -> None:
     """Builds settings once and runs the PromptEnhancer until SIGTERM."""
     settings, common = EnhancerSettings(), CommonSettings()
     configure_logging("enhancer", level=common.log_level, fmt=common.log_format)
+    transport = startup_transport(settings.addr, "enhancer", internal=False)
 
     async def run() -> None:
         telemetry = setup_telemetry("enhancer", metrics_addr=metrics_address("enhancer"))
-        running, enhancer = await start_enhancer(settings, telemetry)
+        running, enhancer = await start_enhancer(settings, telemetry, transport=transport)
         log.info(
             "enhancer listening",
             extra={

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from grpc_health.v1 import health_pb2
 
 from imagegate.enhancer.v1 import enhancer_pb2, enhancer_pb2_grpc
+from imagegate.grpckit.security import Transport
 from imagegate.grpckit.server import RunningServer, start_server
 from imagegate.telemetry import Telemetry
 from services.enhancer.chat import ChatClient
@@ -19,6 +20,8 @@ SERVICE_NAME = enhancer_pb2.DESCRIPTOR.services_by_name["EnhancerService"].full_
 # Named health service that reports whether any text provider is configured, so an upstream
 # outage or a missing key never fails the process's liveness.
 PROVIDERS_HEALTH = "enhancer.providers"
+# A rewrite spends a text provider's credit: only services may ask for one.
+SERVICE_ONLY_RPCS = ("EnhancePrompt",)
 
 
 async def start_enhancer(
@@ -27,8 +30,12 @@ async def start_enhancer(
     *,
     address: str | None = None,
     clock: Callable[[], float] = time.monotonic,
+    transport: Transport | None = None,
 ) -> tuple[RunningServer, PromptEnhancer]:
-    """Builds the provider clients once and starts serving on `address` (port 0 picks one)."""
+    """Builds the provider clients once and starts serving on `address` (port 0 picks one).
+
+    With a `transport` that has a service token or mTLS, EnhancePrompt admits only services.
+    """
     clients = [ChatClient(config, telemetry=telemetry) for config in settings.providers()]
     meter = telemetry.meter if telemetry is not None else None
     enhancer = PromptEnhancer(settings, clients, clock=clock, meter=meter)
@@ -39,6 +46,10 @@ async def start_enhancer(
         service_names=[SERVICE_NAME],
         domain=DOMAIN,
         interceptors=telemetry.server_interceptors() if telemetry is not None else (),
+        transport=transport,
+        guard=transport.guard(SERVICE_NAME, SERVICE_ONLY_RPCS, domain=DOMAIN)
+        if transport is not None and transport.has_service_identity
+        else None,
     )
     status = (
         health_pb2.HealthCheckResponse.SERVING

@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from imagegate.config import CommonSettings
+from imagegate.grpckit.security import Transport, startup_transport
 from imagegate.grpckit.server import serve_until_signal
 from imagegate.telemetry import metrics_address, setup_telemetry
 from imagegate.telemetry.logs import configure_logging
@@ -18,7 +19,7 @@ from services.quota.plans import load_plans
 log = logging.getLogger(__name__)
 
 
-async def serve(settings: MeteringSettings, common: CommonSettings) -> None:
+async def serve(settings: MeteringSettings, common: CommonSettings, transport: Transport) -> None:
     """Opens the database (migrating it), serves until SIGTERM, then drains."""
     telemetry = setup_telemetry("metering", metrics_addr=metrics_address("metering"))
     catalog = load_catalog(settings.prices_path)
@@ -39,6 +40,7 @@ async def serve(settings: MeteringSettings, common: CommonSettings) -> None:
         telemetry=telemetry,
         admin_token=settings.admin_token,
         plan_prices={plan.id: plan.price_micros for plan in plans.values()},
+        transport=transport,
     )
     log.info(
         "metering listening",
@@ -60,7 +62,8 @@ def main() -> None:
     common = CommonSettings()
     settings = MeteringSettings()
     configure_logging("metering", level=common.log_level, fmt=common.log_format)
-    asyncio.run(serve(settings, common))
+    transport = startup_transport(settings.addr, "metering", internal=True)
+    asyncio.run(serve(settings, common, transport))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from imagegate.grpckit.security import Transport
 from imagegate.grpckit.server import RunningServer, start_server
 from imagegate.metering.v1 import metering_pb2, metering_pb2_grpc
 from imagegate.telemetry import Telemetry
@@ -35,6 +36,11 @@ class MeteringServer:
             await self.store.close()
 
 
+# Only services may call these: they write the ledger or read any tenant's usage. The price
+# catalog (QuotePrice, ListPrices) is public.
+SERVICE_ONLY_RPCS = ("RecordUsage", "BatchRecordUsage", "GetUsageSummary", "ListUsageRecords")
+
+
 async def start_metering_server(
     store: MeteringStore,
     *,
@@ -42,11 +48,13 @@ async def start_metering_server(
     telemetry: Telemetry,
     admin_token: str = "",
     plan_prices: Mapping[str, int] | None = None,
+    transport: Transport | None = None,
 ) -> MeteringServer:
     """Starts MeteringService on `address` (port 0 picks a free port).
 
     `admin_token` guards the margin report (refused when empty); `plan_prices` (plan id ->
-    monthly micro-USD) prices its revenue.
+    monthly micro-USD) prices its revenue. With a `transport`, SERVICE_ONLY_RPCS admit only
+    services (main always passes one).
     """
     servicer = MeteringServicer(store, admin_token=admin_token, plan_prices=plan_prices)
     running = await start_server(
@@ -55,5 +63,9 @@ async def start_metering_server(
         service_names=[SERVICE_NAME],
         domain=DOMAIN,
         interceptors=telemetry.server_interceptors(),
+        transport=transport,
+        guard=transport.guard(SERVICE_NAME, SERVICE_ONLY_RPCS, domain=DOMAIN)
+        if transport
+        else None,
     )
     return MeteringServer(running=running, store=store)

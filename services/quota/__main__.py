@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from imagegate.config import CommonSettings
+from imagegate.grpckit.security import Transport, startup_transport
 from imagegate.grpckit.server import serve_until_signal
 from imagegate.telemetry import metrics_address, setup_telemetry
 from imagegate.telemetry.logs import configure_logging
@@ -18,7 +19,7 @@ from services.quota.store import QuotaStore
 log = logging.getLogger(__name__)
 
 
-async def serve(settings: QuotaSettings, common: CommonSettings) -> None:
+async def serve(settings: QuotaSettings, common: CommonSettings, transport: Transport) -> None:
     """Opens the database (migrating it), serves until SIGTERM, then drains."""
     telemetry = setup_telemetry("quota", metrics_addr=metrics_address("quota"))
     store = await asyncio.to_thread(
@@ -40,6 +41,7 @@ async def serve(settings: QuotaSettings, common: CommonSettings) -> None:
         telemetry=telemetry,
         max_lease_seconds=settings.max_lease_seconds,
         sweep_interval=settings.sweep_interval_seconds,
+        transport=transport,
     )
     log.info(
         "quota listening",
@@ -62,7 +64,14 @@ def main() -> None:
     common = CommonSettings()
     settings = QuotaSettings()
     configure_logging("quota", level=common.log_level, fmt=common.log_format)
-    asyncio.run(serve(settings, common))
+    transport = startup_transport(
+        settings.addr,
+        "quota",
+        internal=True,
+        pepper=settings.key_pepper,
+        admin_token=settings.admin_token,
+    )
+    asyncio.run(serve(settings, common, transport))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ class ApiKey(Base):
     label: Mapped[str] = mapped_column(String(100))
     create_us: Mapped[int] = mapped_column(BigInteger)
     revoke_us: Mapped[int | None] = mapped_column(BigInteger)
+    last_used_us: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class QuotaPeriod(Base):

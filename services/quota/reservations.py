@@ -115,6 +115,7 @@ class ReservationOps(TenantOps):
                         who or "",
                         "" if args.api_key else args.tenant_id,
                         *values,
+                        now_us,  # a revocation still in its grace period holds
                         args.images,
                         pixels,
                         args.cost_micros,

@@ -7,6 +7,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
+from imagegate.grpckit.security import Transport
 from imagegate.grpckit.server import RunningServer, start_server
 from imagegate.quota.v1 import quota_pb2, quota_pb2_grpc
 from imagegate.telemetry import Telemetry
@@ -16,6 +17,17 @@ from services.quota.store import DOMAIN, QuotaStore
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = quota_pb2.DESCRIPTOR.services_by_name["QuotaService"].full_name
+# Only services may call these (a client certificate or the service token), never a tenant key:
+# they spend, settle or read any tenant's quota. Admin RPCs take the admin token instead.
+SERVICE_ONLY_RPCS = (
+    "AuthenticateApiKey",
+    "ReserveQuota",
+    "CommitReservation",
+    "BatchCommitReservations",
+    "ReleaseReservation",
+    "ReleaseClaims",
+    "GetQuota",
+)
 
 
 @dataclass
@@ -45,6 +57,10 @@ class QuotaServer:
         await self.running.stop(grace)
         if self.servicer is not None:
             await self.servicer.drain()
+        try:
+            await self.store.flush_key_use()
+        except Exception:
+            log.exception("could not record API key use at stop")
         await self.store.close()
 
 
@@ -58,6 +74,10 @@ async def sweep_forever(store: QuotaStore, interval: float) -> None:
                 log.info("expired leases returned", extra={"count": expired})
         except Exception:
             log.exception("lease sweep failed; will retry")
+        try:
+            await store.flush_key_use()
+        except Exception:
+            log.exception("could not record API key use; will retry")
 
 
 async def start_quota_server(
@@ -68,8 +88,13 @@ async def start_quota_server(
     telemetry: Telemetry,
     max_lease_seconds: float = 3600.0,
     sweep_interval: float | None = 5.0,
+    transport: Transport | None = None,
 ) -> QuotaServer:
-    """Starts QuotaService on `address` (port 0 picks a free port)."""
+    """Starts QuotaService on `address` (port 0 picks a free port).
+
+    With a `transport`, SERVICE_ONLY_RPCS admit only services (main always passes one);
+    without, they are open (in-process tests on loopback).
+    """
     servicer = QuotaServicer(store, admin_token=admin_token, max_lease_seconds=max_lease_seconds)
     running = await start_server(
         address=address,
@@ -77,6 +102,10 @@ async def start_quota_server(
         service_names=[SERVICE_NAME],
         domain=DOMAIN,
         interceptors=telemetry.server_interceptors(),
+        transport=transport,
+        guard=transport.guard(SERVICE_NAME, SERVICE_ONLY_RPCS, domain=DOMAIN)
+        if transport
+        else None,
     )
     sweeper = (
         asyncio.create_task(sweep_forever(store, sweep_interval), name="quota-sweeper")

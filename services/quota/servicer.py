@@ -22,6 +22,8 @@ from services.quota.store import DOMAIN, QuotaStore, ReserveArgs, ReserveResult
 
 MAX_ID = 255
 MAX_NAME = 100
+# Longest overlap a rotation may give an old key.
+MAX_GRACE_SECONDS = 30 * 24 * 3600
 
 log = logging.getLogger(__name__)
 
@@ -355,9 +357,31 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
         require_admin(context, self._admin_token, domain=DOMAIN)
         violations: list[FieldViolation] = []
         _require_id(violations, "key_id", request.key_id)
+        grace = 0.0
+        if request.HasField("grace_period"):
+            grace = request.grace_period.ToTimedelta().total_seconds()
+            if not 0 <= grace <= MAX_GRACE_SECONDS:
+                violations.append(
+                    FieldViolation("grace_period", f"0 to {MAX_GRACE_SECONDS} seconds (30 days)")
+                )
         _check(violations)
-        revoked_us = await self._store.revoke_api_key(request.key_id)
+        revoked_us = await self._store.revoke_api_key(request.key_id, grace)
         return quota_pb2.RevokeApiKeyResponse(revoke_time=timestamp(from_us(revoked_us)))
+
+    async def ListApiKeys(
+        self, request: quota_pb2.ListApiKeysRequest, context: grpc.aio.ServicerContext
+    ) -> quota_pb2.ListApiKeysResponse:
+        """Admin: keys without secrets (prefix, label, creation, last use, revocation)."""
+        require_admin(context, self._admin_token, domain=DOMAIN)
+        violations: list[FieldViolation] = []
+        if len(request.tenant_id) > MAX_ID:
+            violations.append(FieldViolation("tenant_id", f"at most {MAX_ID} characters"))
+        _check(violations)
+        # Stamp the uses so far, so the list is as fresh as this call.
+        await self._store.flush_key_use()
+        return quota_pb2.ListApiKeysResponse(
+            keys=await self._store.list_api_keys(request.tenant_id)
+        )
 
     async def ListTenants(
         self, request: quota_pb2.ListTenantsRequest, context: grpc.aio.ServicerContext

@@ -72,6 +72,9 @@ class QuotaStore(ReservationOps):
         # Tenant messages by their (immutable) row tuple; bounded.
         self._tenant_cache: dict[tuple[Any, ...], quota_pb2.Tenant] = {}
         self._dummy_hash = keys.hash_key("ig_000000000000_" + "0" * 43, self._pepper)
+        # Key ids that authenticated since the last flush: a set add on the hot path, one
+        # UPDATE per sweep (flush_key_use) instead of a write per call.
+        self._used_keys: set[str] = set()
 
     @classmethod
     def open(
@@ -165,9 +168,18 @@ class QuotaStore(ReservationOps):
         """A new key (secret, key id); only its hash is stored."""
         return await self._run(self.create_api_key_sync, tenant_id, label)
 
-    async def revoke_api_key(self, key_id: str) -> int:
-        """Revokes a key (idempotent); the revocation time in epoch microseconds."""
-        return await self._run(self.revoke_api_key_sync, key_id)
+    async def revoke_api_key(self, key_id: str, grace_seconds: float = 0.0) -> int:
+        """Revokes a key now or after a grace period (idempotent); the revocation time in
+        epoch microseconds."""
+        return await self._run(self.revoke_api_key_sync, key_id, grace_seconds)
+
+    async def list_api_keys(self, tenant_id: str = "") -> list[quota_pb2.ApiKeyInfo]:
+        """Keys (of one tenant, or all) without secrets, by tenant then creation."""
+        return await self._run(self.list_api_keys_sync, tenant_id)
+
+    async def flush_key_use(self) -> int:
+        """Stamps the keys used since the last flush with now; how many."""
+        return await self._run(self.flush_key_use_sync)
 
     async def list_tenants(self) -> list[quota_pb2.Tenant]:
         """Every tenant, by name."""

@@ -35,6 +35,7 @@ class TenantOps:
     _q: Statements
     _tenant_cache: dict[tuple[Any, ...], quota_pb2.Tenant]
     _dummy_hash: str
+    _used_keys: set[str]
 
     def authenticate_sync(self, api_key: str) -> tuple[quota_pb2.Tenant, quota_pb2.Plan, str]:
         """See `authenticate`."""
@@ -128,14 +129,18 @@ class TenantOps:
             )
         return api_key, key_id
 
-    def revoke_api_key_sync(self, key_id: str) -> int:
+    def revoke_api_key_sync(self, key_id: str, grace_seconds: float = 0.0) -> int:
         """See `revoke_api_key`."""
-        now_us = to_us(self.clock())
+        at_us = to_us(self.clock()) + int(grace_seconds * 1_000_000)
         with self.engine.begin() as conn:
+            # Only ever earlier: a repeat (or a shorter grace) never revives a key.
             conn.execute(
                 update(_keys)
-                .where(_keys.c.key_id == key_id, _keys.c.revoke_us.is_(None))
-                .values(revoke_us=now_us)
+                .where(
+                    _keys.c.key_id == key_id,
+                    (_keys.c.revoke_us.is_(None)) | (_keys.c.revoke_us > at_us),
+                )
+                .values(revoke_us=at_us)
             )
             revoked = conn.execute(
                 select(_keys.c.revoke_us).where(_keys.c.key_id == key_id)
@@ -149,6 +154,49 @@ class TenantOps:
                 metadata={"key_id": key_id},
             )
         return int(revoked)
+
+    def list_api_keys_sync(self, tenant_id: str = "") -> list[quota_pb2.ApiKeyInfo]:
+        """See `list_api_keys`."""
+        query = select(
+            _keys.c.key_id,
+            _keys.c.tenant_id,
+            _keys.c.label,
+            _keys.c.create_us,
+            _keys.c.last_used_us,
+            _keys.c.revoke_us,
+        ).order_by(_keys.c.tenant_id, _keys.c.create_us, _keys.c.key_id)
+        if tenant_id:
+            query = query.where(_keys.c.tenant_id == tenant_id)
+        with self.engine.begin() as conn:
+            rows = conn.execute(query).all()
+        out = []
+        for key_id, tenant, label, create_us, used_us, revoke_us in rows:
+            info = quota_pb2.ApiKeyInfo(
+                key_id=key_id, tenant_id=tenant, label=label, create_time=ts(create_us)
+            )
+            if used_us is not None:
+                info.last_use_time.CopyFrom(ts(used_us))
+            if revoke_us is not None:
+                info.revoke_time.CopyFrom(ts(revoke_us))
+            out.append(info)
+        return out
+
+    def flush_key_use_sync(self) -> int:
+        """See `flush_key_use`."""
+        if not self._used_keys:
+            return 0
+        used, self._used_keys = self._used_keys, set()
+        now_us = to_us(self.clock())
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(_keys)
+                .where(
+                    _keys.c.key_id.in_(sorted(used)),
+                    (_keys.c.last_used_us.is_(None)) | (_keys.c.last_used_us < now_us),
+                )
+                .values(last_used_us=now_us)
+            )
+        return len(used)
 
     def list_tenants_sync(self) -> list[quota_pb2.Tenant]:
         """See `list_tenants`."""
@@ -177,7 +225,8 @@ class TenantOps:
                 "the API key is not valid",
                 domain=DOMAIN,
             )
-        if row[1] is not None:
+        # A revocation time in the future is a rotation's overlap: the key still works.
+        if row[1] is not None and row[1] <= to_us(self.clock()):
             raise ImagegateError(
                 grpc.StatusCode.UNAUTHENTICATED,
                 reasons.API_KEY_REVOKED,
@@ -185,6 +234,7 @@ class TenantOps:
                 domain=DOMAIN,
                 metadata={"key_id": key_id},
             )
+        self._used_keys.add(key_id)
         return row[2:6], key_id
 
     def _tenant_pb(self, row: tuple[Any, ...]) -> quota_pb2.Tenant:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from imagegate.config import CommonSettings
+from imagegate.grpckit.security import startup_transport
 from imagegate.grpckit.server import serve_until_signal
 from imagegate.telemetry import metrics_address, setup_telemetry
 from imagegate.telemetry.logs import configure_logging
@@ -20,10 +21,11 @@ def main() -> None:
     settings = RouterSettings()
     common = CommonSettings()
     configure_logging("router", level=common.log_level, fmt=common.log_format)
+    transport = startup_transport(settings.addr, "router", internal=False)
 
     async def run() -> None:
         telemetry = setup_telemetry("router", metrics_addr=metrics_address("router"))
-        running, app, handle = await start_router(settings, telemetry)
+        running, app, handle = await start_router(settings, telemetry, transport=transport)
         log.info(
             "router listening",
             extra={"address": running.address, "adapters": ",".join(settings.adapter_targets())},

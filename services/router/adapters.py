@@ -110,12 +110,13 @@ class AdapterPool:
         ] = lambda stub: stub,
         describe_interval: float,
         local_provider: str,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self._interval = describe_interval
         self.local_provider = local_provider
         self._adapters: dict[str, AdapterInfo] = {}
         for name, target in targets.items():
-            channel = create_channel(target, interceptors)
+            channel = create_channel(target, interceptors, credentials=credentials)
             self._adapters[name] = AdapterInfo(
                 name=name,
                 target=target,

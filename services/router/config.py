@@ -176,6 +176,11 @@ class RouterSettings(BaseSettings):
     breaker_probe_max_seconds: float = Field(
         150.0, description="A probe running longer than this is presumed lost; its slot frees."
     )
+    admin_token: str = Field(
+        "",
+        validation_alias=AliasChoices("IMAGEGATE_ADMIN_TOKEN", "IMAGEGATE_ROUTER_ADMIN_TOKEN"),
+        description="Shows GetProviderStatus in full (tenants see the coarse state only).",
+    )
     shutdown_grace_seconds: float = Field(
         5.0,
         validation_alias=AliasChoices(

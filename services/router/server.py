@@ -11,8 +11,9 @@ import grpc
 
 from imagegate.enhancer.v1 import enhancer_pb2, enhancer_pb2_grpc
 from imagegate.grpckit.channel import create_channel
-from imagegate.grpckit.options import CHANNEL_OPTIONS
+from imagegate.grpckit.security import Transport
 from imagegate.grpckit.server import RunningServer, start_server
+from imagegate.grpckit.service_auth import with_metadata
 from imagegate.metering.v1 import metering_pb2, metering_pb2_grpc
 from imagegate.provider.v1 import provider_pb2
 from imagegate.quota.v1 import quota_pb2, quota_pb2_grpc
@@ -108,22 +109,33 @@ async def start_router(
     *,
     clock: Callable[[], float] = time.monotonic,
     address: str | None = None,
+    transport: Transport | None = None,
 ) -> tuple[RunningServer, RouterApp, RouterHandle]:
     """Builds the Router, dials its downstreams once, and starts serving on `address`.
 
     Pass `address="127.0.0.1:0"` in tests; the bound address is `running.address`.
+    `transport`: TLS for the public port (no client certificate asked), mTLS and the service
+    token on every channel to Quota, Metering and the adapters; None: plaintext, no token.
     """
+    transport = transport or Transport()
+    credentials = transport.channel_credentials()
+    service_metadata = transport.outbound_metadata()
     catalog = load_catalog(settings.catalog)
     # Tracing is built into the stubs (traced_stub), not the channels: grpc.aio's client
     # interceptor machinery costs a task and a call wrapper per RPC, five RPCs per request.
-    quota_channel = grpc.aio.insecure_channel(
+    quota_channel = create_channel(
         settings.quota_addr,
-        options=[*CHANNEL_OPTIONS, ("grpc.service_config", quota_service_config(settings))],
+        credentials=credentials,
+        options=[("grpc.service_config", quota_service_config(settings))],
     )
-    metering_channel = create_channel(settings.metering_addr)
-    quota = telemetry.traced_stub(quota_pb2_grpc.QuotaServiceStub(quota_channel), QUOTA_SERVICE)
+    metering_channel = create_channel(settings.metering_addr, credentials=credentials)
+    quota = telemetry.traced_stub(
+        with_metadata(quota_pb2_grpc.QuotaServiceStub(quota_channel), service_metadata),
+        QUOTA_SERVICE,
+    )
     metering = telemetry.traced_stub(
-        metering_pb2_grpc.MeteringServiceStub(metering_channel), METERING_SERVICE
+        with_metadata(metering_pb2_grpc.MeteringServiceStub(metering_channel), service_metadata),
+        METERING_SERVICE,
     )
     holder: dict[str, RouterMetrics] = {}
     breakers = BreakerRegistry(
@@ -135,17 +147,23 @@ async def start_router(
     holder["m"] = metrics
     adapters = AdapterPool(
         settings.adapter_targets(),
-        wrap_stub=lambda stub: telemetry.traced_stub(stub, PROVIDER_SERVICE),
+        wrap_stub=lambda stub: telemetry.traced_stub(
+            with_metadata(stub, service_metadata), PROVIDER_SERVICE
+        ),
+        credentials=credentials,
         describe_interval=settings.describe_interval_seconds,
         local_provider=catalog.local_provider,
     )
     channels = [quota_channel, metering_channel]
     enhancer = None
     if settings.enhancer_addr:
-        enhancer_channel = create_channel(settings.enhancer_addr)
+        enhancer_channel = create_channel(settings.enhancer_addr, credentials=credentials)
         channels.append(enhancer_channel)
         enhancer = telemetry.traced_stub(
-            enhancer_pb2_grpc.EnhancerServiceStub(enhancer_channel), ENHANCER_SERVICE
+            with_metadata(
+                enhancer_pb2_grpc.EnhancerServiceStub(enhancer_channel), service_metadata
+            ),
+            ENHANCER_SERVICE,
         )
     outbox = settings.data_dir / "router-outbox.sqlite3"
     outbox.parent.mkdir(parents=True, exist_ok=True)
@@ -176,6 +194,8 @@ async def start_router(
         domain="imagegate.router",
         interceptors=telemetry.server_interceptors(),
         maximum_concurrent_rpcs=settings.maximum_concurrent_rpcs,
+        transport=transport,
+        client_auth=False,
     )
     handle = RouterHandle(running=running, app=app, channels=channels)
     return running, app, handle

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -11,6 +12,7 @@ from datetime import UTC, datetime
 import grpc
 
 from imagegate.grpckit import reasons
+from imagegate.grpckit.auth import bearer_token
 from imagegate.grpckit.errors import (
     FieldViolation,
     ImagegateError,
@@ -23,11 +25,12 @@ from imagegate.metering.v1 import metering_pb2
 from imagegate.provider.v1 import provider_pb2
 from imagegate.quota.v1 import quota_pb2
 from imagegate.router.v1 import router_pb2, router_pb2_grpc
+from services.router.admission import Caller
 from services.router.app import RouterApp
 from services.router.breaker import BreakerState
 from services.router.catalog import TIERS
 from services.router.events import EventSink, duration
-from services.router.validation import normalize
+from services.router.validation import check_request_id, normalize
 
 BREAKER_PROTO = {
     BreakerState.CLOSED: router_pb2.BREAKER_STATE_CLOSED,
@@ -41,6 +44,16 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
 
     def __init__(self, app: RouterApp) -> None:
         self._app = app
+        self._admin_token = app.settings.admin_token.encode()
+
+    def _is_admin(self, context: grpc.aio.ServicerContext) -> bool:
+        """Whether the caller presented the admin token (constant-time compare)."""
+        token = bearer_token(context)
+        return (
+            bool(self._admin_token)
+            and token is not None
+            and hmac.compare_digest(token.encode(), self._admin_token)
+        )
 
     async def GenerateImage(
         self, request: router_pb2.GenerateImageRequest, context: grpc.aio.ServicerContext
@@ -176,15 +189,36 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def GetProviderStatus(
         self, request: router_pb2.GetProviderStatusRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.GetProviderStatusResponse:
-        await self._app.authenticate(context)
+        # Error rates, in-flight counts, latencies and error reasons describe every tenant's
+        # traffic and our providers' accounts: the admin token sees them; a tenant key sees
+        # whether each provider and model is usable now and when a closed one retries.
+        admin = self._is_admin(context)
+        visible: tuple[set[tuple[str, str]], set[str]] | None = None
+        if not admin:
+            visible = self._visible_to(await self._app.authenticate(context))
         app = self._app
-        out = router_pb2.GetProviderStatusResponse(replica_id=app.replica_id)
+        out = router_pb2.GetProviderStatusResponse(replica_id=app.replica_id if admin else "")
         for a in app.adapters.all():
             app.breakers.get(a.name)
         wall_offset = time.time() - app.clock()
         for (provider, model), breaker in app.breakers.items():
             snap = breaker.snapshot()
             adapter = app.adapters.get(provider)
+            if visible is not None:
+                models, providers = visible
+                if (provider, model) not in models and not (not model and provider in providers):
+                    continue  # a model the tenant's plan may not use does not affect it
+                status = out.providers.add(
+                    provider=provider,
+                    provider_model=model,
+                    enabled=bool(adapter and adapter.enabled),
+                    state=BREAKER_PROTO[snap.state],
+                )
+                if snap.retry_at is not None:
+                    status.retry_at.CopyFrom(
+                        timestamp(datetime.fromtimestamp(snap.retry_at + wall_offset, UTC))
+                    )
+                continue
             status = out.providers.add(
                 provider=provider,
                 provider_model=model,
@@ -206,6 +240,19 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                     timestamp(datetime.fromtimestamp(snap.retry_at + wall_offset, UTC))
                 )
         return out
+
+    def _visible_to(self, caller: Caller) -> tuple[set[tuple[str, str]], set[str]]:
+        """The (provider, model) pairs and providers the caller's plan may route to."""
+        catalog = self._app.catalog
+        tiers = set(caller.plan.allowed_tiers)
+        models: set[tuple[str, str]] = set()
+        for entry in catalog.models.values():
+            for cand in entry.candidates:
+                # As planning rules: the local stand-in counts as budget.
+                tier = "budget" if cand.provider == catalog.local_provider else cand.tier
+                if not tiers or tier in tiers:
+                    models.add((cand.provider, cand.provider_model))
+        return models, {provider for provider, _ in models} | {catalog.local_provider}
 
     async def GetUsageSummary(
         self, request: router_pb2.GetUsageSummaryRequest, context: grpc.aio.ServicerContext
@@ -270,10 +317,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def GetGeneration(
         self, request: router_pb2.GetGenerationRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.GetGenerationResponse:
-        if not request.request_id:
-            raise invalid_argument(
-                [FieldViolation("request_id", "required")], domain="imagegate.router"
-            )
+        violations: list[FieldViolation] = []
+        check_request_id(violations, request.request_id, required=True)
+        if violations:
+            raise invalid_argument(violations, domain="imagegate.router")
         caller = await self._app.authenticate(context)
         found = await self._app.generations.find(caller.tenant_id, request.request_id, None)
         if found is None:

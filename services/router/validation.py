@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import grpc
@@ -19,6 +20,24 @@ from services.router.inputs import EditInputs, check_inputs, default_output_size
 DOMAIN = "imagegate.router"
 MIN_SIDE, MAX_SIDE = 64, 4096
 MAX_PROMPT, MAX_NEGATIVE, MAX_REQUEST_ID = 4000, 2000, 128
+# Model aliases and style names are short catalog ids; anything longer is refused before it
+# could be echoed into an error (found by `make fuzz`: a 10 kB model name made a 20 kB
+# status, past the 8 KiB of trailers a gRPC client accepts).
+MAX_NAME = 100
+# request_id ends up in logs, usage rows, CSV exports and result-store keys: printable ASCII
+# without separators or spaces (docs/errors.md "request_id"). UUIDs and ULIDs fit.
+REQUEST_ID_CHARS = re.compile(r"[A-Za-z0-9._:-]+")
+REQUEST_ID_RULE = f"at most {MAX_REQUEST_ID} characters from A-Z a-z 0-9 . _ : -"
+
+
+def check_request_id(violations: list[FieldViolation], value: str, *, required: bool) -> None:
+    """Adds a violation unless `value` is a valid request_id (or empty and not required)."""
+    if not value:
+        if required:
+            violations.append(FieldViolation("request_id", "required"))
+        return
+    if len(value) > MAX_REQUEST_ID or not REQUEST_ID_CHARS.fullmatch(value):
+        violations.append(FieldViolation("request_id", REQUEST_ID_RULE))
 
 
 @dataclass
@@ -51,8 +70,11 @@ def normalize(
     """Validates `req`; raises INVALID_ARGUMENT with one field violation per problem."""
     violations: list[FieldViolation] = []
     edit, input_violations = check_inputs(req, input_limits or InputLimits())
-    if len(req.request_id) > MAX_REQUEST_ID:
-        violations.append(FieldViolation("request_id", f"at most {MAX_REQUEST_ID} characters"))
+    check_request_id(violations, req.request_id, required=False)
+    if len(req.model) > MAX_NAME:
+        violations.append(FieldViolation("model", f"at most {MAX_NAME} characters"))
+    if len(req.style) > MAX_NAME:
+        violations.append(FieldViolation("style", f"at most {MAX_NAME} characters"))
     if not req.prompt.strip():
         violations.append(FieldViolation("prompt", "must not be empty"))
     elif len(req.prompt) > MAX_PROMPT:

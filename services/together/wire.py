@@ -201,6 +201,9 @@ async def parse_images(
         raise bad_answer("response has no data list", job_id)
     job_id = str(body.get("id") or job_id)
     items = body["data"]
+    if not items:
+        # Found by `make fuzz`: a 200 with `data: []` read as a success without images.
+        raise bad_answer("response has an empty data list", job_id)
     images: list[GeneratedImage] = []
     urls: list[str] = []
     seconds = 0.0

@@ -116,8 +116,10 @@ def probe_problems(objs: list[Obj]) -> list[str]:
             if grpc is None:
                 bad.append(f"{name}: no grpc {kind}")
                 continue
-            if grpc.get("port") != port(c, "grpc"):
-                bad.append(f"{name}: {kind} is not on the gRPC port")
+            # The gRPC port wants mTLS, which a kubelet probe cannot do: the process answers
+            # grpc.health alone, in plaintext, on its `health` port (IMAGEGATE_HEALTH_PORT).
+            if grpc.get("port") != port(c, "health"):
+                bad.append(f"{name}: {kind} is not on the health port")
             # The whole server, never "provider.<name>": an upstream outage is not a dead pod.
             if grpc.get("service", "") != "":
                 bad.append(f"{name}: {kind} asks for service {grpc['service']!r}")
@@ -296,6 +298,30 @@ def test_provider_keys_and_quota_secrets_come_from_a_secret(base, overlay):
             assert from_secret(container(mine["quota"]), var) == "imagegate-secrets"
         # Nothing generates a Secret: its values are never in git.
         assert [o for o in objs if o["kind"] == "Secret"] == []
+
+
+@pytest.mark.parametrize("which", ["base", "overlay"])
+def test_every_workload_mounts_its_own_certificate_from_a_secret(which, request):
+    objs = request.getfixturevalue(which)
+    for name, w in ours(objs).items():
+        c = container(w)
+        env = environment(objs, c)
+        tls_dir = env["IMAGEGATE_TLS_DIR"]
+        mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+        assert mounts[tls_dir].get("readOnly") is True, name
+        volumes = {v["name"]: v for v in w["spec"]["template"]["spec"]["volumes"]}
+        secret = volumes[mounts[tls_dir]["name"]]["secret"]
+        assert secret["secretName"] == f"imagegate-tls-{name}", name
+        # Readable by the pod's group only (fsGroup 10001), never world-readable.
+        assert secret["defaultMode"] & 0o007 == 0, name
+        assert int(str(env["IMAGEGATE_HEALTH_PORT"])) == port(c, "health"), name
+        assert "IMAGEGATE_ALLOW_PLAINTEXT" not in env, name
+
+
+def test_router_shows_provider_detail_to_the_admin_token_from_the_secret(base):
+    assert from_secret(container(ours(base)["router"]), "IMAGEGATE_ADMIN_TOKEN") == (
+        "imagegate-secrets"
+    )
 
 
 def test_base_runs_on_the_embedded_databases(base):

@@ -9,6 +9,7 @@ import grpc
 
 from imagegate.emulators.chat import ChatEmulator
 from imagegate.enhancer.v1 import enhancer_pb2_grpc
+from imagegate.grpckit.security import Transport
 from imagegate.grpckit.server import RunningServer
 from imagegate.telemetry import Telemetry
 from services.enhancer.config import EnhancerSettings
@@ -56,6 +57,7 @@ class EnhancerStack:
 async def start_enhancer_stack(
     providers: tuple[str, ...] = ("groq", "cerebras"),
     telemetry: Telemetry | None = None,
+    transport: Transport | None = None,
     **settings: Any,
 ) -> EnhancerStack:
     """Starts one emulator per provider and an enhancer with those providers' keys only."""
@@ -72,7 +74,11 @@ async def start_enhancer_stack(
     }
     clock = FakeClock()
     running, enhancer = await start_enhancer(
-        EnhancerSettings(**values), telemetry, address="127.0.0.1:0", clock=clock
+        EnhancerSettings(**values),
+        telemetry,
+        address="127.0.0.1:0",
+        clock=clock,
+        transport=transport,
     )
     channel = grpc.aio.insecure_channel(running.address)
     return EnhancerStack(running, enhancer, emulators, channel, clock)

@@ -11,6 +11,7 @@ import pytest
 
 from imagegate.devstack.bootstrap import ensure_admin_token, ensure_dev_key
 from imagegate.devstack.supervisor import Stack
+from imagegate.grpckit.security import transport_from_env
 from imagegate.textproviders import KEY_VARS as TEXT_KEY_VARS
 
 _PROVIDER_KEYS = (
@@ -62,7 +63,9 @@ async def start_stack(data_dir: Path, **extra: str) -> RunningStack:
     stack = Stack(env, auto_ports=True, out=None)
     try:
         await stack.start(timeout=60)
-        key_file, _ = await ensure_dev_key(data_dir, stack.address("quota"), admin)
+        key_file, _ = await ensure_dev_key(
+            data_dir, stack.address("quota"), admin, transport=transport_from_env(stack.env)
+        )
     except BaseException:
         await stack.stop()
         raise

@@ -121,8 +121,10 @@ async def test_concurrent_duplicates_on_two_replicas_call_the_provider_once(repl
             router_pb2.GetGenerationRequest(request_id="dup-1"), metadata=auth, timeout=10
         )
         assert got.generation.images[0].data == answers[0].images[0].data
+        # The replica id is operator detail: the admin token sees it.
+        admin = (("authorization", f"Bearer {running.admin_token}"),)
         status = await stub.GetProviderStatus(
-            router_pb2.GetProviderStatusRequest(), metadata=auth, timeout=10
+            router_pb2.GetProviderStatusRequest(), metadata=admin, timeout=10
         )
         assert status.replica_id and status.replica_id != "replica-b"
 

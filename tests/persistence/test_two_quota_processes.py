@@ -13,9 +13,12 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from imagegate.grpckit.channel import create_channel
+from imagegate.grpckit.service_auth import SERVICE_TOKEN_HEADER, with_metadata
 from imagegate.quota.v1 import quota_pb2, quota_pb2_grpc
 
 ADMIN = (("authorization", "Bearer admin"),)
+# The two replicas admit ReserveQuota only from a service, as the Router's channels are.
+SERVICE_TOKEN = "igsvc_two-quota-processes-test"
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -53,6 +56,7 @@ async def test_two_processes_on_one_postgres_grant_exactly_the_limit(
                 # Two replicas on one host: each needs its own metrics port (or none).
                 "IMAGEGATE_QUOTA_METRICS_ADDR": "",
                 "IMAGEGATE_ADMIN_TOKEN": "admin",
+                "IMAGEGATE_SERVICE_TOKEN": SERVICE_TOKEN,
                 "IMAGEGATE_DATA_DIR": str(tmp_path),
                 "IMAGEGATE_LOG_LEVEL": "WARNING",
             }
@@ -67,7 +71,12 @@ async def test_two_processes_on_one_postgres_grant_exactly_the_limit(
             )
             channels.append(create_channel(f"127.0.0.1:{port}"))
         await asyncio.gather(*(_wait_serving(c, p) for c, p in zip(channels, procs, strict=True)))
-        stubs = [quota_pb2_grpc.QuotaServiceStub(c) for c in channels]
+        stubs = [
+            with_metadata(
+                quota_pb2_grpc.QuotaServiceStub(c), ((SERVICE_TOKEN_HEADER, SERVICE_TOKEN),)
+            )
+            for c in channels
+        ]
         tenant = (
             await stubs[0].CreateTenant(
                 quota_pb2.CreateTenantRequest(request_id="t", name="acme", plan="free"),

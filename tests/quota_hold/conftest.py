@@ -16,6 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from imagegate.grpckit.channel import create_channel
+from imagegate.grpckit.service_auth import SERVICE_TOKEN_HEADER, with_metadata
 from imagegate.quota.v1 import quota_pb2, quota_pb2_grpc
 from imagegate.telemetry import setup_telemetry
 from services.quota.plans import load_plans
@@ -27,6 +28,7 @@ from tests.pg import database_url, postgres_server, postgres_url
 __all__ = ["database_url", "postgres_server", "postgres_url"]
 
 ADMIN_TOKEN = "test-admin-token"
+SERVICE_TOKEN = "igsvc_quota-hold-test-token"
 ADMIN = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -107,6 +109,7 @@ async def quota_process(database_url: str, tmp_path: Path) -> AsyncIterator[Quot
         "IMAGEGATE_QUOTA_ADDR": f"127.0.0.1:{port}",
         "IMAGEGATE_QUOTA_METRICS_ADDR": "",
         "IMAGEGATE_ADMIN_TOKEN": ADMIN_TOKEN,
+        "IMAGEGATE_SERVICE_TOKEN": SERVICE_TOKEN,
         "IMAGEGATE_DATA_DIR": str(tmp_path),
         "IMAGEGATE_LOG_LEVEL": "WARNING",
     }
@@ -120,7 +123,11 @@ async def quota_process(database_url: str, tmp_path: Path) -> AsyncIterator[Quot
     channel = create_channel(f"127.0.0.1:{port}")
     try:
         await _wait_serving(channel, proc)
-        yield Quota(quota_pb2_grpc.QuotaServiceStub(channel))
+        # Called as the Router calls it: with the service token.
+        stub = with_metadata(
+            quota_pb2_grpc.QuotaServiceStub(channel), ((SERVICE_TOKEN_HEADER, SERVICE_TOKEN),)
+        )
+        yield Quota(stub)
     finally:
         await channel.close()
         proc.terminate()

@@ -16,7 +16,7 @@ from services.local.adapter import LocalAdapter
 from services.local.config import LocalSettings
 from tests.fixtures.adapters import ControllableAdapter, spec
 from tests.fixtures.fakes import price
-from tests.fixtures.router_stack import bearer, start_stack
+from tests.fixtures.router_stack import ADMIN, bearer, start_stack
 
 HF_SD21 = "stabilityai/stable-diffusion-2-1"
 FAL = "fal-ai/flux/schnell"
@@ -166,7 +166,9 @@ async def test_an_open_breaker_shows_the_failures_that_opened_it() -> None:
     try:
         for _ in range(2):
             await failure(s.stub, PRO, model="flux-schnell")
-        status = await s.stub.GetProviderStatus(router_pb2.GetProviderStatusRequest(), metadata=PRO)
+        status = await s.stub.GetProviderStatus(
+            router_pb2.GetProviderStatusRequest(), metadata=ADMIN
+        )
         row = next(p for p in status.providers if p.provider == "fal" and p.provider_model == FAL)
         assert row.state == router_pb2.BREAKER_STATE_OPEN
         assert row.window_calls == 2 and row.error_rate == 1.0

@@ -16,7 +16,7 @@ from services.local.adapter import LocalAdapter
 from services.local.config import LocalSettings
 from tests.fixtures.adapters import HANG, ControllableAdapter, spec
 from tests.fixtures.fakes import price
-from tests.fixtures.router_stack import bearer, start_stack
+from tests.fixtures.router_stack import ADMIN, bearer, start_stack
 
 FAL = "fal-ai/flux/schnell"
 REP = "black-forest-labs/flux-schnell"
@@ -188,7 +188,9 @@ async def test_provider_status_reports_in_flight_and_latency() -> None:
             if len(fal.calls) == 4:
                 break
             await asyncio.sleep(0.02)
-        status = await s.stub.GetProviderStatus(router_pb2.GetProviderStatusRequest(), metadata=PRO)
+        status = await s.stub.GetProviderStatus(
+            router_pb2.GetProviderStatusRequest(), metadata=ADMIN
+        )
         model = next(p for p in status.providers if p.provider_model == FAL)
         provider = next(p for p in status.providers if p.provider == "fal" and not p.provider_model)
         assert model.in_flight == 1 and provider.in_flight == 1 and model.enabled

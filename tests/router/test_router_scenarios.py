@@ -16,7 +16,7 @@ from imagegate.providerkit.errors import ProviderError
 from imagegate.router.v1 import router_pb2
 from tests.fixtures.adapters import HANG, ControllableAdapter, spec
 from tests.fixtures.fakes import price
-from tests.fixtures.router_stack import RouterStack, bearer, start_stack
+from tests.fixtures.router_stack import ADMIN, RouterStack, bearer, start_stack
 
 FAL = "fal-ai/flux/schnell"
 REP = "black-forest-labs/flux-schnell"
@@ -146,7 +146,7 @@ async def test_breaker_opens_skips_primary_then_half_open_probe_closes_it() -> N
         resp = await stack.stub.GenerateImage(req("b-skip"), metadata=PRO, timeout=10)
         assert resp.provider == "replicate" and len(resp.attempts) == 1
         assert len(fal.calls) == 3, "an open breaker must not call the primary"
-        status = await stack.stub.GetProviderStatus(rpb.GetProviderStatusRequest(), metadata=PRO)
+        status = await stack.stub.GetProviderStatus(rpb.GetProviderStatusRequest(), metadata=ADMIN)
         entry = next(p for p in status.providers if p.provider_model == FAL)
         assert entry.state == rpb.BREAKER_STATE_OPEN and entry.trips == 1
         assert entry.last_error_reason == reasons.PROVIDER_UNAVAILABLE
@@ -157,7 +157,7 @@ async def test_breaker_opens_skips_primary_then_half_open_probe_closes_it() -> N
         fal.default = "ok"
         resp = await stack.stub.GenerateImage(req("b-probe"), metadata=PRO, timeout=10)
         assert resp.provider == "fal" and len(fal.calls) == 4
-        status = await stack.stub.GetProviderStatus(rpb.GetProviderStatusRequest(), metadata=PRO)
+        status = await stack.stub.GetProviderStatus(rpb.GetProviderStatusRequest(), metadata=ADMIN)
         entry = next(p for p in status.providers if p.provider_model == FAL)
         assert entry.state == rpb.BREAKER_STATE_CLOSED
         spans = stack.spans.get_finished_spans()

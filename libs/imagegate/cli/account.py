@@ -12,7 +12,7 @@ from imagegate.router.v1 import router_pb2, router_pb2_grpc
 
 async def cmd_models(args: argparse.Namespace, conn: Connection) -> int:
     """`imagegate models`: the model aliases and who serves them."""
-    async with create_channel(conn.router_addr) as channel:
+    async with create_channel(conn.router_addr, credentials=conn.credentials()) as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
         resp = await stub.ListModels(
             router_pb2.ListModelsRequest(), metadata=conn.api_metadata(), timeout=10
@@ -38,7 +38,7 @@ async def cmd_models(args: argparse.Namespace, conn: Connection) -> int:
 
 async def cmd_styles(args: argparse.Namespace, conn: Connection) -> int:
     """`imagegate styles`: the style presets."""
-    async with create_channel(conn.router_addr) as channel:
+    async with create_channel(conn.router_addr, credentials=conn.credentials()) as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
         resp = await stub.ListStyles(
             router_pb2.ListStylesRequest(), metadata=conn.api_metadata(), timeout=10
@@ -58,7 +58,7 @@ async def cmd_styles(args: argparse.Namespace, conn: Connection) -> int:
 
 async def cmd_usage(args: argparse.Namespace, conn: Connection) -> int:
     """`imagegate usage`: a month's summary and records as a table, CSV or JSON."""
-    async with create_channel(conn.router_addr) as channel:
+    async with create_channel(conn.router_addr, credentials=conn.credentials()) as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
         summary = (
             await stub.GetUsageSummary(
@@ -163,7 +163,7 @@ async def cmd_usage(args: argparse.Namespace, conn: Connection) -> int:
 
 async def cmd_quota(args: argparse.Namespace, conn: Connection) -> int:
     """`imagegate quota`: plan, used, reserved and remaining."""
-    async with create_channel(conn.router_addr) as channel:
+    async with create_channel(conn.router_addr, credentials=conn.credentials()) as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
         q = (
             await stub.GetQuota(
@@ -188,7 +188,7 @@ async def cmd_quota(args: argparse.Namespace, conn: Connection) -> int:
 
 async def cmd_providers(args: argparse.Namespace, conn: Connection) -> int:
     """`imagegate providers`: breaker state, error rate and latency per provider."""
-    async with create_channel(conn.router_addr) as channel:
+    async with create_channel(conn.router_addr, credentials=conn.credentials()) as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
         resp = await stub.GetProviderStatus(
             router_pb2.GetProviderStatusRequest(), metadata=conn.api_metadata(), timeout=10

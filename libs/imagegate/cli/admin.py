@@ -7,6 +7,7 @@ import uuid
 
 from imagegate.cli.connection import Connection
 from imagegate.cli.costs import COST_ACTIONS, cmd_admin_costs
+from imagegate.cli.keys import KEY_ACTIONS, cmd_keys
 from imagegate.cli.output import table, usd
 from imagegate.grpckit.channel import create_channel
 from imagegate.quota.v1 import quota_pb2, quota_pb2_grpc
@@ -17,7 +18,7 @@ async def cmd_admin(args: argparse.Namespace, conn: Connection) -> int:
     if args.admin_action in COST_ACTIONS:
         return await cmd_admin_costs(args, conn)
     meta = conn.admin_metadata()
-    async with create_channel(conn.quota_addr) as channel:
+    async with create_channel(conn.quota_addr, credentials=conn.credentials()) as channel:
         stub = quota_pb2_grpc.QuotaServiceStub(channel)
         action = args.admin_action
         if action == "tenant-create":
@@ -69,9 +70,6 @@ async def cmd_admin(args: argparse.Namespace, conn: Connection) -> int:
             )
             print(f"key id {k.key_id}")
             print(f"api key (shown once): {k.api_key}")
-        elif action == "key-revoke":
-            await stub.RevokeApiKey(
-                quota_pb2.RevokeApiKeyRequest(key_id=args.key_id), metadata=meta, timeout=10
-            )
-            print(f"revoked {args.key_id}")
+        elif action in KEY_ACTIONS:
+            return await cmd_keys(args, stub, meta)
     return 0

@@ -13,6 +13,7 @@ from imagegate.cli.admin import cmd_admin
 from imagegate.cli.enhancement import add_enhance_flags
 from imagegate.cli.generate import FORMATS, PREFERENCES, cmd_estimate, cmd_generate
 from imagegate.cli.inputs import add_input_args
+from imagegate.cli.keys import add_key_parsers
 from imagegate.pricing import QUALITIES
 
 # A value such as -5x512, -1 or -inf: argparse would take it for an unknown option.
@@ -102,8 +103,7 @@ def _add_admin(sub: argparse._SubParsersAction[Parser]) -> None:
     kc = asub.add_parser("key-create")
     kc.add_argument("tenant_id", type=ident)
     kc.add_argument("--label", type=flags.text(flags.MAX_NAME, required=False))
-    kr = asub.add_parser("key-revoke")
-    kr.add_argument("key_id", type=ident)
+    add_key_parsers(asub, ident)
     pr = asub.add_parser("prices", help="the price catalog: current and past entries")
     pr.add_argument("--format", choices=["table", "csv", "json"], default="table")
     mg = asub.add_parser("margin", help="a month's revenue, provider cost and gross margin")

@@ -11,6 +11,7 @@ import grpc
 
 from imagegate.grpckit.address import check_address
 from imagegate.grpckit.errors import ImagegateError
+from imagegate.grpckit.security import transport_from_env
 
 DEFAULT_ROUTER_ADDR = "127.0.0.1:50051"
 DEFAULT_QUOTA_ADDR = "127.0.0.1:50052"
@@ -90,6 +91,20 @@ class Connection:
     def admin_token(self) -> str:
         """IMAGEGATE_ADMIN_TOKEN, else the admin token file written by `make run`."""
         return _secret("IMAGEGATE_ADMIN_TOKEN", self.data_dir / "admin-token", "admin token")
+
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        """TLS when IMAGEGATE_TLS_DIR or IMAGEGATE_TLS_CA is set; None: plaintext.
+
+        With a certificate directory the CLI shows the `admin` identity of `make certs`
+        (Quota's admin RPCs under mTLS); with only a CA it verifies the Router's public port.
+        """
+        transport = transport_from_env(os.environ, "admin")
+        if transport.tls is not None:
+            return transport.channel_credentials()
+        ca = os.environ.get("IMAGEGATE_TLS_CA", "").strip()
+        if ca:
+            return grpc.ssl_channel_credentials(root_certificates=Path(ca).read_bytes())
+        return None
 
     def api_metadata(self) -> tuple[tuple[str, str], ...]:
         """Call metadata carrying the API key."""

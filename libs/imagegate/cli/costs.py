@@ -27,7 +27,7 @@ _UNITS = {
 
 async def cmd_admin_costs(args: argparse.Namespace, conn: Connection) -> int:
     """Dispatches `admin prices` and `admin margin` to Metering."""
-    async with create_channel(conn.metering_addr) as channel:
+    async with create_channel(conn.metering_addr, credentials=conn.credentials()) as channel:
         stub = metering_pb2_grpc.MeteringServiceStub(channel)
         if args.admin_action == "prices":
             resp = await stub.ListPrices(metering_pb2.ListPricesRequest(), timeout=10)

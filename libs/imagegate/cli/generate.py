@@ -68,7 +68,7 @@ async def cmd_generate(args: argparse.Namespace, conn: Connection) -> int:
     """`imagegate generate`: streams progress to stderr, writes the images."""
     request = build_request(args)
     live = sys.stderr.isatty() and not args.quiet
-    async with create_channel(conn.router_addr) as channel:
+    async with create_channel(conn.router_addr, credentials=conn.credentials()) as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
         result: router_pb2.GenerateImageResponse | None = None
         call = stub.StreamGenerateImage(
@@ -197,7 +197,7 @@ def _write_images(result: router_pb2.GenerateImageResponse, output: Path) -> lis
 
 async def cmd_estimate(args: argparse.Namespace, conn: Connection) -> int:
     """`imagegate estimate`: prices each candidate without running the request."""
-    async with create_channel(conn.router_addr) as channel:
+    async with create_channel(conn.router_addr, credentials=conn.credentials()) as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
         resp = await stub.EstimateCost(
             router_pb2.EstimateCostRequest(request=build_request(args)),

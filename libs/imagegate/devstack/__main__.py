@@ -13,6 +13,7 @@ from imagegate.devstack.bootstrap import ensure_admin_token, ensure_dev_key
 from imagegate.devstack.emulated import start_emulators
 from imagegate.devstack.services import default_env
 from imagegate.devstack.supervisor import Stack, StackError
+from imagegate.grpckit.security import transport_from_env
 from imagegate.textproviders import TEXT_PROVIDERS
 
 
@@ -77,7 +78,9 @@ async def run(args: argparse.Namespace) -> int:
             starting.cancel()
             return 130
         starting.result()
-        key_file, created = await ensure_dev_key(data_dir, stack.address("quota"), admin_token)
+        key_file, created = await ensure_dev_key(
+            data_dir, stack.address("quota"), admin_token, transport=transport_from_env(stack.env)
+        )
     except StackError as err:
         print(f"\nimagegate: {err}", file=sys.stderr)
         await stack.stop()

@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 
 from imagegate.grpckit.channel import create_channel
+from imagegate.grpckit.security import Transport
 from imagegate.quota.v1 import quota_pb2, quota_pb2_grpc
 
 ADMIN_TOKEN_FILE = "admin-token"
@@ -39,19 +40,25 @@ def ensure_admin_token(data_dir: Path, env: dict[str, str]) -> str:
     return token
 
 
-async def ensure_dev_key(data_dir: Path, quota_addr: str, admin_token: str) -> tuple[Path, bool]:
+async def ensure_dev_key(
+    data_dir: Path, quota_addr: str, admin_token: str, *, transport: Transport | None = None
+) -> tuple[Path, bool]:
     """Makes sure <data_dir>/dev-api-key holds a working key of the `dev` tenant.
 
+    `transport`: the stack's (its certificate and service token check the key on Quota).
     Returns the file and whether a new key was created.
     """
+    transport = transport or Transport()
     path = data_dir / DEV_KEY_FILE
     admin = (("authorization", f"Bearer {admin_token}"),)
-    async with create_channel(quota_addr) as channel:
+    service = transport.outbound_metadata()
+    async with create_channel(quota_addr, credentials=transport.channel_credentials()) as channel:
         stub = quota_pb2_grpc.QuotaServiceStub(channel)
         if path.exists():
             try:
                 await stub.AuthenticateApiKey(
                     quota_pb2.AuthenticateApiKeyRequest(api_key=path.read_text().strip()),
+                    metadata=service,
                     timeout=5,
                 )
                 return path, False

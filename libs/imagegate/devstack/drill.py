@@ -21,6 +21,7 @@ from imagegate.emulators.fal import FalEmulator
 from imagegate.emulators.together import TogetherEmulator
 from imagegate.grpckit.channel import create_channel
 from imagegate.grpckit.errors import parse_rpc_error
+from imagegate.grpckit.security import transport_from_env
 from imagegate.router.v1 import router_pb2, router_pb2_grpc
 
 # Credentials the emulators accept; never real ones (the drill clears real keys from the env).
@@ -216,7 +217,9 @@ async def run_drill(options: DrillOptions, data_dir: Path) -> int:
     print(f"starting the stack (fal emulator {fal_url} primary, together {together_url})…")
     try:
         await stack.start(timeout=60)
-        key_file, _ = await ensure_dev_key(data_dir, stack.address("quota"), admin_token)
+        key_file, _ = await ensure_dev_key(
+            data_dir, stack.address("quota"), admin_token, transport=transport_from_env(stack.env)
+        )
         api_key = key_file.read_text().strip()
         otlp = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
         print(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -116,6 +117,9 @@ def plan_stack(
                 check_address(out[spec.addr_var], variable=spec.addr_var, allow_zero=True)
             except ImagegateError as err:
                 raise ValueError(err.message) from None
+    # A fresh internal-call secret per run, never a fixed default (docs/security.md).
+    if not out.get("IMAGEGATE_SERVICE_TOKEN"):
+        out["IMAGEGATE_SERVICE_TOKEN"] = "igsvc_" + secrets.token_urlsafe(32)
     out.setdefault(
         "IMAGEGATE_ROUTER_ADAPTERS",
         ",".join(f"{s.name}={out[s.addr_var]}" for s in specs if s in (CORE[2], *enabled)),

@@ -20,6 +20,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from imagegate.devstack.services import ServiceSpec, plan_stack
+from imagegate.grpckit.channel import create_channel
+from imagegate.grpckit.security import transport_from_env
 
 _COLOURS = ("36", "33", "35", "32", "34", "31", "96", "93", "95", "92")
 
@@ -107,7 +109,9 @@ class Stack:
 
     async def _wait_healthy(self, child: Child, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        async with grpc.aio.insecure_channel(child.address) as channel:
+        # Under mTLS the supervisor shows the `admin` certificate, as the CLI does.
+        credentials = transport_from_env(self.env, "admin").channel_credentials()
+        async with create_channel(child.address, credentials=credentials) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
                 if child.process.returncode is not None:

@@ -88,3 +88,12 @@ ENHANCER_UNAVAILABLE = "ENHANCER_UNAVAILABLE"
 BREAKER_OPEN = "BREAKER_OPEN"
 # Configuration: an address that is not host:port with a port from 1 to 65535.
 BAD_ADDRESS = "BAD_ADDRESS"
+# Service-to-service security (appended; see docs/security.md).
+# An internal RPC called without a service identity (no service token, no client certificate).
+SERVICE_IDENTITY_REQUIRED = "SERVICE_IDENTITY_REQUIRED"
+# A service token that does not match.
+SERVICE_TOKEN_INVALID = "SERVICE_TOKEN_INVALID"
+# A client certificate from our CA whose identity may not call this RPC.
+SERVICE_NOT_ALLOWED = "SERVICE_NOT_ALLOWED"
+# Only the admin token may see this (e.g. provider status detail).
+ADMIN_ONLY = "ADMIN_ONLY"

@@ -105,6 +105,11 @@ class QuotaServiceStub:
                 request_serializer=imagegate_dot_quota_dot_v1_dot_quota__pb2.ListTenantsRequest.SerializeToString,
                 response_deserializer=imagegate_dot_quota_dot_v1_dot_quota__pb2.ListTenantsResponse.FromString,
                 _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/imagegate.quota.v1.QuotaService/ListApiKeys',
+                request_serializer=imagegate_dot_quota_dot_v1_dot_quota__pb2.ListApiKeysRequest.SerializeToString,
+                response_deserializer=imagegate_dot_quota_dot_v1_dot_quota__pb2.ListApiKeysResponse.FromString,
+                _registered_method=True)
 
 
 class QuotaServiceServicer:
@@ -217,6 +222,13 @@ class QuotaServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListApiKeys(self, request, context):
+        """Admin: lists API keys without their secrets (prefix, label, creation, last use, revocation).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QuotaServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -284,6 +296,11 @@ def add_QuotaServiceServicer_to_server(servicer, server):
                     servicer.ListTenants,
                     request_deserializer=imagegate_dot_quota_dot_v1_dot_quota__pb2.ListTenantsRequest.FromString,
                     response_serializer=imagegate_dot_quota_dot_v1_dot_quota__pb2.ListTenantsResponse.SerializeToString,
+            ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=imagegate_dot_quota_dot_v1_dot_quota__pb2.ListApiKeysRequest.FromString,
+                    response_serializer=imagegate_dot_quota_dot_v1_dot_quota__pb2.ListApiKeysResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -643,6 +660,33 @@ class QuotaService:
             '/imagegate.quota.v1.QuotaService/ListTenants',
             imagegate_dot_quota_dot_v1_dot_quota__pb2.ListTenantsRequest.SerializeToString,
             imagegate_dot_quota_dot_v1_dot_quota__pb2.ListTenantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagegate.quota.v1.QuotaService/ListApiKeys',
+            imagegate_dot_quota_dot_v1_dot_quota__pb2.ListApiKeysRequest.SerializeToString,
+            imagegate_dot_quota_dot_v1_dot_quota__pb2.ListApiKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -79,6 +79,8 @@ class QuotaServiceStub:
     """Admin: revokes an API key; it stops working at once."""
     ListTenants: _grpc.UnaryUnaryMultiCallable[_quota_pb2.ListTenantsRequest, _quota_pb2.ListTenantsResponse]
     """Admin: lists tenants."""
+    ListApiKeys: _grpc.UnaryUnaryMultiCallable[_quota_pb2.ListApiKeysRequest, _quota_pb2.ListApiKeysResponse]
+    """Admin: lists API keys without their secrets (prefix, label, creation, last use, revocation)."""
 
 @_typing.type_check_only
 class QuotaServiceAsyncStub(QuotaServiceStub):
@@ -131,6 +133,8 @@ class QuotaServiceAsyncStub(QuotaServiceStub):
     """Admin: revokes an API key; it stops working at once."""
     ListTenants: _aio.UnaryUnaryMultiCallable[_quota_pb2.ListTenantsRequest, _quota_pb2.ListTenantsResponse]  # type: ignore[assignment]
     """Admin: lists tenants."""
+    ListApiKeys: _aio.UnaryUnaryMultiCallable[_quota_pb2.ListApiKeysRequest, _quota_pb2.ListApiKeysResponse]  # type: ignore[assignment]
+    """Admin: lists API keys without their secrets (prefix, label, creation, last use, revocation)."""
 
 class QuotaServiceServicer(metaclass=_abc_1.ABCMeta):
     """Tenants, plans, API keys and monthly quotas. Quota is counted in image units per UTC calendar
@@ -258,5 +262,13 @@ class QuotaServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_quota_pb2.ListTenantsResponse, _abc.Awaitable[_quota_pb2.ListTenantsResponse]]:
         """Admin: lists tenants."""
+
+    @_abc_1.abstractmethod
+    def ListApiKeys(
+        self,
+        request: _quota_pb2.ListApiKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_quota_pb2.ListApiKeysResponse, _abc.Awaitable[_quota_pb2.ListApiKeysResponse]]:
+        """Admin: lists API keys without their secrets (prefix, label, creation, last use, revocation)."""
 
 def add_QuotaServiceServicer_to_server(servicer: QuotaServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

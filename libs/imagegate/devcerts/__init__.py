@@ -1,0 +1,1 @@
+"""A development CA and one certificate per service (`make certs`); never for production keys."""
