@@ -17,6 +17,7 @@ import grpc
 from opentelemetry import trace
 
 from imagegate.grpckit import reasons
+from imagegate.grpckit.arrival import arrived
 from imagegate.grpckit.errors import ImagegateError
 from imagegate.metering.v1 import metering_pb2_grpc
 from imagegate.quota.v1 import quota_pb2, quota_pb2_grpc
@@ -150,7 +151,9 @@ class RouterApp:
         events: EventSink | None = None,
     ) -> router_pb2.GenerateImageResponse:
         """The whole request, with its span, metrics, log line and trailers; raises ImagegateError."""
-        t0 = time.perf_counter()
+        # From the RPC's arrival at the first interceptor (before its request was deserialized),
+        # so the overhead trailer covers what the caller waits for, not only this method.
+        t0 = arrived(time.perf_counter())
         self.metrics.in_flight.add(1)
         with self.tracer.start_as_current_span("router.generate") as span:
             ctx = span.get_span_context()
@@ -217,6 +220,11 @@ class RouterApp:
         if reservation is not None and reservation.id != claim and fp is not None:
             # Another call (on any replica) claimed this request_id first: follow it.
             return await self.dedupe.follow(admitted, reservation, fp)
+        if reservation is None and fp is not None:
+            # Quota unreachable (fail-open): only the shared store can tell a repeat.
+            earlier = await self.dedupe.stored(admitted, fp, span)
+            if earlier is not None:
+                return earlier
         if reservation is not None and reservation.state != quota_pb2.RESERVATION_STATE_PENDING:
             raise self.dedupe.cache.spent_error(admitted.request_id, reservation)
         try:

@@ -49,11 +49,10 @@ class Deduplicator:
             replay = await await_outcome(earlier, admitted.deadline, request_id, events)
             await self._settled(tenant)
             return replay
-        found = await self.generations.find(tenant, request_id, fp)
-        if found is not None:
-            # Finished earlier, on this replica before a restart or on another one.
-            span.set_attribute("imagegate.idempotent_replay", True)
-            return found[0]
+        # Not looked up in the shared store here: an id finished earlier (on another replica, or
+        # here before a restart) still holds its reservation in Quota, so the reserve that `run`
+        # makes answers with that claim and `follow` reads the store. New ids, nearly all of
+        # them, skip a store read (a thread hop) that would find nothing.
         self.cache.begin(tenant, request_id, fp)
         outcome: Outcome = (None, None)
         try:
@@ -67,6 +66,14 @@ class Deduplicator:
                 self.cache.forget(tenant, request_id)
             else:
                 self.cache.finish(tenant, request_id, outcome)
+
+    async def stored(self, admitted: Admitted, fp: bytes, span: trace.Span) -> Response | None:
+        """The stored outcome of this request_id when Quota could not say (fail-open)."""
+        found = await self.generations.find(admitted.caller.tenant_id, admitted.request_id, fp)
+        if found is None:
+            return None
+        span.set_attribute("imagegate.idempotent_replay", True)
+        return found[0]
 
     async def follow(
         self, admitted: Admitted, reservation: quota_pb2.Reservation, fp: bytes

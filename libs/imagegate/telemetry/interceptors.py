@@ -12,6 +12,8 @@ from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from imagegate.grpckit.arrival import mark_arrival
+
 # Probes and tooling: tracing them would bury real traffic (and cost a span each).
 UNTRACED_SERVICES = (
     "grpc.health.v1.Health",
@@ -99,6 +101,7 @@ class ServerTelemetryInterceptor(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
+        mark_arrival()
         handler = await continuation(handler_call_details)
         method: str = handler_call_details.method  # type: ignore[attr-defined]
         if handler is None or is_untraced(method):
