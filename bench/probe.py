@@ -15,14 +15,22 @@ import os
 
 from bench.clients import channels, direct_call, router_call
 from bench.context import cleanup, new_ctx
+from bench.emulator import adapter_env, start_emulator
+from bench.procs import Proc
 from bench.scenarios.common import interleaved
-from bench.stack import start_stack
+from bench.stack import BenchStack, start_stack
 
 
-async def main_async(concurrency: int, requests: int, serial: int) -> None:
+async def main_async(concurrency: int, requests: int, serial: int, latency: float | None) -> None:
     """Runs the two measurements and prints one block of figures."""
     ctx = new_ctx(smoke=False)
+    emu: Proc | None = None
     try:
+        if latency is not None:
+            emu = await start_emulator(ctx, "together", latency=latency)
+            stack = await start_stack(ctx, "probe", extra=adapter_env("together", emu))
+            await capacity(stack, emu, concurrency, requests)
+            return
         stack = await start_stack(ctx, "probe")
         procs = list(stack.services.procs.values())
         router_ch = channels(stack.services.address("router"), 1)
@@ -62,7 +70,36 @@ async def main_async(concurrency: int, requests: int, serial: int) -> None:
             await ch.close()
         await stack.stop()
     finally:
+        if emu is not None:
+            await emu.stop()
         cleanup(ctx)
+
+
+async def capacity(stack: BenchStack, emu: Proc, concurrency: int, requests: int) -> None:
+    """Router -> Together adapter -> emulator at `concurrency`: req/s, p99, CPU per process."""
+    procs = list(stack.services.procs.values())
+    chans = channels(stack.services.address("router"), 8)
+    call = router_call(
+        chans, stack.api_key, model="flux-schnell", side=256, providers=("together",)
+    )
+    load = await interleaved(
+        {"router": call},
+        concurrency=concurrency,
+        requests=requests,
+        rounds=1,
+        warmup=concurrency,
+        cpu={"router": [*procs, emu]},
+    )
+    st = load["router"]
+    per = {k: 1000 * v / max(1, st.ok) for k, v in st.cpu_seconds.items()}
+    print(
+        f"load average {os.getloadavg()[0]:.2f}\nc={concurrency} via Together emulator: "
+        f"{st.rps:.0f} req/s, p50 {st.pct_ms(50):.0f} ms, p99 {st.pct_ms(99):.0f} ms, errors "
+        f"{dict(st.errors)}; CPU ms/request: " + ", ".join(f"{k} {v:.2f}" for k, v in per.items())
+    )
+    for ch in chans:
+        await ch.close()
+    await stack.stop()
 
 
 def main() -> None:
@@ -71,8 +108,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--serial", type=int, default=800)
+    parser.add_argument(
+        "--latency", type=float, default=None, help="Together emulator path with this latency (s)"
+    )
     args = parser.parse_args()
-    asyncio.run(main_async(args.concurrency, args.requests, args.serial))
+    asyncio.run(main_async(args.concurrency, args.requests, args.serial, args.latency))
 
 
 if __name__ == "__main__":
