@@ -181,6 +181,7 @@ class RouterApp:
                             ("x-imagegate-trace-id", summary.trace_id),
                             ("x-imagegate-overhead-ms", f"{overhead * 1000:.3f}"),
                             ("x-imagegate-cost-micros", str(summary.cost_micros)),
+                            ("x-imagegate-replica-id", self.replica_id),
                         )
                     )
 

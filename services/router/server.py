@@ -28,6 +28,7 @@ from services.router.generations import Generations
 from services.router.observability import RouterMetrics, breaker_transition_handler
 from services.router.prices import PriceMirror
 from services.router.servicer import RouterServicer
+from services.router.workers import outbox_name
 
 SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 QUOTA_SERVICE = quota_pb2.DESCRIPTOR.services_by_name["QuotaService"].full_name
@@ -137,7 +138,7 @@ async def start_router(
         describe_interval=settings.describe_interval_seconds,
         local_provider=catalog.local_provider,
     )
-    outbox = settings.data_dir / "router-outbox.sqlite3"
+    outbox = settings.data_dir / outbox_name(settings)
     outbox.parent.mkdir(parents=True, exist_ok=True)
     app = RouterApp(
         settings=settings,
@@ -165,6 +166,8 @@ async def start_router(
         domain="imagegate.router",
         interceptors=telemetry.server_interceptors(),
         maximum_concurrent_rpcs=settings.maximum_concurrent_rpcs,
+        # Workers share the port on purpose; everywhere else a second bind must fail.
+        reuse_port=settings.worker_index is not None,
     )
     handle = RouterHandle(running=running, app=app, channels=[quota_channel, metering_channel])
     return running, app, handle

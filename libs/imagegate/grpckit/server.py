@@ -13,7 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from imagegate.grpckit.interceptors import ErrorInterceptor
-from imagegate.grpckit.options import SERVER_OPTIONS
+from imagegate.grpckit.options import SERVER_OPTIONS, reuse_port_options
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +47,17 @@ async def start_server(
     domain: str,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     maximum_concurrent_rpcs: int | None = None,
+    reuse_port: bool = False,
 ) -> RunningServer:
     """Builds, binds and starts a server; `address` may use port 0 to pick a free port.
 
     Interceptors run outermost first: telemetry interceptors passed in wrap the error
-    interceptor, so spans see the final status.
+    interceptor, so spans see the final status. `reuse_port` lets several processes bind one
+    port (pre-forked Router workers only); by default a second bind fails loudly.
     """
     server = grpc.aio.server(
         interceptors=[*interceptors, ErrorInterceptor(domain)],
-        options=SERVER_OPTIONS,
+        options=reuse_port_options() if reuse_port else SERVER_OPTIONS,
         maximum_concurrent_rpcs=maximum_concurrent_rpcs,
     )
     for register in registrars:
