@@ -34,7 +34,7 @@ from bench.clients import channels
 from bench.context import Ctx, cleanup, new_ctx
 from bench.emulator import adapter_env, start_emulator
 from bench.loadgen import Call
-from bench.procs import Proc, loopback, spawn
+from bench.procs import Proc, descendants, loopback, process_cpu_seconds, spawn
 from bench.scenarios.common import interleaved
 from bench.stack import BenchStack, start_stack
 from bench.stats import RunStats
@@ -59,33 +59,7 @@ class Tree:
 
     def cpu_seconds(self) -> float:
         """utime+stime of the process and every live descendant."""
-        return sum(_cpu(pid) for pid in _descendants(self.pid))
-
-
-def _cpu(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, ()))
-    return out
+        return sum(process_cpu_seconds(pid) for pid in descendants(self.pid))
 
 
 def pin(pids: list[int], cores: str) -> None:
@@ -234,8 +208,8 @@ async def run(ctx: Ctx, quick: bool) -> dict[str, Any]:
     stack = await start_stack(ctx, "peer", extra=adapter_env("openai", emu))
     litellm = await start_litellm(ctx, emu)
     gateway_procs = list(stack.services.procs.values())
-    pin([pid for p in gateway_procs for pid in _descendants(p.pid)], GATEWAY_CORE)
-    pin(_descendants(litellm.pid), GATEWAY_CORE)
+    pin([pid for p in gateway_procs for pid in descendants(p.pid)], GATEWAY_CORE)
+    pin(descendants(litellm.pid), GATEWAY_CORE)
     rest = other_cores()
     pin([emu.pid, os.getpid()], rest)
     ig_account: list[Any] = gateway_procs
