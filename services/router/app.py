@@ -217,7 +217,17 @@ class RouterApp:
         plan = self.planner.plan(admitted.norm, admitted.caller)
         hold = self.planner.hold_micros(plan, admitted.norm)
         claim = self.reserver.new_claim()
-        reservation = await self.reserver.reserve(admitted, hold, plan, claim)
+        try:
+            reservation = await self.reserver.reserve(admitted, hold, plan, claim)
+        except ImagegateError as err:
+            if fp is None or err.reason != reasons.IDEMPOTENCY_KEY_REUSED:
+                raise
+            # The id's reservation differs from this hold (a price changed since it ran): a
+            # finished request with the same body is still a replay.
+            earlier = await self.dedupe.stored(admitted, fp, span)
+            if earlier is None:
+                raise
+            return earlier
         if reservation is not None and reservation.id != claim and fp is not None:
             # Another call (on any replica) claimed this request_id first: follow it.
             return await self.dedupe.follow(admitted, reservation, fp)
