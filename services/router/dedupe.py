@@ -8,6 +8,8 @@ from typing import Any, TypeAlias
 
 from opentelemetry import trace
 
+from imagegate.grpckit import reasons
+from imagegate.grpckit.deadline import Deadline
 from imagegate.grpckit.errors import ImagegateError
 from imagegate.quota.v1 import quota_pb2
 from imagegate.router.v1 import router_pb2
@@ -17,6 +19,9 @@ from services.router.generations import NO_FINGERPRINT, Generations
 from services.router.idempotency import IdempotencyCache, Outcome, await_outcome
 
 Response: TypeAlias = router_pb2.GenerateImageResponse
+
+# How long a repeat of a finished (committed or released) id waits for the owner's stored outcome.
+STORE_GRACE_SECONDS = 1.0
 
 
 class Deduplicator:
@@ -85,6 +90,14 @@ class Deduplicator:
         found = await self.generations.find(tenant, admitted.request_id, fp)
         if found is not None:
             return found[0]
+        # The owner stores its outcome just after its reply, and its commit may land first:
+        # give a just-finished request a moment before calling the id spent.
+        briefly = Deadline(min(admitted.deadline.at, Deadline.after(STORE_GRACE_SECONDS).at))
+        try:
+            return await self.generations.wait(tenant, admitted.request_id, fp, briefly)
+        except ImagegateError as err:
+            if err.reason != reasons.REQUEST_IN_PROGRESS:
+                raise
         raise self.cache.spent_error(admitted.request_id, reservation)
 
     def keep(
