@@ -8,9 +8,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 KUBECTL_VERSION := 1.37.1
+LITELLM_VERSION := 1.108.7
+PEER_VENV := bench/.peer-venv
 PROTOS := $(shell find protos -name '*.proto' | sort)
 
-.PHONY: help install run run-emulated test lint fmt gen gen-check bench bench-smoke drill up down postgres-bin kubectl-bin clean certs fuzz examples-node diffusers-extra
+.PHONY: help install run run-emulated test lint fmt gen gen-check bench bench-smoke drill up down postgres-bin kubectl-bin clean certs fuzz examples-node diffusers-extra bench-peer
 
 # Show the targets.
 help:
@@ -72,6 +74,16 @@ certs: install
 # Fuzz the Router's request validation and the adapters' response parsing (bench/results/fuzz-<date>.json).
 fuzz: install
 	$(PY) -m bench.fuzz --seconds $${FUZZ_SECONDS:-240}
+
+# Compare with LiteLLM's proxy (pinned, own virtualenv in bench/.peer-venv), each gateway on one core; not part of test.
+bench-peer: install $(PEER_VENV)/.litellm-$(LITELLM_VERSION)
+	$(PY) -m bench.peer
+
+$(PEER_VENV)/.litellm-$(LITELLM_VERSION):
+	@test -x $(PEER_VENV)/bin/python || $(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/pip install -q 'litellm[proxy]==$(LITELLM_VERSION)'
+	@rm -f $(PEER_VENV)/.litellm-*
+	@touch $@
 
 # Failover drill: stack against provider emulators, primary fails, prints trace ids and attempts.
 drill: install

@@ -18,8 +18,8 @@ class FalSettings(ProviderSettings):
     key: SecretStr | None = key_field("FAL_KEY")
     addr: str = Field("127.0.0.1:50061", description="Listen address.")
     # fal queues above the account's concurrency (2 to 40) instead of rejecting, so the limit
-    # here bounds our own waiting calls; 40 is the highest self-serve account limit.
-    max_concurrency: int = Field(40, ge=1, description="Most generations in flight at once.")
+    # here bounds only our own waiting calls (one poll loop each), not what fal runs.
+    max_concurrency: int = Field(256, ge=1, description="Most generations in flight at once.")
     poll_interval_seconds: float = Field(0.25, gt=0, description="First delay between polls.")
     result_hosts: tuple[str, ...] = Field(
         (".fal.media",), description="Hosts result images may be downloaded from."

@@ -17,8 +17,9 @@ class HuggingFaceSettings(ProviderSettings):
 
     key: SecretStr | None = key_field("HF_TOKEN")
     addr: str = Field("127.0.0.1:50062", description="Listen address.")
+    # Inference Providers limit requests per period (429 above it), not calls in flight.
     max_concurrency: int = Field(
-        8, ge=1, description="Most generations in flight (several HTTP calls each for n > 1)."
+        256, ge=1, description="Most generations in flight (several HTTP calls each for n > 1)."
     )
     bill_to: str = Field(
         "", description="Organisation billed for the calls (X-HF-Bill-To), when set."

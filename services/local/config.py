@@ -15,4 +15,4 @@ class LocalSettings(BaseSettings):
     latency_ms: float = Field(
         0.0, description="Simulated provider latency per call (demos and benchmarks)."
     )
-    max_concurrency: int = Field(64, description="Most renders in flight at once.")
+    max_concurrency: int = Field(256, description="Most renders in flight at once.")

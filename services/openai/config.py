@@ -19,8 +19,10 @@ class OpenAISettings(ProviderSettings):
     addr: str = Field("127.0.0.1:50065", description="Listen address.")
     # Complex prompts can take about two minutes on GPT image models.
     timeout_seconds: float = Field(180.0, gt=0, description="Deadline when a caller sets none.")
+    # OpenAI limits images per minute (up to 250 IPM at tier 5), not calls in flight, and a call
+    # takes 10-120 s: at the limit ~250 calls are open at once. Over the limit it answers 429.
     max_concurrency: int = Field(
-        8, ge=1, description="Most generations in flight (OpenAI limits images per minute)."
+        256, ge=1, description="Most generations in flight (OpenAI limits images per minute)."
     )
     quality: Literal["auto", "low", "medium", "high"] = Field(
         "auto",

@@ -17,8 +17,9 @@ class ReplicateSettings(ProviderSettings):
 
     key: SecretStr | None = key_field("REPLICATE_API_TOKEN")
     addr: str = Field("127.0.0.1:50063", description="Listen address.")
-    # Replicate limits creates (600/min), not running predictions; 32 bounds our waiting calls.
-    max_concurrency: int = Field(32, ge=1, description="Most generations in flight at once.")
+    # Replicate limits creates (600/min), not running predictions: at 600/min and 2-30 s per
+    # prediction up to ~300 are running at once.
+    max_concurrency: int = Field(256, ge=1, description="Most generations in flight at once.")
     sdxl_version: str = Field(
         "39ed52f2a78e934b3ba6e2a89f5b1c712de7dfea535525255b1aa35c5565e08b",
         description="Version id of stability-ai/sdxl (not an official model: runs by version).",

@@ -12,6 +12,7 @@ from imagegate.telemetry import metrics_address, setup_telemetry
 from imagegate.telemetry.logs import configure_logging
 from services.router.config import RouterSettings
 from services.router.server import start_router
+from services.router.workers import supervise, worker_settings
 
 log = logging.getLogger("services.router")
 
@@ -23,12 +24,21 @@ def main() -> None:
     configure_logging("router", level=common.log_level, fmt=common.log_format)
     transport = startup_transport(settings.addr, "router", internal=False)
 
+    if settings.workers > 1 and settings.worker_index is None:
+        asyncio.run(supervise(settings, metrics_address("router")))
+        return
+    settings = worker_settings(settings)
+
     async def run() -> None:
         telemetry = setup_telemetry("router", metrics_addr=metrics_address("router"))
         running, app, handle = await start_router(settings, telemetry, transport=transport)
         log.info(
             "router listening",
-            extra={"address": running.address, "adapters": ",".join(settings.adapter_targets())},
+            extra={
+                "address": running.address,
+                "adapters": ",".join(settings.adapter_targets()),
+                "replica_id": handle.app.replica_id,
+            },
         )
         try:
             await serve_until_signal(running, grace=settings.shutdown_grace_seconds)

@@ -18,6 +18,7 @@ from opentelemetry import trace
 
 from imagegate.enhancer.v1 import enhancer_pb2_grpc
 from imagegate.grpckit import reasons
+from imagegate.grpckit.arrival import arrived
 from imagegate.grpckit.errors import ImagegateError
 from imagegate.inputs.checks import InputLimits
 from imagegate.metering.v1 import metering_pb2_grpc
@@ -167,7 +168,9 @@ class RouterApp:
         events: EventSink | None = None,
     ) -> router_pb2.GenerateImageResponse:
         """The whole request, with its span, metrics, log line and trailers; raises ImagegateError."""
-        t0 = time.perf_counter()
+        # From the RPC's arrival at the first interceptor (before its request was deserialized),
+        # so the overhead trailer covers what the caller waits for, not only this method.
+        t0 = arrived(time.perf_counter())
         self.metrics.in_flight.add(1)
         with self.tracer.start_as_current_span("router.generate") as span:
             ctx = span.get_span_context()
@@ -195,6 +198,7 @@ class RouterApp:
                             ("x-imagegate-trace-id", summary.trace_id),
                             ("x-imagegate-overhead-ms", f"{overhead * 1000:.3f}"),
                             ("x-imagegate-cost-micros", str(summary.cost_micros)),
+                            ("x-imagegate-replica-id", self.replica_id),
                         )
                     )
 
@@ -230,10 +234,25 @@ class RouterApp:
         plan = self.planner.plan(admitted.norm, admitted.caller)
         hold = self.planner.hold_micros(plan, admitted.norm)
         claim = self.reserver.new_claim()
-        reservation = await self.reserver.reserve(admitted, hold, plan, claim)
+        try:
+            reservation = await self.reserver.reserve(admitted, hold, plan, claim)
+        except ImagegateError as err:
+            if fp is None or err.reason != reasons.IDEMPOTENCY_KEY_REUSED:
+                raise
+            # The id's reservation differs from this hold (a price changed since it ran): a
+            # finished request with the same body is still a replay.
+            earlier = await self.dedupe.stored(admitted, fp, span)
+            if earlier is None:
+                raise
+            return earlier
         if reservation is not None and reservation.id != claim and fp is not None:
             # Another call (on any replica) claimed this request_id first: follow it.
             return await self.dedupe.follow(admitted, reservation, fp)
+        if reservation is None and fp is not None:
+            # Quota unreachable (fail-open): only the shared store can tell a repeat.
+            earlier = await self.dedupe.stored(admitted, fp, span)
+            if earlier is not None:
+                return earlier
         if reservation is not None and reservation.state != quota_pb2.RESERVATION_STATE_PENDING:
             raise self.dedupe.cache.spent_error(admitted.request_id, reservation)
         try:

@@ -140,6 +140,16 @@ class RouterSettings(BaseSettings):
         "pod name): it prefixes its quota claims, which it releases when it starts again. "
         "Default: host name plus a digest of the data directory.",
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Router processes sharing the listen port (SO_REUSEPORT, the documented "
+        "exception); each is a replica with id <replica_id>-w<i>. 1: this process serves.",
+    )
+    worker_index: int | None = Field(
+        None, ge=0, description="Set by the supervising process on each worker, not by people."
+    )
     idempotency_max_entries: int = Field(10_000, description="Most results kept.")
     idempotency_max_bytes: int = Field(128 * 1024 * 1024, description="Most result bytes kept.")
     describe_interval_seconds: float = Field(

@@ -8,6 +8,8 @@ from typing import Any, TypeAlias
 
 from opentelemetry import trace
 
+from imagegate.grpckit import reasons
+from imagegate.grpckit.deadline import Deadline
 from imagegate.grpckit.errors import ImagegateError
 from imagegate.quota.v1 import quota_pb2
 from imagegate.router.v1 import router_pb2
@@ -17,6 +19,9 @@ from services.router.generations import NO_FINGERPRINT, Generations
 from services.router.idempotency import IdempotencyCache, Outcome, await_outcome
 
 Response: TypeAlias = router_pb2.GenerateImageResponse
+
+# How long a repeat of a finished (committed or released) id waits for the owner's stored outcome.
+STORE_GRACE_SECONDS = 1.0
 
 
 def replayed(response: Response) -> Response:
@@ -57,11 +62,10 @@ class Deduplicator:
             replay = await await_outcome(earlier, admitted.deadline, request_id, events)
             await self._settled(tenant)
             return replayed(replay)
-        found = await self.generations.find(tenant, request_id, fp)
-        if found is not None:
-            # Finished earlier, on this replica before a restart or on another one.
-            span.set_attribute("imagegate.idempotent_replay", True)
-            return replayed(found[0])
+        # Not looked up in the shared store here: an id finished earlier (on another replica, or
+        # here before a restart) still holds its reservation in Quota, so the reserve that `run`
+        # makes answers with that claim and `follow` reads the store. New ids, nearly all of
+        # them, skip a store read (a thread hop) that would find nothing.
         self.cache.begin(tenant, request_id, fp)
         outcome: Outcome = (None, None)
         try:
@@ -76,6 +80,14 @@ class Deduplicator:
             else:
                 self.cache.finish(tenant, request_id, outcome)
 
+    async def stored(self, admitted: Admitted, fp: bytes, span: trace.Span) -> Response | None:
+        """The stored outcome of this request_id when Quota could not say (fail-open)."""
+        found = await self.generations.find(admitted.caller.tenant_id, admitted.request_id, fp)
+        if found is None:
+            return None
+        span.set_attribute("imagegate.idempotent_replay", True)
+        return found[0]
+
     async def follow(
         self, admitted: Admitted, reservation: quota_pb2.Reservation, fp: bytes
     ) -> Response:
@@ -88,6 +100,14 @@ class Deduplicator:
         found = await self.generations.find(tenant, admitted.request_id, fp)
         if found is not None:
             return replayed(found[0])
+        # The owner stores its outcome just after its reply, and its commit may land first:
+        # give a just-finished request a moment before calling the id spent.
+        briefly = Deadline(min(admitted.deadline.at, Deadline.after(STORE_GRACE_SECONDS).at))
+        try:
+            return replayed(await self.generations.wait(tenant, admitted.request_id, fp, briefly))
+        except ImagegateError as err:
+            if err.reason != reasons.REQUEST_IN_PROGRESS:
+                raise
         raise self.cache.spent_error(admitted.request_id, reservation)
 
     def keep(

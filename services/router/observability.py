@@ -18,6 +18,21 @@ from services.router.config import RouterSettings
 log = logging.getLogger("services.router")
 
 
+class InFlight:
+    """Requests being served: a plain count, observed at collection time."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def add(self, delta: int) -> None:
+        """Counts `delta` requests in (1) or out (-1)."""
+        self.value += delta
+
+    def observe(self, options: CallbackOptions) -> Iterable[Observation]:
+        """The observable counter's callback."""
+        yield Observation(self.value)
+
+
 @dataclass
 class RequestSummary:
     """What one GenerateImage request did, for its metrics and its log line."""
@@ -58,8 +73,13 @@ class RouterMetrics:
         self.cost = meter.create_counter(
             "imagegate.router.cost", unit="{micro-USD}", description="Cost of served requests."
         )
-        self.in_flight = meter.create_up_down_counter(
-            "imagegate.router.in_flight", unit="{request}", description="Requests being served."
+        # Read when metrics are collected, not recorded twice per request.
+        self.in_flight = InFlight()
+        meter.create_observable_up_down_counter(
+            "imagegate.router.in_flight",
+            callbacks=[self.in_flight.observe],
+            unit="{request}",
+            description="Requests being served.",
         )
         meter.create_observable_gauge(
             "imagegate.router.breaker.state",

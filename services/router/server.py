@@ -30,6 +30,7 @@ from services.router.generations import Generations
 from services.router.observability import RouterMetrics, breaker_transition_handler
 from services.router.prices import PriceMirror
 from services.router.servicer import RouterServicer
+from services.router.workers import outbox_name
 
 SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 QUOTA_SERVICE = quota_pb2.DESCRIPTOR.services_by_name["QuotaService"].full_name
@@ -165,7 +166,7 @@ async def start_router(
             ),
             ENHANCER_SERVICE,
         )
-    outbox = settings.data_dir / "router-outbox.sqlite3"
+    outbox = settings.data_dir / outbox_name(settings)
     outbox.parent.mkdir(parents=True, exist_ok=True)
     app = RouterApp(
         settings=settings,
@@ -196,6 +197,8 @@ async def start_router(
         maximum_concurrent_rpcs=settings.maximum_concurrent_rpcs,
         transport=transport,
         client_auth=False,
+        # Workers share the port on purpose; everywhere else a second bind must fail.
+        reuse_port=settings.worker_index is not None,
     )
     handle = RouterHandle(running=running, app=app, channels=channels)
     return running, app, handle

@@ -17,8 +17,9 @@ class TogetherSettings(ProviderSettings):
 
     key: SecretStr | None = key_field("TOGETHER_API_KEY")
     addr: str = Field("127.0.0.1:50066", description="Listen address.")
+    # Together limits requests per minute (429 above it), not calls in flight.
     max_concurrency: int = Field(
-        16, ge=1, description="Most generations in flight (Together limits requests per minute)."
+        256, ge=1, description="Most generations in flight (Together limits requests per minute)."
     )
     result_hosts: tuple[str, ...] = Field(
         (".together.ai", ".together.xyz"),

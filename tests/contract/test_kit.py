@@ -17,6 +17,7 @@ from imagegate.providerkit.download import check_result_url, download_image, hos
 from imagegate.providerkit.errors import ProviderError
 from imagegate.providerkit.http import (
     Pending,
+    build_client,
     error_from_status,
     json_body,
     parse_retry_after,
@@ -267,3 +268,36 @@ async def test_emulator_runs_standalone_with_http_fault_switch() -> None:
     finally:
         proc.terminate()
         await proc.wait()
+
+
+async def test_adapter_client_says_never_sent_only_when_the_connect_failed() -> None:
+    client = build_client(
+        base_url="http://127.0.0.1:9", headers={}, max_connections=4, telemetry=None
+    )
+    async with client:
+        with pytest.raises(ProviderError) as refused:
+            await send(client, "POST", "/x", json={"a": 1}, deadline=Deadline.after(2))
+    assert refused.value.reason == reasons.PROVIDER_UNAVAILABLE
+    assert refused.value.extra["request_sent"] == "false"
+
+    got: list[bytes] = []
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        got.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = build_client(
+        base_url=f"http://127.0.0.1:{port}", headers={}, max_connections=4, telemetry=None
+    )
+    try:
+        async with client:
+            with pytest.raises(ProviderError) as dropped:
+                await send(client, "POST", "/x", json={"a": 1}, deadline=Deadline.after(2))
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert got, "the request reached the server"
+    assert dropped.value.reason == reasons.PROVIDER_UNAVAILABLE
+    assert dropped.value.extra["request_sent"] == "unknown"

@@ -129,3 +129,40 @@ async def test_health_serving_then_not_serving_on_stop():
         resp = await stub.Check(health_pb2.HealthCheckRequest(service="x.Y"), timeout=5)
         assert resp.status == health_pb2.HealthCheckResponse.NOT_SERVING
     await running.stop(0)
+
+
+async def test_each_rpc_sees_its_own_arrival_marked_before_its_handler_ran() -> None:
+    import asyncio
+    import time
+
+    from imagegate.grpckit.arrival import arrived
+    from imagegate.telemetry import setup_telemetry
+
+    seen: list[tuple[float, float]] = []
+
+    class Probe(provider_pb2_grpc.ProviderServiceServicer):
+        async def DescribeProvider(self, request, context):
+            seen.append((arrived(-1.0), time.perf_counter()))
+            await asyncio.sleep(0.01)
+            return provider_pb2.DescribeProviderResponse(provider="probe")
+
+    telemetry = setup_telemetry("arrival")
+    running = await start_server(
+        address="127.0.0.1:0",
+        registrars=[lambda s: provider_pb2_grpc.add_ProviderServiceServicer_to_server(Probe(), s)],
+        service_names=[],
+        domain="test.arrival",
+        interceptors=telemetry.server_interceptors(),
+    )
+    try:
+        async with create_channel(running.address) as channel:
+            stub = provider_pb2_grpc.ProviderServiceStub(channel)
+            await asyncio.gather(
+                *(stub.DescribeProvider(provider_pb2.DescribeProviderRequest()) for _ in range(8))
+            )
+    finally:
+        await running.stop(0)
+        telemetry.shutdown()
+    assert len(seen) == 8
+    assert all(0 < marked <= handler for marked, handler in seen)
+    assert len({marked for marked, _ in seen}) == 8  # one mark per RPC, none shared

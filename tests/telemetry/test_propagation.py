@@ -146,3 +146,43 @@ async def test_client_errors_are_not_server_errors(start_node):
     (span,) = node.spans.get_finished_spans()
     assert span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert span.status.status_code.name == "UNSET"  # semconv: caller errors are not span errors
+
+
+async def test_without_an_exporter_the_callers_trace_id_still_reaches_the_handler() -> None:
+    from opentelemetry import trace
+
+    from imagegate.grpckit.server import start_server
+    from imagegate.telemetry import setup_telemetry
+
+    seen: list[trace.SpanContext] = []
+
+    class Probe(provider_pb2_grpc.ProviderServiceServicer):
+        async def DescribeProvider(self, request, context):
+            span = trace.get_current_span()
+            assert not span.is_recording()
+            seen.append(span.get_span_context())
+            return provider_pb2.DescribeProviderResponse(provider="probe")
+
+    telemetry = setup_telemetry("no-exporter")
+    running = await start_server(
+        address="127.0.0.1:0",
+        registrars=[lambda s: provider_pb2_grpc.add_ProviderServiceServicer_to_server(Probe(), s)],
+        service_names=["imagegate.provider.v1.ProviderService"],
+        domain="test.no-exporter",
+        interceptors=telemetry.server_interceptors(),
+    )
+    try:
+        channel, stub = _stub(running.address)
+        request = provider_pb2.DescribeProviderRequest()
+        await stub.DescribeProvider(
+            request, metadata=[("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-00")], timeout=5
+        )
+        await stub.DescribeProvider(request, timeout=5)
+        await channel.close()
+    finally:
+        await running.stop(0)
+        telemetry.shutdown()
+    continued, fresh = seen
+    assert f"{continued.trace_id:032x}" == TRACE_ID
+    assert continued.span_id != int(PARENT_ID, 16) and continued.is_valid
+    assert fresh.is_valid and f"{fresh.trace_id:032x}" != TRACE_ID

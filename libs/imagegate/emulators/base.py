@@ -211,6 +211,10 @@ class Emulator:
         """Result files by token."""
         self.bill: list[Charge] = []
         """What the provider would charge, one line per billed job (refunds remove lines)."""
+        self.in_flight = 0
+        """Provider requests being handled right now (control and CDN requests excluded)."""
+        self.peak_in_flight = 0
+        """Most provider requests handled at once since start (or reset_peak())."""
         self._runner: web.AppRunner | None = None
         self._base_url = ""
         self._stopping = asyncio.Event()
@@ -416,12 +420,29 @@ class Emulator:
                 headers={k.lower(): v for k, v in request.headers.items()},
                 body=body,
             )
-            (self.cdn_calls if request.path.startswith(CDN_PREFIX) else self.calls).append(call)
+            cdn = request.path.startswith(CDN_PREFIX)
+            (self.cdn_calls if cdn else self.calls).append(call)
+            if not cdn:
+                return await self._counted(request, handler)
         self._notify()
         try:
             return await handler(request)
         finally:
             self._notify()
+
+    async def _counted(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        self._notify()
+        try:
+            return await handler(request)
+        finally:
+            self.in_flight -= 1
+            self._notify()
+
+    def reset_peak(self) -> None:
+        """Starts counting peak_in_flight afresh from what is in flight now."""
+        self.peak_in_flight = self.in_flight
 
     def _notify(self) -> None:
         self._activity.set()

@@ -26,3 +26,8 @@ CHANNEL_OPTIONS: list[tuple[str, int]] = [
     ("grpc.max_reconnect_backoff_ms", 2_000),
     ("grpc.min_reconnect_backoff_ms", 200),
 ]
+
+
+def reuse_port_options() -> list[tuple[str, int]]:
+    """SERVER_OPTIONS with SO_REUSEPORT on: for processes meant to share one port (workers)."""
+    return [*(o for o in SERVER_OPTIONS if o[0] != "grpc.so_reuseport"), ("grpc.so_reuseport", 1)]

@@ -14,7 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from imagegate.grpckit.address import check_address
 from imagegate.grpckit.errors import ImagegateError
 from imagegate.grpckit.interceptors import ErrorInterceptor
-from imagegate.grpckit.options import SERVER_OPTIONS
+from imagegate.grpckit.options import SERVER_OPTIONS, reuse_port_options
 from imagegate.grpckit.reflection import enable_reflection
 from imagegate.grpckit.security import Transport
 from imagegate.grpckit.service_auth import ServiceGuard, ServiceGuardInterceptor
@@ -58,6 +58,7 @@ async def start_server(
     transport: Transport | None = None,
     client_auth: bool = True,
     guard: ServiceGuard | None = None,
+    reuse_port: bool = False,
 ) -> RunningServer:
     """Builds, binds and starts a server; `address` may use port 0 to pick a free port.
 
@@ -65,6 +66,8 @@ async def start_server(
     interceptor, so spans see the final status; the service guard runs inside it, so its
     refusals become rich statuses. `transport` None: plaintext, refused off loopback.
     `client_auth`: with TLS and a CA, callers must present a certificate (mTLS).
+    `reuse_port` lets several processes bind one port (pre-forked Router workers only); by
+    default a second bind fails loudly.
     """
     try:
         check_address(address, variable="listen address", allow_zero=True)
@@ -75,7 +78,7 @@ async def start_server(
     inner = [ServiceGuardInterceptor(guard)] if guard is not None else []
     server = grpc.aio.server(
         interceptors=[*interceptors, ErrorInterceptor(domain), *inner],
-        options=SERVER_OPTIONS,
+        options=reuse_port_options() if reuse_port else SERVER_OPTIONS,
         maximum_concurrent_rpcs=maximum_concurrent_rpcs,
     )
     for register in registrars:

@@ -39,7 +39,7 @@ class ProviderSettings(BaseSettings):
     timeout_seconds: float = Field(
         120.0, gt=0, description="Deadline applied when a caller sets none."
     )
-    max_concurrency: int = Field(16, ge=1, description="Most generations in flight at once.")
+    max_concurrency: int = Field(256, ge=1, description="Most generations in flight at once.")
     max_image_bytes: int = Field(
         32 * 1024 * 1024, ge=1024, description="Largest result image accepted."
     )

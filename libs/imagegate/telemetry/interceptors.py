@@ -10,7 +10,10 @@ from typing import Any
 import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from imagegate.grpckit.arrival import mark_arrival
 
 # Probes and tooling: tracing them would bury real traffic (and cost a span each).
 UNTRACED_SERVICES = (
@@ -49,6 +52,8 @@ def _split(method: str) -> tuple[str, str]:
     return service, name
 
 
+_ids = RandomIdGenerator()
+
 _PROPAGATION_KEYS = frozenset({"traceparent", "tracestate", "baggage"})
 
 
@@ -58,6 +63,28 @@ def _carrier(context: grpc.aio.ServicerContext) -> dict[str, str]:
         if key in _PROPAGATION_KEYS:
             out[key] = value.decode() if isinstance(value, bytes) else value
     return out
+
+
+def _entry_context(context: grpc.aio.ServicerContext) -> trace.SpanContext:
+    """A new span id under the caller's W3C traceparent, or a new trace when there is none."""
+    for key, value in context.invocation_metadata() or ():
+        if key != "traceparent":
+            continue
+        text = value.decode() if isinstance(value, bytes) else value
+        parts = text.strip().split("-")
+        if len(parts) >= 4 and len(parts[1]) == 32 and len(parts[2]) == 16:
+            try:
+                trace_id, flags = int(parts[1], 16), int(parts[3][:2], 16)
+            except ValueError:
+                break
+            if trace_id:
+                return trace.SpanContext(
+                    trace_id, _ids.generate_span_id(), False, trace.TraceFlags(flags & 1)
+                )
+        break
+    return trace.SpanContext(
+        _ids.generate_trace_id(), _ids.generate_span_id(), False, trace.TraceFlags(0)
+    )
 
 
 def _peer(context: grpc.aio.ServicerContext) -> dict[str, str | int]:
@@ -99,6 +126,7 @@ class ServerTelemetryInterceptor(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
+        mark_arrival()
         handler = await continuation(handler_call_details)
         method: str = handler_call_details.method  # type: ignore[attr-defined]
         if handler is None or is_untraced(method):
@@ -123,6 +151,11 @@ class ServerTelemetryInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
     def _start(self, method: str, context: grpc.aio.ServicerContext) -> Any:
+        if getattr(getattr(self._tracer, "sampler", None), "exporting", True) is False:
+            # Nothing exports (ExportAwareSampler): the entry span would be RECORD_ONLY for
+            # nobody. A non-recording span with the caller's trace id (or a new one) keeps log
+            # correlation and propagation at a fraction of the SDK's per-span cost.
+            return trace.NonRecordingSpan(_entry_context(context))
         service, name = _split(method)
         span = self._tracer.start_span(
             f"{service}/{name}",

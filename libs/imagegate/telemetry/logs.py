@@ -7,6 +7,7 @@ import logging
 import sys
 import time
 
+import orjson
 from opentelemetry import trace
 
 from imagegate.telemetry.redact import redact, scrub
@@ -78,7 +79,11 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info or record.exc_text:
             text = record.exc_text or self.formatException(record.exc_info)  # type: ignore[arg-type]
             out["exc"] = redact(text)
-        return json.dumps(out, ensure_ascii=False, default=str)
+        try:
+            # orjson: a log line per request in every process; several times json's speed.
+            return orjson.dumps(out, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+        except orjson.JSONEncodeError:  # e.g. an int beyond 64 bits
+            return json.dumps(out, ensure_ascii=False, default=str)
 
 
 class TextFormatter(logging.Formatter):
