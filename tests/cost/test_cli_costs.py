@@ -17,6 +17,7 @@ from imagegate.cli.connection import Connection
 from imagegate.cli.generate import build_request
 from imagegate.emulators.base import Fault
 from imagegate.router.v1 import router_pb2
+from services.metering.catalog import load_catalog
 from tests.cost.stack import cost_stack
 
 
@@ -62,7 +63,9 @@ async def test_usage_prices_and_margin_show_charge_and_cost_apart(
 
         assert await cmd_admin(parse(["admin", "prices", "--format", "json"]), conn) == 0
         prices = json.loads(capsys.readouterr().out)["prices"]
-        assert sum(1 for p in prices if p.get("confirmed")) == 7
+        # The listing marks exactly the entries the catalog marks confirmed, and no others.
+        confirmed = {p.id for p in load_catalog().prices if p.confirmed}
+        assert confirmed and {p["id"] for p in prices if p.get("confirmed")} == confirmed
         assert all(p["effective_from"] and p["source"] for p in prices)
         assert await cmd_admin(parse(["admin", "prices"]), conn) == 0
         listing = capsys.readouterr().out

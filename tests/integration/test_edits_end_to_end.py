@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw
 from imagegate.devstack.emulated import start_emulators
 from imagegate.emulators.base import Emulator, Fault
 from imagegate.grpckit.channel import create_channel
+from imagegate.grpckit.security import transport_from_env
 from imagegate.quota.v1 import quota_pb2, quota_pb2_grpc
 from tests.integration.conftest import RunningStack, start_stack
 
@@ -39,7 +40,9 @@ async def _business_plan(running: RunningStack) -> None:
     async with create_channel(running.stack.address("quota")) as channel:
         stub = quota_pb2_grpc.QuotaServiceStub(channel)
         auth = await stub.AuthenticateApiKey(
-            quota_pb2.AuthenticateApiKeyRequest(api_key=running.api_key), timeout=5
+            quota_pb2.AuthenticateApiKeyRequest(api_key=running.api_key),
+            metadata=transport_from_env(running.env).outbound_metadata(),
+            timeout=5,
         )
         await stub.SetTenantPlan(
             quota_pb2.SetTenantPlanRequest(tenant_id=auth.tenant.id, plan="business"),

@@ -102,6 +102,18 @@ _TWO_1024_SQUARE_IMAGES = {
     ("together", "black-forest-labs/FLUX.1-kontext-max"): 4 * 80000,
     ("replicate", "black-forest-labs/flux-kontext-pro"): 2 * 40000,
     ("replicate", "black-forest-labs/flux-fill-pro"): 2 * 50000,
+    # Hugging Face partner routes (docs/providers-huggingface.md).
+    ("huggingface", "black-forest-labs/FLUX.1-schnell:fal-ai"): 4 * 3000,
+    ("huggingface", "black-forest-labs/FLUX.1-schnell:nscale"): 4 * 3000,
+    ("huggingface", "black-forest-labs/FLUX.1-schnell:replicate"): 2 * 3000,
+    ("huggingface", "black-forest-labs/FLUX.1-schnell:auto"): 4 * 3000,
+    # Self-hosted (docs/self-hosted.md): diffusers at 333 per second x assumed seconds x 2.
+    ("diffusers", "stabilityai/stable-diffusion-2-1"): 1332,  # 333 x 2.0 s x 2
+    ("diffusers", "stabilityai/stable-diffusion-xl-base-1.0"): 3330,  # 333 x 5.0 s x 2
+    ("diffusers", "black-forest-labs/FLUX.1-schnell"): 1332,
+    ("comfyui", "sd-2.1"): 0,
+    ("comfyui", "sdxl"): 0,
+    ("comfyui", "flux-schnell"): 0,
 }
 
 

@@ -9,13 +9,13 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from imagegate.devstack.services import ADAPTERS, CORE, ENHANCER, ROUTER
+from imagegate.devstack.services import ADAPTERS, CORE, ENHANCER, ROUTER, SELF_HOSTED
 from imagegate.telemetry import DEFAULT_METRICS_ADDRS
 from imagegate.telemetry.setup import env_key
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-SPECS = {s.name: s for s in (*CORE, *ADAPTERS, ENHANCER, ROUTER)}
+SPECS = {s.name: s for s in (*CORE, *ADAPTERS, *SELF_HOSTED, ENHANCER, ROUTER)}
 # docs/contributing.md "Ports and variables (fixed)".
 TEAM_NOTES_PORTS = {
     "router": ("IMAGEGATE_ROUTER_ADDR", 50051),
@@ -28,6 +28,8 @@ TEAM_NOTES_PORTS = {
     "bfl": ("IMAGEGATE_BFL_ADDR", 50064),
     "openai": ("IMAGEGATE_OPENAI_ADDR", 50065),
     "together": ("IMAGEGATE_TOGETHER_ADDR", 50066),
+    "diffusers": ("IMAGEGATE_DIFFUSERS_ADDR", 50067),
+    "comfyui": ("IMAGEGATE_COMFYUI_ADDR", 50068),
     "enhancer": ("IMAGEGATE_ENHANCER_ADDR", 50070),
 }
 PROVIDER_KEYS = {
