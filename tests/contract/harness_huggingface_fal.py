@@ -1,35 +1,16 @@
-"""Contract harness for the Hugging Face adapter's fal route of FLUX.1 [schnell]."""
+"""Contract harness for the Hugging Face adapter's fal-ai route of FLUX.1 [schnell]."""
 
 from __future__ import annotations
 
-from pydantic import SecretStr
-
-from imagegate.emulators.huggingface import HuggingFaceEmulator
 from imagegate.telemetry import Telemetry
-from services.huggingface.adapter import HuggingFaceAdapter
-from services.huggingface.config import HuggingFaceSettings
-from services.huggingface.wire import FAL, FLUX_SCHNELL, partner_route
+from services.huggingface.wire import FAL
 
 from .harness import Harness
+from .hf_partner import KEY, partner_harness
 
-KEY = "hf_contractSecretToken0b3e9d71"
+__all__ = ["KEY", "create_harness"]
 
 
 async def create_harness(telemetry: Telemetry, *, enabled: bool = True) -> Harness:
-    """An HF router emulator and an adapter pointed at it, generating through fal."""
-    emulator = HuggingFaceEmulator(key=KEY)
-    base_url = await emulator.start()
-    settings = HuggingFaceSettings(
-        key=SecretStr(KEY) if enabled else None, base_url=base_url, hub_url=base_url
-    )
-    return Harness(
-        provider="huggingface",
-        emulator=emulator,
-        adapter=HuggingFaceAdapter(settings, telemetry=telemetry),
-        model=partner_route(FLUX_SCHNELL, FAL),
-        key=KEY,
-        width=512,
-        height=512,
-        reports_provider_seconds=True,
-        reports_progress=False,
-    )
+    """The fal route against the HF router emulator."""
+    return await partner_harness(telemetry, FAL, enabled=enabled)
