@@ -63,7 +63,7 @@ async def serve(order: list[str] | None = None, **settings: object) -> Served:
     return Served(
         emulator,
         provider_pb2_grpc.ProviderServiceStub(channel),
-        [emulator.stop, lambda: server.stop(0), channel.close],
+        [emulator.stop, adapter.aclose, lambda: server.stop(0), channel.close],
     )
 
 

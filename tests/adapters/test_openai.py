@@ -22,6 +22,7 @@ from imagegate.grpckit.channel import create_channel
 from imagegate.grpckit.errors import ParsedStatus, parse_rpc_error
 from imagegate.grpckit.server import RunningServer
 from imagegate.provider.v1 import provider_pb2, provider_pb2_grpc
+from imagegate.providerkit.adapter import Adapter
 from imagegate.providerkit.main import start_adapter_server
 from imagegate.telemetry import setup_telemetry
 from services.openai import wire
@@ -39,6 +40,7 @@ class Stack:
     channel: grpc.aio.Channel
     stub: provider_pb2_grpc.ProviderServiceStub
     spans: InMemorySpanExporter
+    adapter: Adapter
 
     async def fail(
         self, request: provider_pb2.GenerateImageRequest, timeout: float = 10
@@ -62,12 +64,15 @@ async def _stack(**settings: object) -> Stack:
     )
     server, _ = await start_adapter_server(adapter, address="127.0.0.1:0", telemetry=telemetry)
     channel = create_channel(server.address)
-    return Stack(emulator, server, channel, provider_pb2_grpc.ProviderServiceStub(channel), spans)
+    return Stack(
+        emulator, server, channel, provider_pb2_grpc.ProviderServiceStub(channel), spans, adapter
+    )
 
 
 async def _close(s: Stack) -> None:
     await s.channel.close()
     await s.server.stop(0)
+    await s.adapter.aclose()
     await s.emulator.stop()
 
 
