@@ -35,7 +35,10 @@ async def main_async(concurrency: int, requests: int, serial: int, latency: floa
         procs = list(stack.services.procs.values())
         router_ch = channels(stack.services.address("router"), 1)
         local_ch = channels(stack.services.address("local"), 1)
-        paths = {"router": router_call(router_ch, stack.api_key), "direct": direct_call(local_ch)}
+        paths = {
+            "router": router_call(router_ch, stack.api_key),
+            "direct": direct_call(local_ch, env=stack.services.env),
+        }
         s = await interleaved(
             paths, concurrency=1, requests=serial, rounds=4, warmup=50, cpu={"router": procs}
         )
