@@ -23,6 +23,7 @@ from imagegate.providerkit.http import (
     send,
 )
 from imagegate.providerkit.jobs import cancel_at_deadline, poll_get
+from imagegate.providerkit.kontext import KONTEXT_RATIOS
 from imagegate.providerkit.params import steps_and_guidance
 from imagegate.providerkit.types import (
     Deviation,
@@ -79,19 +80,6 @@ _TEXT_MODELS = (
 I2I = "fal-ai/flux/dev/image-to-image"
 KONTEXT = "fal-ai/flux-pro/kontext"
 FILL = "fal-ai/flux-pro/v1/fill"
-# Kontext on fal takes one of these aspect ratios and answers about one megapixel in it (the
-# sizes are diffusers' FLUX Kontext resolutions, [U] for fal; docs/edits.md).
-KONTEXT_RATIOS = {
-    (1568, 672): "21:9",
-    (1392, 752): "16:9",
-    (1184, 880): "4:3",
-    (1248, 832): "3:2",
-    (1024, 1024): "1:1",
-    (832, 1248): "2:3",
-    (880, 1184): "3:4",
-    (752, 1392): "9:16",
-    (672, 1568): "9:21",
-}
 MODELS: tuple[ModelSpec, ...] = (
     *_TEXT_MODELS,
     # Image-to-image and fill answer at their input's size: the adapter resizes the input (and

@@ -17,6 +17,7 @@ from imagegate.providerkit.errors import BilledUsage, ProviderError, bad_answer
 from imagegate.providerkit.hosted import HostedAdapter
 from imagegate.providerkit.http import Pending, error_from_status, json_object, poll_until, send
 from imagegate.providerkit.jobs import cancel_at_deadline, poll_get
+from imagegate.providerkit.kontext import KONTEXT_RATIOS
 from imagegate.providerkit.params import steps_and_guidance
 from imagegate.providerkit.types import (
     Deviation,
@@ -59,18 +60,6 @@ SCHNELL, DEV, PRO, SDXL = (
 )
 KONTEXT_PRO = "black-forest-labs/flux-kontext-pro"
 FILL_PRO = "black-forest-labs/flux-fill-pro"
-# Kontext's aspect ratios and the about-1-MP size each gives (sizes [U]; docs/edits.md).
-KONTEXT_RATIOS: dict[tuple[int, int], str] = {
-    (1568, 672): "21:9",
-    (1392, 752): "16:9",
-    (1184, 880): "4:3",
-    (1248, 832): "3:2",
-    (1024, 1024): "1:1",
-    (832, 1248): "2:3",
-    (880, 1184): "3:4",
-    (752, 1392): "9:16",
-    (672, 1568): "9:21",
-}
 _ALL_FORMATS = (OutputFormat.PNG, OutputFormat.JPEG, OutputFormat.WEBP)
 MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(

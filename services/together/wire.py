@@ -16,6 +16,7 @@ from imagegate.inputs.encoding import data_uri
 from imagegate.providerkit.errors import ProviderError, bad_answer
 from imagegate.providerkit.http import error_detail
 from imagegate.providerkit.images import normalize_image
+from imagegate.providerkit.kontext import KONTEXT_RATIOS
 from imagegate.providerkit.types import (
     Deviation,
     GeneratedImage,
@@ -32,19 +33,6 @@ SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
 KONTEXT_PRO = "black-forest-labs/FLUX.1-kontext-pro"
 KONTEXT_MAX = "black-forest-labs/FLUX.1-kontext-max"
 KONTEXT_MODELS = (KONTEXT_PRO, KONTEXT_MAX)
-# Kontext sets its size with aspect_ratio (Together docs) and answers about one megapixel in it;
-# the ratio list and the sizes are [U] (diffusers' Kontext resolutions; docs/edits.md).
-KONTEXT_RATIOS: dict[tuple[int, int], str] = {
-    (1568, 672): "21:9",
-    (1392, 752): "16:9",
-    (1184, 880): "4:3",
-    (1248, 832): "3:2",
-    (1024, 1024): "1:1",
-    (832, 1248): "2:3",
-    (880, 1184): "3:4",
-    (752, 1392): "9:16",
-    (672, 1568): "9:21",
-}
 
 # Together asks for multiples of 8; the side limits are not published, these are conservative.
 _FLUX_SIZES = SizeRule(min_side=256, max_side=1792, multiple=8)

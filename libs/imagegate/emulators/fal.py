@@ -17,6 +17,7 @@ from imagegate.emulators.base import (
     new_id,
     whole_megapixels,
 )
+from imagegate.providerkit.kontext import KONTEXT_SIZES
 from imagegate.providerkit.types import OutputFormat
 
 # Preset sizes; only landscape_4_3 is confirmed by recorded traffic (contracts 2.4).
@@ -43,18 +44,6 @@ ENDPOINTS = (
     "fal-ai/fast-sdxl",
     *EDIT_ENDPOINTS,
 )
-# Kontext's aspect_ratio enum on fal and the about-1-MP size each gives (sizes [U], docs/edits.md).
-KONTEXT_RATIOS = {
-    "21:9": (1568, 672),
-    "16:9": (1392, 752),
-    "4:3": (1184, 880),
-    "3:2": (1248, 832),
-    "1:1": (1024, 1024),
-    "2:3": (832, 1248),
-    "3:4": (880, 1184),
-    "9:16": (752, 1392),
-    "9:21": (672, 1568),
-}
 # Largest inline (data URI) input the emulator takes; fal documents no figure ([U]).
 MAX_INPUT_BYTES = 20 * 1024 * 1024
 # What fal charges, micro-USD: per megapixel of output rounded up per image (model pages), or
@@ -299,7 +288,7 @@ class FalEmulator(Emulator):
         width, height = PRESETS[size] if isinstance(size, str) else (size["width"], size["height"])
         source = _source(job.input)
         if job.endpoint in (KONTEXT, KONTEXT_MULTI):
-            width, height = KONTEXT_RATIOS[job.input.get("aspect_ratio", "1:1")]
+            width, height = KONTEXT_SIZES[job.input.get("aspect_ratio", "1:1")]
         elif source:
             # Image-to-image and fill answer at their input's size.
             width, height = image_bytes_size(source)
@@ -439,10 +428,8 @@ def _validate_edit(endpoint: str, body: Any) -> list[dict[str, Any]]:
                 )
     if endpoint in (KONTEXT, KONTEXT_MULTI):
         ratio = body.get("aspect_ratio", "1:1")
-        if ratio not in KONTEXT_RATIOS:
-            bad(
-                "aspect_ratio", f"Input should be one of {', '.join(KONTEXT_RATIOS)}", "enum", ratio
-            )
+        if ratio not in KONTEXT_SIZES:
+            bad("aspect_ratio", f"Input should be one of {', '.join(KONTEXT_SIZES)}", "enum", ratio)
         for name in ("num_inference_steps", "strength"):
             if name in body:
                 bad(name, "Extra inputs are not permitted", "extra_forbidden", body[name])

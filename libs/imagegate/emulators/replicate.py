@@ -20,6 +20,7 @@ from imagegate.emulators.base import (
     input_problem,
     new_id,
 )
+from imagegate.providerkit.kontext import KONTEXT_SIZES
 from imagegate.providerkit.types import OutputFormat
 
 # Output sizes of the FLUX models per aspect_ratio at megapixels "1" (replicate/cog-flux
@@ -50,17 +51,6 @@ OFFICIAL = (
 )
 # Official models that answer one URI string rather than a list.
 SINGLE_OUTPUT = OFFICIAL[2:]
-KONTEXT_RATIOS = {
-    "21:9": (1568, 672),
-    "16:9": (1392, 752),
-    "4:3": (1184, 880),
-    "3:2": (1248, 832),
-    "1:1": (1024, 1024),
-    "2:3": (832, 1248),
-    "3:4": (880, 1184),
-    "9:16": (752, 1392),
-    "9:21": (672, 1568),
-}
 NSFW_ERROR = (
     "All generated images contained NSFW content. Try running it again with a different prompt."
 )
@@ -281,7 +271,7 @@ class ReplicateEmulator(Emulator):
             ratio = inp.get("aspect_ratio", "match_input_image")
             if ratio == "match_input_image":
                 ratio = "1:1"
-            width, height = KONTEXT_RATIOS[ratio]
+            width, height = KONTEXT_SIZES[ratio]
             source = image_field(inp.get("input_image")) or b""
             fmt = OutputFormat.PNG if inp.get("output_format") == "png" else OutputFormat.JPEG
         elif pred.model == "black-forest-labs/flux-fill-pro":
@@ -416,7 +406,7 @@ def _validate(model: str, inp: Any) -> list[dict[str, str]]:
         limits = {"safety_tolerance": (0, 6)}
         _file_input(inp, "input_image", bad)
         ratio = inp.get("aspect_ratio", "match_input_image")
-        if ratio != "match_input_image" and ratio not in KONTEXT_RATIOS:
+        if ratio != "match_input_image" and ratio not in KONTEXT_SIZES:
             bad("aspect_ratio", "enum", "aspect_ratio must be one of the listed ratios")
         if inp.get("output_format", "png") not in ("jpg", "png"):
             bad("output_format", "enum", 'output_format must be one of: "jpg", "png"')

@@ -17,6 +17,7 @@ from imagegate.emulators.base import (
     new_id,
     whole_megapixels,
 )
+from imagegate.providerkit.kontext import KONTEXT_SIZES
 from imagegate.providerkit.types import OutputFormat
 
 FLUX_SCHNELL = "black-forest-labs/FLUX.1-schnell"
@@ -38,17 +39,6 @@ MODELS: dict[str, tuple[int, int, int]] = {
     SDXL: (1, 50, 20),
     "black-forest-labs/FLUX.1-kontext-pro": (1, 50, 28),
     "black-forest-labs/FLUX.1-kontext-max": (1, 50, 28),
-}
-KONTEXT_RATIOS = {
-    "21:9": (1568, 672),
-    "16:9": (1392, 752),
-    "4:3": (1184, 880),
-    "3:2": (1248, 832),
-    "1:1": (1024, 1024),
-    "2:3": (832, 1248),
-    "3:4": (880, 1184),
-    "9:16": (752, 1392),
-    "9:21": (672, 1568),
 }
 # Largest image_url data URI the emulator takes (Together publishes no figure, [U]).
 MAX_INPUT_BYTES = 20 * 1024 * 1024
@@ -134,7 +124,7 @@ async def handle_generation(
     )
     source = image_field(body.get("image_url")) or b""
     if "kontext" in model:
-        width, height = KONTEXT_RATIOS[body.get("aspect_ratio", "1:1")]
+        width, height = KONTEXT_SIZES[body.get("aspect_ratio", "1:1")]
     steps = int(body.get("steps", MODELS[model][2]))
     wanted = OutputFormat.PNG if body.get("output_format") == "png" else OutputFormat.JPEG
     expired = emu.faults.take("expired_url") is not None
@@ -200,8 +190,8 @@ def _validate(body: Any) -> tuple[int, str] | None:
         _, problem = input_problem(image_field(value), "image_url", max_bytes=MAX_INPUT_BYTES)
         if problem is not None:
             return 400, problem
-    if "kontext" in model and body.get("aspect_ratio", "1:1") not in KONTEXT_RATIOS:
-        return 400, "aspect_ratio must be one of: " + ", ".join(KONTEXT_RATIOS)
+    if "kontext" in model and body.get("aspect_ratio", "1:1") not in KONTEXT_SIZES:
+        return 400, "aspect_ratio must be one of: " + ", ".join(KONTEXT_SIZES)
     return None
 
 
