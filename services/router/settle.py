@@ -44,7 +44,7 @@ class RouterSettlement:
         self.pricer = pricer
         self.pending = pending
 
-    def billed_failures(self, job: Job) -> tuple[list[metering_pb2.BilledAttempt], int]:
+    def unsuccessful_lines(self, job: Job) -> tuple[list[metering_pb2.BilledAttempt], int]:
         """Failed attempts the provider may bill plus the prompt enhancement's tokens (a line of
         its own, numbered after every image attempt), and their provider cost in micro-USD.
 
@@ -112,7 +112,7 @@ class RouterSettlement:
         The tenant charge is the winner's usage priced; failed attempts (failovers, hedge
         losers) are the gateway's own provider cost and never reach the tenant's plan.
         """
-        billed, _ = self.billed_failures(job)
+        billed, _ = self.unsuccessful_lines(job)
         usage = resp.usage
         billed.append(
             metering_pb2.BilledAttempt(
@@ -177,7 +177,7 @@ class RouterSettlement:
         A failed caller retries at once: its hold is back before it hears of the failure, or
         the retry could be refused for quota it no longer uses.
         """
-        billed, cost = self.billed_failures(job)
+        billed, cost = self.unsuccessful_lines(job)
         norm = job.admitted.norm
         record = None
         if billed:
