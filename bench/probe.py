@@ -105,6 +105,58 @@ async def capacity(stack: BenchStack, emu: Proc, concurrency: int, requests: int
     await stack.stop()
 
 
+async def ab(setting: str, concurrency: int, requests: int, serial: int) -> None:
+    """Two stacks side by side, B with one extra environment setting, measured in alternating
+    rounds so that the machine's noise (other tenants of the VM) falls on both alike."""
+    name, _, value = setting.partition("=")
+    ctx = new_ctx(smoke=False)
+    try:
+        stacks = {
+            "A": await start_stack(ctx, "probe-a"),
+            "B": await start_stack(ctx, "probe-b", extra={name: value}),
+        }
+        procs = {k: list(st.services.procs.values()) for k, st in stacks.items()}
+        chans = {k: channels(st.services.address("router"), 4) for k, st in stacks.items()}
+        calls = {k: router_call(chans[k], st.api_key) for k, st in stacks.items()}
+        print(f"A: defaults; B: {setting}; load average {os.getloadavg()[0]:.2f}")
+        runs = {
+            "serial": await interleaved(
+                calls,
+                concurrency=1,
+                requests=serial,
+                rounds=6,
+                warmup=20,
+                cpu=procs,
+                alternate=True,
+            ),
+            f"c={concurrency}": await interleaved(
+                calls,
+                concurrency=concurrency,
+                requests=requests,
+                rounds=6,
+                warmup=64,
+                cpu=procs,
+                alternate=True,
+            ),
+        }
+        for cell, stats in runs.items():
+            for k, st in stats.items():
+                per = {p: 1000 * v / max(1, st.ok) for p, v in st.cpu_seconds.items()}
+                print(
+                    f"{cell} {k}: {st.rps:.0f} req/s, p50 {st.pct_ms(50):.2f} ms, p99 "
+                    f"{st.pct_ms(99):.2f} ms, errors {dict(st.errors)}; CPU ms/request "
+                    f"{sum(per.values()):.2f}: " + ", ".join(f"{p} {v:.2f}" for p, v in per.items())
+                )
+        print(f"load average {os.getloadavg()[0]:.2f}")
+        for cs in chans.values():
+            for ch in cs:
+                await ch.close()
+        for st in stacks.values():
+            await st.stop()
+    finally:
+        cleanup(ctx)
+
+
 def main() -> None:
     """Entry point."""
     parser = argparse.ArgumentParser(prog="python -m bench.probe", description=__doc__)
@@ -114,7 +166,15 @@ def main() -> None:
     parser.add_argument(
         "--latency", type=float, default=None, help="Together emulator path with this latency (s)"
     )
+    parser.add_argument(
+        "--ab",
+        metavar="NAME=VALUE",
+        help="compare the defaults (A) with one environment setting (B), interleaved",
+    )
     args = parser.parse_args()
+    if args.ab:
+        asyncio.run(ab(args.ab, args.concurrency, args.requests, args.serial))
+        return
     asyncio.run(main_async(args.concurrency, args.requests, args.serial, args.latency))
 
 

@@ -22,16 +22,21 @@ async def interleaved(
     warmup: int,
     duration: float | None = None,
     cpu: Mapping[str, Sequence[Proc]] | None = None,
+    alternate: bool = False,
 ) -> dict[str, RunStats]:
     """Runs every path `rounds` times in turn (A B C A B C ...) and merges each path's rounds.
 
     Interleaving spreads machine noise (other tenants of the VM, CPU frequency) over all paths.
-    `cpu` names, per path, the server processes whose CPU time is charged to it.
+    `cpu` names, per path, the server processes whose CPU time is charged to it. `alternate`
+    reverses the order every other round (A B B A ...), so going first favours no path.
     """
     merged = {label: RunStats(label, concurrency) for label in paths}
     per_round = max(1, requests // rounds)
-    for _ in range(rounds):
-        for label, call in paths.items():
+    for n in range(rounds):
+        order = list(paths.items())
+        if alternate and n % 2:
+            order.reverse()
+        for label, call in order:
             watched = list((cpu or {}).get(label, ()))
             if warmup:
                 await closed_loop(

@@ -22,6 +22,7 @@ SERVICE_NAME = quota_pb2.DESCRIPTOR.services_by_name["QuotaService"].full_name
 SERVICE_ONLY_RPCS = (
     "AuthenticateApiKey",
     "ReserveQuota",
+    "BatchReserveQuota",
     "CommitReservation",
     "BatchCommitReservations",
     "ReleaseReservation",

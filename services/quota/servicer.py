@@ -31,10 +31,25 @@ log = logging.getLogger(__name__)
 def item_error(err: Exception) -> quota_pb2.ItemError:
     """What one failed batch item reports: the code, reason and message its single RPC would."""
     if isinstance(err, ImagegateError):
-        return quota_pb2.ItemError(code=err.code.value[0], reason=err.reason, message=err.message)
+        return quota_pb2.ItemError(
+            code=err.code.value[0],
+            reason=err.reason,
+            message=err.message,
+            details=err.with_domain(DOMAIN).to_status_proto().details,
+        )
     log.error("unexpected error in a batch item", exc_info=err)
     return quota_pb2.ItemError(
         code=grpc.StatusCode.INTERNAL.value[0], reason=reasons.INTERNAL, message="internal error"
+    )
+
+
+def _reserve_response(result: ReserveResult) -> quota_pb2.ReserveQuotaResponse:
+    return quota_pb2.ReserveQuotaResponse(
+        reservation=result.reservation,
+        tenant=result.tenant,
+        plan=result.plan,
+        key_id=result.key_id,
+        created=result.created,
     )
 
 
@@ -106,10 +121,8 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
         tenant, plan, key_id = await self._store.authenticate(request.api_key)
         return quota_pb2.AuthenticateApiKeyResponse(tenant=tenant, plan=plan, key_id=key_id)
 
-    async def ReserveQuota(
-        self, request: quota_pb2.ReserveQuotaRequest, context: grpc.aio.ServicerContext
-    ) -> quota_pb2.ReserveQuotaResponse:
-        """Holds units under a lease (authenticating the key first when one is given)."""
+    def _reserve_args(self, request: quota_pb2.ReserveQuotaRequest) -> ReserveArgs:
+        """A ReserveQuota request validated (INVALID_ARGUMENT with every problem found)."""
         violations: list[FieldViolation] = []
         _require_id(violations, "request_id", request.request_id)
         if not request.api_key and not request.tenant_id:
@@ -131,22 +144,25 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
                     FieldViolation("lease", f"more than 0 and at most {self._max_lease:g} seconds")
                 )
         _check(violations)
+        return ReserveArgs(
+            request_id=request.request_id,
+            tenant_id=request.tenant_id,
+            api_key=request.api_key,
+            images=request.images,
+            megapixels=request.megapixels,
+            cost_micros=request.cost_micros,
+            lease_seconds=lease,
+            reservation_id=request.reservation_id,
+        )
+
+    async def ReserveQuota(
+        self, request: quota_pb2.ReserveQuotaRequest, context: grpc.aio.ServicerContext
+    ) -> quota_pb2.ReserveQuotaResponse:
+        """Holds units under a lease (authenticating the key first when one is given)."""
+        args = self._reserve_args(request)
         # The write runs on a database thread whatever happens to this handler, so it is shielded
         # and, when the caller is gone by the time it lands, undone: nobody will settle the hold.
-        write = asyncio.ensure_future(
-            self._store.reserve(
-                ReserveArgs(
-                    request_id=request.request_id,
-                    tenant_id=request.tenant_id,
-                    api_key=request.api_key,
-                    images=request.images,
-                    megapixels=request.megapixels,
-                    cost_micros=request.cost_micros,
-                    lease_seconds=lease,
-                    reservation_id=request.reservation_id,
-                )
-            )
-        )
+        write = asyncio.ensure_future(self._store.reserve(args))
         try:
             result = await asyncio.shield(write)
         except asyncio.CancelledError:
@@ -159,20 +175,50 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
                 result = dataclasses.replace(result, reservation=released)
         elif result.reservation.state == quota_pb2.RESERVATION_STATE_PENDING:
             # A cancel that lands after this return but before the answer goes out.
-            context.add_done_callback(lambda ctx: self._release_if_cancelled(ctx, result))
-        return quota_pb2.ReserveQuotaResponse(
-            reservation=result.reservation,
-            tenant=result.tenant,
-            plan=result.plan,
-            key_id=result.key_id,
-            created=result.created,
-        )
+            context.add_done_callback(lambda ctx: self._release_if_cancelled(ctx, [result]))
+        return _reserve_response(result)
+
+    async def BatchReserveQuota(
+        self, request: quota_pb2.BatchReserveQuotaRequest, context: grpc.aio.ServicerContext
+    ) -> quota_pb2.BatchReserveQuotaResponse:
+        """Reserves every item as ReserveQuota would; per-item results in request order."""
+        check_batch_size(len(request.requests), domain=DOMAIN)
+        writes: list[asyncio.Future[ReserveResult]] = []
+
+        async def reserve(item: quota_pb2.ReserveQuotaRequest) -> ReserveResult:
+            write = asyncio.ensure_future(self._store.reserve(self._reserve_args(item)))
+            writes.append(write)
+            return await asyncio.shield(write)
+
+        try:
+            outcomes = await run_items(list(request.requests), lambda r: r.request_id, reserve)
+        except asyncio.CancelledError:
+            for write in writes:
+                self._spawn(self._release_when_written(write, "handler cancelled"))
+            raise
+        made = [o for o in outcomes if isinstance(o, ReserveResult)]
+        gone = _caller_gone(context)
+        if gone:
+            # Nobody reads this answer; the releases run as tasks of their own, because this
+            # handler may itself be cancelled any moment now.
+            for result in made:
+                self._spawn(self._release_abandoned(result, gone))
+        elif any(r.reservation.state == quota_pb2.RESERVATION_STATE_PENDING for r in made):
+            context.add_done_callback(lambda ctx: self._release_if_cancelled(ctx, made))
+        response = quota_pb2.BatchReserveQuotaResponse()
+        for outcome in outcomes:
+            if isinstance(outcome, ReserveResult):
+                response.results.add(response=_reserve_response(outcome))
+            else:
+                response.results.add(error=item_error(outcome))
+        return response
 
     def _release_if_cancelled(
-        self, context: grpc.aio.ServicerContext, result: ReserveResult
+        self, context: grpc.aio.ServicerContext, results: list[ReserveResult]
     ) -> None:
         if context.cancelled():
-            self._spawn(self._release_abandoned(result, "cancelled before the answer was sent"))
+            for result in results:
+                self._spawn(self._release_abandoned(result, "cancelled before the answer was sent"))
 
     def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
         task = asyncio.create_task(work)

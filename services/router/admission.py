@@ -57,7 +57,7 @@ class Admitted:
     """The authenticated tenant and plan."""
 
 
-def quota_error(err: grpc.aio.AioRpcError) -> ImagegateError:
+def quota_error(err: grpc.RpcError) -> ImagegateError:
     """Quota's error as the caller should see it: an outage becomes a retryable dependency error."""
     parsed = parse_rpc_error(err)
     if parsed.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and (

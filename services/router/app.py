@@ -49,6 +49,7 @@ from services.router.pending import PendingWork
 from services.router.planning import Planner, RoutePlan
 from services.router.prices import PriceMirror
 from services.router.reservation import Reserver, default_replica_id
+from services.router.reserve_batch import ReserveBatcher
 from services.router.settle import RouterSettlement
 
 # How often expired generations are swept from the result store.
@@ -92,7 +93,9 @@ class RouterApp:
         self.planner = Planner(catalog, adapters, pricer, clock)
         # Releases of abandoned requests: a tenant's reads wait for them (read-your-writes).
         self.pending = pending = PendingWork()
-        self.reserver = Reserver(quota, self.auth, settings, pending)
+        # Reserves of concurrent requests share a round trip (and a Quota transaction).
+        self.reserve_batcher = ReserveBatcher(quota, tracer, enabled=settings.batch_reserves)
+        self.reserver = Reserver(quota, self.auth, settings, pending, self.reserve_batcher)
         self.executor = Executor(
             AttemptCaller(
                 settings=settings,
@@ -149,6 +152,7 @@ class RouterApp:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.reserve_batcher.close()
         await self.settlement.close()
         await self.adapters.close()
         await self.dedupe.close()

@@ -103,6 +103,12 @@ class RouterSettings(BaseSettings):
     reserve_timeout_seconds: float = Field(
         30.0, description="Longest ReserveQuota wait (also bounded by the caller's deadline)."
     )
+    batch_reserves: bool = Field(
+        True,
+        description="Reserves of requests that arrive while one is on its way to Quota go "
+        "together as one BatchReserveQuota call (one round trip and one Quota transaction); "
+        "false sends every reserve as its own ReserveQuota.",
+    )
     settle_before_reply: bool = Field(
         False,
         description="Strict mode: the reply waits until Quota and Metering accepted the "

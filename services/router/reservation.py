@@ -18,6 +18,7 @@ from services.router.attempt import MIN_USEFUL_ATTEMPT
 from services.router.config import RouterSettings
 from services.router.pending import PendingWork
 from services.router.planning import RoutePlan
+from services.router.reserve_batch import ReserveBatcher
 
 log = logging.getLogger("services.router")
 # How long a release for a caller who left may take, and how often it is tried.
@@ -47,8 +48,10 @@ class Reserver:
         authenticator: Authenticator,
         settings: RouterSettings,
         pending: PendingWork,
+        batcher: ReserveBatcher,
     ) -> None:
         self._quota = quota
+        self._batcher = batcher
         self._auth = authenticator
         self._settings = settings
         self._pending = pending
@@ -97,11 +100,11 @@ class Reserver:
         )
         timeout = max(0.001, min(self._settings.reserve_timeout_seconds, left))
         try:
-            resp = await self._quota.ReserveQuota(req, timeout=timeout)
+            resp = await self._batcher.reserve(req, timeout)
         except asyncio.CancelledError:
             self._release_later(admitted)
             raise
-        except grpc.aio.AioRpcError as err:
+        except grpc.RpcError as err:
             if err.code() in MAYBE_HELD:
                 # Quota may have written the hold after we stopped listening: hand it back (a
                 # release that arrives first leaves a tombstone the late reserve finds).

@@ -56,14 +56,15 @@ def breaker_config(settings: RouterSettings) -> BreakerConfig:
 
 
 def quota_service_config(settings: RouterSettings) -> str:
-    """gRPC A6 retries for the two idempotent Quota calls on the hot path, UNAVAILABLE only.
+    """gRPC A6 retries for the idempotent Quota calls on the hot path, UNAVAILABLE only.
 
-    ReserveQuota is idempotent on (tenant, request_id) and AuthenticateApiKey reads, so a
-    transient UNAVAILABLE (a Quota restart) is retried by the channel, honouring server pushback.
+    ReserveQuota (and BatchReserveQuota, per item) is idempotent on (tenant, request_id) and
+    AuthenticateApiKey reads, so a transient UNAVAILABLE (a Quota restart) is retried by the
+    channel, honouring server pushback.
     """
     names = [
         {"service": "imagegate.quota.v1.QuotaService", "method": m}
-        for m in ("ReserveQuota", "AuthenticateApiKey")
+        for m in ("ReserveQuota", "BatchReserveQuota", "AuthenticateApiKey")
     ]
     if settings.quota_retry_attempts < 2:
         return json.dumps({})

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import grpc
 import pytest
 
 from imagegate.grpckit import reasons
 from imagegate.grpckit.channel import create_channel
+from imagegate.grpckit.errors import parse_rpc_error
 from imagegate.metering.v1 import metering_pb2, metering_pb2_grpc
 from imagegate.providerkit.errors import ProviderError
 from imagegate.providerkit.main import start_adapter_server
@@ -49,7 +51,7 @@ async def real_stack(tmp_path: Path):
         metering_addr=metering.running.address,
         data_dir=tmp_path,
     )
-    router, _app, handle = await start_router(settings, tel, address="127.0.0.1:0")
+    router, app, handle = await start_router(settings, tel, address="127.0.0.1:0")
     qchan = create_channel(quota.address)
     qstub = quota_pb2_grpc.QuotaServiceStub(qchan)
     tenant = await qstub.CreateTenant(
@@ -68,6 +70,7 @@ async def real_stack(tmp_path: Path):
         "key": key.api_key,
         "fal": fal,
         "rep": rep,
+        "app": app,
     }
     for ch in (rchan, qchan, mchan):
         await ch.close()
@@ -106,3 +109,49 @@ async def test_failover_and_duplicate_charge_once_in_real_ledgers(real_stack) ->
     assert record.provider == "replicate" and record.request_id == "real-1"
     assert first.cost_micros == record.cost_micros > 0
     assert quota.quota.used_cost_micros == record.cost_micros
+
+
+async def test_a_burst_shares_reserve_round_trips_and_still_grants_exactly_the_plan(
+    real_stack,
+) -> None:
+    """70 concurrent requests of a tenant with 50 images left, three of them one request_id:
+    reserves go to Quota in batches, yet exactly 50 are served, the refused get QuotaFailure as
+    from a single call, and the repeated id runs once."""
+    s = real_stack
+    s["fal"].default = ("sleep", 0.05)
+    # The pro plan's 500 a month, 450 of them held elsewhere: 50 left.
+    await s["quota"].ReserveQuota(
+        quota_pb2.ReserveQuotaRequest(request_id="elsewhere", tenant_id=s["tenant"], images=450)
+    )
+    md = bearer(s["key"])
+
+    async def one(request_id: str) -> router_pb2.GenerateImageResponse | grpc.aio.AioRpcError:
+        request = router_pb2.GenerateImageRequest(
+            request_id=request_id, prompt="a kite", model="flux-schnell", width=512, height=512
+        )
+        try:
+            return await s["router"].GenerateImage(request, metadata=md, timeout=20)
+        except grpc.aio.AioRpcError as err:
+            return err
+
+    ids = [f"burst-{i}" for i in range(67)] + ["same"] * 3
+    answers = await asyncio.gather(*(one(i) for i in ids))
+    batcher = s["app"].reserve_batcher
+    assert batcher.batch_calls >= 1 and batcher.batched >= 2
+    served = [a for a in answers if isinstance(a, router_pb2.GenerateImageResponse)]
+    refused = [a for a in answers if isinstance(a, grpc.aio.AioRpcError)]
+    same = [a for a, i in zip(answers, ids, strict=True) if i == "same"]
+    distinct_served = {a.request_id for a in served}
+    assert len(distinct_served) == 50
+    for err in refused:
+        parsed = parse_rpc_error(err)
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, parsed
+        assert parsed.reason == reasons.QUOTA_EXCEEDED and parsed.quota_violations
+    if isinstance(same[0], router_pb2.GenerateImageResponse):
+        assert all(isinstance(a, router_pb2.GenerateImageResponse) for a in same)
+        assert len({a.images[0].data for a in same}) == 1  # type: ignore[union-attr]
+    assert sum(1 for c in s["fal"].calls if c.request_id == "same") <= 1
+    # Commits go out in the background after the replies: wait for them (bounded).
+    await s["app"].settled(s["tenant"])
+    quota = await s["quota"].GetQuota(quota_pb2.GetQuotaRequest(tenant_id=s["tenant"]))
+    assert (quota.quota.used_images, quota.quota.reserved_images) == (50, 450)

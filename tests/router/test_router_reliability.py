@@ -292,3 +292,25 @@ async def test_timeout_under_a_squeezed_budget_does_not_count_against_health() -
         assert breaker.state.value == "open", "a fair budget that times out is a health signal"
     finally:
         await stack.stop()
+
+
+async def test_a_quota_without_batch_reserves_gets_single_reserves_and_every_request_served() -> (
+    None
+):
+    # The fake Quota implements only the single RPCs (like an older Quota build).
+    fal = ControllableAdapter("fal", [spec(FAL)], default=("sleep", 0.05))
+    stack = await start_stack({"fal": fal})
+    try:
+        for burst in range(2):
+            results = await asyncio.gather(
+                *(
+                    stack.stub.GenerateImage(req(f"s{burst}-{i}"), metadata=PRO, timeout=10)
+                    for i in range(30)
+                )
+            )
+            assert all(r.provider == "fal" for r in results)
+        batcher = stack.app.reserve_batcher
+        assert 1 <= batcher.batch_calls <= 3, "refused batches should stop being tried"
+        assert len(stack.quota.reservations) == 60
+    finally:
+        await stack.stop()

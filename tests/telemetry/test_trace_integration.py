@@ -263,3 +263,52 @@ async def test_a_caller_without_traceparent_starts_a_trace_and_prompts_record_on
     (request_span,) = [s for s in stack.finished() if s.name == "router.generate"]
     assert PROMPT.startswith(str(request_span.attributes["imagegate.prompt"]))
     assert [a.provider for a in response.attempts] == ["fal"]  # no fault: no failover
+
+
+async def test_a_batched_reserve_is_one_quota_span_linked_to_every_request_it_served(
+    stack: TracedStack,
+):
+    md = [("authorization", f"Bearer {stack.api_key}")]
+    responses = await asyncio.gather(
+        *(
+            stack.router.GenerateImage(
+                router_pb2.GenerateImageRequest(
+                    request_id=f"batch-{i}",
+                    prompt=PROMPT,
+                    model="flux-schnell",
+                    width=512,
+                    height=512,
+                ),
+                metadata=md,
+                timeout=20,
+            )
+            for i in range(24)
+        )
+    )
+    traces = {int(r.trace_id, 16) for r in responses}
+    rounds = [s for s in stack.finished() if s.name == "quota.batch_reserve"]
+    assert rounds, "24 concurrent requests should share at least one reserve round trip"
+    for span in rounds:
+        linked = {link.context.trace_id for link in span.links}
+        assert len(linked) == span.attributes["imagegate.batch_size"] >= 2
+        assert linked <= traces  # each link leads to the trace of a request it reserved for
+        assert span.context.trace_id not in traces  # a trace of its own, parent of none of them
+        # Each request's trace names the round its reserve went in.
+        told = {
+            s.context.trace_id
+            for s in stack.finished()
+            for e in s.events
+            if e.name == "quota reserve sent in a batch"
+            and e.attributes["imagegate.batch_trace_id"] == f"{span.context.trace_id:032x}"
+        }
+        assert told == linked
+        # Quota's side of the batch call is a child of the round, not of any request.
+        assert [
+            s
+            for s in stack.finished()
+            if s.parent is not None
+            and s.context.trace_id == span.context.trace_id
+            and _service(s) == "imagegate-quota"
+            and s.name.endswith("BatchReserveQuota")
+            and s.kind is SpanKind.SERVER
+        ]

@@ -4,15 +4,53 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from imagegate.grpckit.errors import FieldViolation, invalid_argument
+import grpc
+from google.rpc import status_pb2
+
+from imagegate.grpckit.errors import CODE_BY_NUMBER, FieldViolation, invalid_argument
 
 In = TypeVar("In")
 Out = TypeVar("Out")
 
 MAX_BATCH = 256
 """Most items one batch RPC accepts."""
+
+
+class ItemRpcError(grpc.RpcError):
+    """One batch item's refusal, shaped like the failed single call it stands for: its code,
+    message and google.rpc.Status details (read back by `parse_rpc_error`)."""
+
+    def __init__(
+        self, code: grpc.StatusCode, message: str, status: status_pb2.Status | None = None
+    ) -> None:
+        super().__init__(message)
+        self._code = code
+        self._message = message
+        self._status = status
+
+    @classmethod
+    def of(cls, error: Any) -> ItemRpcError:
+        """From a batch result's ItemError (quota or metering)."""
+        code = CODE_BY_NUMBER.get(error.code, grpc.StatusCode.UNKNOWN)
+        details = getattr(error, "details", ())
+        if details:
+            status = status_pb2.Status(code=error.code, message=error.message, details=details)
+            return cls(code, error.message, status)
+        # No details to carry the reason: keep it readable in the message.
+        return cls(code, f"{error.reason}: {error.message}" if error.reason else error.message)
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._message
+
+    def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
+        if self._status is None:
+            return ()
+        return (("grpc-status-details-bin", self._status.SerializeToString()),)
 
 
 def check_batch_size(count: int, *, domain: str) -> None:

@@ -10,35 +10,15 @@ from typing import Any
 
 import grpc
 
-from imagegate.grpckit.batch import MAX_BATCH
+from imagegate.grpckit.batch import MAX_BATCH, ItemRpcError
 from imagegate.metering.v1 import metering_pb2, metering_pb2_grpc
 from imagegate.quota.v1 import quota_pb2, quota_pb2_grpc
 from imagegate.settlement.parts import COMMIT, RECORD, RELEASE, Part, message_of
 
 log = logging.getLogger(__name__)
 
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
 # A whole batch call failing with these may mean "no batch RPC here": fall back to single calls.
 _NO_BATCH = frozenset({grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INTERNAL})
-
-
-class _ItemError(grpc.RpcError):
-    """One batch item's refusal, shaped like the failed single call it stands for."""
-
-    def __init__(self, code: grpc.StatusCode, reason: str, message: str) -> None:
-        super().__init__(message)
-        self._code = code
-        self._details = f"{reason}: {message}" if reason else message
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
-
-
-def _item_error(error: Any) -> _ItemError:
-    return _ItemError(_CODES.get(error.code, grpc.StatusCode.UNKNOWN), error.reason, error.message)
 
 
 @dataclass
@@ -180,8 +160,8 @@ class Batcher:
             raise
         self._batch_failures[kind] = 0
         if len(results) != len(batch):
-            bad = _ItemError(
-                grpc.StatusCode.INTERNAL, "", f"{len(results)} results for {len(batch)} items"
+            bad = ItemRpcError(
+                grpc.StatusCode.INTERNAL, f"{len(results)} results for {len(batch)} items"
             )
             results = [None] * len(batch)
         for w, result in zip(batch, results, strict=True):
@@ -190,7 +170,7 @@ class Batcher:
             if result is None:
                 w.future.set_exception(bad)
             elif result.HasField("error"):
-                w.future.set_exception(_item_error(result.error))
+                w.future.set_exception(ItemRpcError.of(result.error))
             elif kind == COMMIT:
                 w.future.set_result(
                     quota_pb2.CommitReservationResponse(reservation=result.reservation)

@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from google.protobuf import any_pb2 as _any_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
@@ -414,6 +415,88 @@ class ReserveQuotaResponse(_message.Message):
 Global___ReserveQuotaResponse: _TypeAlias = ReserveQuotaResponse  # noqa: Y015
 
 @_typing.final
+class BatchReserveQuotaRequest(_message.Message):
+    """Request for BatchReserveQuota."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReserveQuotaRequest]:
+        """The reserves, 1 to 256; each validated and applied as a ReserveQuota."""
+
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___ReserveQuotaRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchReserveQuotaRequest: _TypeAlias = BatchReserveQuotaRequest  # noqa: Y015
+
+@_typing.final
+class BatchReserveQuotaResponse(_message.Message):
+    """Response of BatchReserveQuota."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchReserveResult]:
+        """One result per request item, in request order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___BatchReserveResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchReserveQuotaResponse: _TypeAlias = BatchReserveQuotaResponse  # noqa: Y015
+
+@_typing.final
+class BatchReserveResult(_message.Message):
+    """Outcome of one reserve of a batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def response(self) -> Global___ReserveQuotaResponse:
+        """What ReserveQuota would have answered for this item."""
+
+    @_builtins.property
+    def error(self) -> Global___ItemError:
+        """Why this item failed, with the details ReserveQuota would have sent (QuotaFailure,
+        RetryInfo, BadRequest).
+        """
+
+    def __init__(
+        self,
+        *,
+        response: Global___ReserveQuotaResponse | None = ...,
+        error: Global___ItemError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "response", b"response", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "response", b"response", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["response", "error"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___BatchReserveResult: _TypeAlias = BatchReserveResult  # noqa: Y015
+
+@_typing.final
 class CommitReservationRequest(_message.Message):
     """Request for CommitReservation."""
 
@@ -560,22 +643,30 @@ class ItemError(_message.Message):
     CODE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    DETAILS_FIELD_NUMBER: _builtins.int
     code: _builtins.int
     """Canonical gRPC status code (google.rpc.Code), never OK."""
     reason: _builtins.str
     """ErrorInfo reason, e.g. "RESERVATION_NOT_FOUND"; empty when none."""
     message: _builtins.str
     """Developer-facing message."""
+    @_builtins.property
+    def details(self) -> _containers.RepeatedCompositeFieldContainer[_any_pb2.Any]:
+        """The google.rpc.Status details the single RPC would have carried (ErrorInfo, QuotaFailure,
+        RetryInfo, BadRequest).
+        """
+
     def __init__(
         self,
         *,
         code: _builtins.int = ...,
         reason: _builtins.str = ...,
         message: _builtins.str = ...,
+        details: _abc.Iterable[_any_pb2.Any] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "details", b"details", "message", b"message", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -50,6 +50,11 @@ class QuotaServiceStub:
                 request_serializer=imagegate_dot_quota_dot_v1_dot_quota__pb2.ReserveQuotaRequest.SerializeToString,
                 response_deserializer=imagegate_dot_quota_dot_v1_dot_quota__pb2.ReserveQuotaResponse.FromString,
                 _registered_method=True)
+        self.BatchReserveQuota = channel.unary_unary(
+                '/imagegate.quota.v1.QuotaService/BatchReserveQuota',
+                request_serializer=imagegate_dot_quota_dot_v1_dot_quota__pb2.BatchReserveQuotaRequest.SerializeToString,
+                response_deserializer=imagegate_dot_quota_dot_v1_dot_quota__pb2.BatchReserveQuotaResponse.FromString,
+                _registered_method=True)
         self.CommitReservation = channel.unary_unary(
                 '/imagegate.quota.v1.QuotaService/CommitReservation',
                 request_serializer=imagegate_dot_quota_dot_v1_dot_quota__pb2.CommitReservationRequest.SerializeToString,
@@ -134,6 +139,18 @@ class QuotaServiceServicer:
         released by ReleaseReservation(by_request) returns that RELEASED reservation, holding nothing.
         A call whose caller left (cancelled, or past its deadline) before the hold was written holds
         nothing either: the hold is released at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchReserveQuota(self, request, context):
+        """Reserves many requests' units in one call, each exactly as ReserveQuota would (same
+        validation, idempotency and limits; items with the same request_id run in request order).
+        Results come in request order; one item's failure never fails the others. When the caller
+        leaves before the answer, every hold the call made is released. More than 256 items fail the
+        whole call with INVALID_ARGUMENT. The Router sends the reserves of requests that arrive
+        while one is in flight this way: one round trip and one transaction for many.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -241,6 +258,11 @@ def add_QuotaServiceServicer_to_server(servicer, server):
                     servicer.ReserveQuota,
                     request_deserializer=imagegate_dot_quota_dot_v1_dot_quota__pb2.ReserveQuotaRequest.FromString,
                     response_serializer=imagegate_dot_quota_dot_v1_dot_quota__pb2.ReserveQuotaResponse.SerializeToString,
+            ),
+            'BatchReserveQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchReserveQuota,
+                    request_deserializer=imagegate_dot_quota_dot_v1_dot_quota__pb2.BatchReserveQuotaRequest.FromString,
+                    response_serializer=imagegate_dot_quota_dot_v1_dot_quota__pb2.BatchReserveQuotaResponse.SerializeToString,
             ),
             'CommitReservation': grpc.unary_unary_rpc_method_handler(
                     servicer.CommitReservation,
@@ -363,6 +385,33 @@ class QuotaService:
             '/imagegate.quota.v1.QuotaService/ReserveQuota',
             imagegate_dot_quota_dot_v1_dot_quota__pb2.ReserveQuotaRequest.SerializeToString,
             imagegate_dot_quota_dot_v1_dot_quota__pb2.ReserveQuotaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchReserveQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagegate.quota.v1.QuotaService/BatchReserveQuota',
+            imagegate_dot_quota_dot_v1_dot_quota__pb2.BatchReserveQuotaRequest.SerializeToString,
+            imagegate_dot_quota_dot_v1_dot_quota__pb2.BatchReserveQuotaResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,14 @@ class QuotaServiceStub:
     A call whose caller left (cancelled, or past its deadline) before the hold was written holds
     nothing either: the hold is released at once.
     """
+    BatchReserveQuota: _grpc.UnaryUnaryMultiCallable[_quota_pb2.BatchReserveQuotaRequest, _quota_pb2.BatchReserveQuotaResponse]
+    """Reserves many requests' units in one call, each exactly as ReserveQuota would (same
+    validation, idempotency and limits; items with the same request_id run in request order).
+    Results come in request order; one item's failure never fails the others. When the caller
+    leaves before the answer, every hold the call made is released. More than 256 items fail the
+    whole call with INVALID_ARGUMENT. The Router sends the reserves of requests that arrive
+    while one is in flight this way: one round trip and one transaction for many.
+    """
     CommitReservation: _grpc.UnaryUnaryMultiCallable[_quota_pb2.CommitReservationRequest, _quota_pb2.CommitReservationResponse]
     """Charges the actual amount of a reservation (at most what was reserved). Idempotent."""
     BatchCommitReservations: _grpc.UnaryUnaryMultiCallable[_quota_pb2.BatchCommitReservationsRequest, _quota_pb2.BatchCommitReservationsResponse]
@@ -101,6 +109,14 @@ class QuotaServiceAsyncStub(QuotaServiceStub):
     released by ReleaseReservation(by_request) returns that RELEASED reservation, holding nothing.
     A call whose caller left (cancelled, or past its deadline) before the hold was written holds
     nothing either: the hold is released at once.
+    """
+    BatchReserveQuota: _aio.UnaryUnaryMultiCallable[_quota_pb2.BatchReserveQuotaRequest, _quota_pb2.BatchReserveQuotaResponse]  # type: ignore[assignment]
+    """Reserves many requests' units in one call, each exactly as ReserveQuota would (same
+    validation, idempotency and limits; items with the same request_id run in request order).
+    Results come in request order; one item's failure never fails the others. When the caller
+    leaves before the answer, every hold the call made is released. More than 256 items fail the
+    whole call with INVALID_ARGUMENT. The Router sends the reserves of requests that arrive
+    while one is in flight this way: one round trip and one transaction for many.
     """
     CommitReservation: _aio.UnaryUnaryMultiCallable[_quota_pb2.CommitReservationRequest, _quota_pb2.CommitReservationResponse]  # type: ignore[assignment]
     """Charges the actual amount of a reservation (at most what was reserved). Idempotent."""
@@ -164,6 +180,20 @@ class QuotaServiceServicer(metaclass=_abc_1.ABCMeta):
         released by ReleaseReservation(by_request) returns that RELEASED reservation, holding nothing.
         A call whose caller left (cancelled, or past its deadline) before the hold was written holds
         nothing either: the hold is released at once.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchReserveQuota(
+        self,
+        request: _quota_pb2.BatchReserveQuotaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_quota_pb2.BatchReserveQuotaResponse, _abc.Awaitable[_quota_pb2.BatchReserveQuotaResponse]]:
+        """Reserves many requests' units in one call, each exactly as ReserveQuota would (same
+        validation, idempotency and limits; items with the same request_id run in request order).
+        Results come in request order; one item's failure never fails the others. When the caller
+        leaves before the answer, every hold the call made is released. More than 256 items fail the
+        whole call with INVALID_ARGUMENT. The Router sends the reserves of requests that arrive
+        while one is in flight this way: one round trip and one transaction for many.
         """
 
     @_abc_1.abstractmethod

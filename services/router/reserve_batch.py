@@ -1,0 +1,229 @@
+"""Reserve rounds: a lone reserve goes as ReserveQuota, reserves that wait together as one batch."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+from dataclasses import dataclass
+
+import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from imagegate.grpckit.batch import MAX_BATCH, ItemRpcError
+from imagegate.quota.v1 import quota_pb2, quota_pb2_grpc
+
+log = logging.getLogger("services.router")
+# A batch call failing with these may mean "no batch RPC here" (an older Quota answers
+# UNIMPLEMENTED; a servicer inheriting the generated stub method fails with INTERNAL): the round
+# is resent as single calls, which is safe: a reserve is idempotent on (tenant, request_id) and
+# carries its claim, so a resend finds its own hold.
+_NO_BATCH = frozenset({grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INTERNAL})
+# Batch calls failing in a row with INTERNAL before batching stops for good.
+_MAX_BATCH_FAILURES = 3
+
+
+@dataclass
+class _Waiting:
+    """One request's reserve waiting for a round, with the context its call belongs to."""
+
+    request: quota_pb2.ReserveQuotaRequest
+    deadline: float
+    future: asyncio.Future[quota_pb2.ReserveQuotaResponse]
+    context: contextvars.Context
+
+
+class ReserveBatcher:
+    """Sends the Router's reserves to Quota in rounds.
+
+    One call is on its way to Quota at a time. A reserve that finds none goes at once as its own
+    ReserveQuota, from its request's task (a lone request pays nothing extra). Reserves arriving
+    meanwhile wait; when the call ends they go in a round: one alone as ReserveQuota in its
+    request's trace, two or more as one BatchReserveQuota (one round trip, one Quota
+    transaction) in a span of its own linked to every request's span. Rounds grow with the load;
+    each reserve keeps its own deadline, and gets its own result or error, as if sent alone.
+    """
+
+    def __init__(
+        self,
+        quota: quota_pb2_grpc.QuotaServiceStub,
+        tracer: trace.Tracer,
+        *,
+        enabled: bool = True,
+    ) -> None:
+        self._quota = quota
+        self._tracer = tracer
+        self._waiting: list[_Waiting] = []
+        self._busy = False
+        """Whether a reserve call (a lone one or a round) is on its way to Quota."""
+        self._round: asyncio.Task[None] | None = None
+        self._batching = enabled
+        self._batch_failures = 0
+        self.batch_calls = 0
+        """BatchReserveQuota calls made (for tests and measurement)."""
+        self.batched = 0
+        """Reserves sent inside those calls."""
+
+    async def reserve(
+        self, request: quota_pb2.ReserveQuotaRequest, timeout: float
+    ) -> quota_pb2.ReserveQuotaResponse:
+        """ReserveQuota's answer for `request`, or its error raised (a grpc.RpcError)."""
+        if not self._batching:
+            return await self._quota.ReserveQuota(request, timeout=timeout)
+        if not self._busy:
+            # Nothing on its way to Quota: this reserve goes at once, from its own task.
+            self._busy = True
+            try:
+                return await self._quota.ReserveQuota(request, timeout=timeout)
+            finally:
+                self._busy = False
+                self._start_round()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[quota_pb2.ReserveQuotaResponse] = loop.create_future()
+        waiting = _Waiting(request, loop.time() + timeout, future, contextvars.copy_context())
+        self._waiting.append(waiting)
+        timer = loop.call_later(timeout, _expire, future)
+        try:
+            return await future
+        finally:
+            timer.cancel()
+
+    def _start_round(self) -> None:
+        """Sends what waited for the call that just ended, in a round of its own."""
+        if self._waiting and not self._busy:
+            self._busy = True
+            # A context of its own: the round serves many requests, none of them its parent.
+            self._round = asyncio.get_running_loop().create_task(
+                self._run_rounds(), context=contextvars.Context()
+            )
+
+    async def close(self) -> None:
+        """Stops the rounds; reserves still waiting fail as CANCELLED."""
+        if self._round is not None and not self._round.done():
+            self._round.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._round
+        for w in self._waiting:
+            w.future.cancel()
+        self._waiting.clear()
+
+    async def _run_rounds(self) -> None:
+        try:
+            while self._waiting:
+                batch = [w for w in self._waiting[:MAX_BATCH] if not w.future.done()]
+                del self._waiting[:MAX_BATCH]
+                if len(batch) == 1 or (batch and not self._batching):
+                    await asyncio.gather(*(self._send_alone(w) for w in batch))
+                elif batch:
+                    await self._send_batch(batch)
+        finally:
+            self._busy = False
+
+    async def _send_alone(self, w: _Waiting) -> None:
+        timeout = max(0.001, w.deadline - asyncio.get_running_loop().time())
+        try:
+            # Made inside the request's own context, so its client span joins the request's trace.
+            call = w.context.run(self._quota.ReserveQuota, w.request, timeout=timeout)
+            response = await call
+        except grpc.RpcError as err:
+            _settle(w, error=err)
+            return
+        except Exception as exc:  # never leave a request waiting on a round that broke
+            _settle(w, error=exc)
+            return
+        _settle(w, response=response)
+
+    async def _send_batch(self, batch: list[_Waiting]) -> None:
+        loop = asyncio.get_running_loop()
+        timeout = max(0.001, max(w.deadline for w in batch) - loop.time())
+        spans = [w.context.run(trace.get_current_span) for w in batch]
+        links = [
+            trace.Link(sp.get_span_context()) for sp in spans if sp.get_span_context().is_valid
+        ]
+        with self._tracer.start_as_current_span(
+            "quota.batch_reserve",
+            context=otel_context.Context(),
+            links=links,
+            attributes={"imagegate.batch_size": len(batch)},
+        ) as round_span:
+            # The request's own trace says where its reserve went (Jaeger shows links only on
+            # the linking span).
+            round_trace = f"{round_span.get_span_context().trace_id:032x}"
+            for sp in spans:
+                if sp.is_recording():
+                    sp.add_event(
+                        "quota reserve sent in a batch",
+                        {
+                            "imagegate.batch_trace_id": round_trace,
+                            "imagegate.batch_size": len(batch),
+                        },
+                    )
+            try:
+                self.batch_calls += 1
+                self.batched += len(batch)
+                answer = await self._quota.BatchReserveQuota(
+                    quota_pb2.BatchReserveQuotaRequest(requests=[w.request for w in batch]),
+                    timeout=timeout,
+                )
+            except grpc.RpcError as err:
+                code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+                if code in _NO_BATCH:
+                    self._batch_failures += 1
+                    if (
+                        code == grpc.StatusCode.UNIMPLEMENTED
+                        or self._batch_failures >= _MAX_BATCH_FAILURES
+                    ):
+                        log.warning(
+                            "BatchReserveQuota refused; sending single reserves from now on",
+                            extra={"code": code.name},
+                        )
+                        self._batching = False
+                    await asyncio.gather(*(self._send_alone(w) for w in batch))
+                    return
+                for w in batch:
+                    _settle(w, error=err)
+                return
+            except Exception as exc:
+                log.error("batch reserve failed unexpectedly", exc_info=exc)
+                for w in batch:
+                    _settle(w, error=exc)
+                return
+        self._batch_failures = 0
+        results = list(answer.results)
+        if len(results) != len(batch):
+            bad = ItemRpcError(
+                grpc.StatusCode.INTERNAL, f"{len(results)} results for {len(batch)} reserves"
+            )
+            for w in batch:
+                _settle(w, error=bad)
+            return
+        for w, result in zip(batch, results, strict=True):
+            if result.HasField("error"):
+                _settle(w, error=ItemRpcError.of(result.error))
+            else:
+                _settle(w, response=result.response)
+
+
+def _settle(
+    w: _Waiting,
+    *,
+    response: quota_pb2.ReserveQuotaResponse | None = None,
+    error: BaseException | None = None,
+) -> None:
+    """Hands one reserve its result, unless its request stopped waiting (the Router releases
+    such a request's hold by request_id, so a hold that lands late is not kept)."""
+    if w.future.done():
+        return
+    if error is not None:
+        w.future.set_exception(error)
+    else:
+        w.future.set_result(response)  # type: ignore[arg-type]
+
+
+def _expire(future: asyncio.Future[quota_pb2.ReserveQuotaResponse]) -> None:
+    if not future.done():
+        future.set_exception(
+            ItemRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "reserve deadline exceeded")
+        )
