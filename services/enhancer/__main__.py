@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from imagegate.config import CommonSettings
+from imagegate.grpckit.loop import run as run_loop
 from imagegate.grpckit.security import startup_transport
 from imagegate.grpckit.server import serve_until_signal
 from imagegate.telemetry import metrics_address, setup_telemetry
@@ -38,7 +38,7 @@ def main() -> None:
             await enhancer.aclose()
             telemetry.shutdown()
 
-    asyncio.run(run())
+    run_loop(run(), common.event_loop)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from imagegate.config import CommonSettings
+from imagegate.grpckit.loop import run as run_loop
 from imagegate.grpckit.security import Transport, startup_transport
 from imagegate.grpckit.server import serve_until_signal
 from imagegate.telemetry import metrics_address, setup_telemetry
@@ -63,7 +64,7 @@ def main() -> None:
     settings = MeteringSettings()
     configure_logging("metering", level=common.log_level, fmt=common.log_format)
     transport = startup_transport(settings.addr, "metering", internal=True)
-    asyncio.run(serve(settings, common, transport))
+    run_loop(serve(settings, common, transport), common.event_loop)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from imagegate.config import CommonSettings
+from imagegate.grpckit.loop import run as run_loop
 from imagegate.grpckit.security import Transport, startup_transport
 from imagegate.grpckit.server import serve_until_signal
 from imagegate.telemetry import metrics_address, setup_telemetry
@@ -71,7 +72,7 @@ def main() -> None:
         pepper=settings.key_pepper,
         admin_token=settings.admin_token,
     )
-    asyncio.run(serve(settings, common, transport))
+    run_loop(serve(settings, common, transport), common.event_loop)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from imagegate.config import CommonSettings
+from imagegate.grpckit.loop import run as run_loop
 from imagegate.grpckit.security import startup_transport
 from imagegate.grpckit.server import serve_until_signal
 from imagegate.telemetry import metrics_address, setup_telemetry
@@ -25,7 +25,7 @@ def main() -> None:
     transport = startup_transport(settings.addr, "router", internal=False)
 
     if settings.workers > 1 and settings.worker_index is None:
-        asyncio.run(supervise(settings, metrics_address("router")))
+        run_loop(supervise(settings, metrics_address("router")), common.event_loop)
         return
     settings = worker_settings(settings)
 
@@ -48,7 +48,7 @@ def main() -> None:
                 await channel.close()
             telemetry.shutdown()
 
-    asyncio.run(run())
+    run_loop(run(), common.event_loop)
 
 
 if __name__ == "__main__":

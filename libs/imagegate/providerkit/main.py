@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 
 from grpc_health.v1 import health_pb2
 
 from imagegate.config import CommonSettings
+from imagegate.grpckit.loop import run as run_loop
 from imagegate.grpckit.security import Transport, startup_transport
 from imagegate.grpckit.server import RunningServer, serve_until_signal, start_server
 from imagegate.inputs.checks import InputLimits
@@ -99,4 +99,4 @@ def run_adapter(
             await adapter.aclose()
             telemetry.shutdown()
 
-    asyncio.run(main())
+    run_loop(main(), common.event_loop)
