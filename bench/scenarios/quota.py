@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry import trace
 
 from bench.clients import channels, create_tenant
 from bench.context import Ctx, Result, Target
@@ -22,6 +23,9 @@ from imagegate.grpckit.security import transport_from_env
 from imagegate.grpckit.service_auth import with_metadata
 from imagegate.metering.v1 import metering_pb2, metering_pb2_grpc
 from imagegate.quota.v1 import quota_pb2, quota_pb2_grpc
+from imagegate.settlement.batching import Batcher
+from imagegate.settlement.parts import COMMIT, Part
+from services.router.reserve_batch import ReserveBatcher
 
 GOALS = {"sqlite": 2000.0, "postgresql": 1500.0}
 # Tenants the "spread" variant cycles through (a gateway serves many tenants at once).
@@ -77,6 +81,7 @@ async def _measure(
     commit: Commit,
     record: Record,
     tenants: list[str],
+    rounds: tuple[Reserve, Commit] | None = None,
 ) -> None:
     hot, spread = tenants[:1], tenants
     for c in (1, 16):
@@ -88,6 +93,10 @@ async def _measure(
         paths = {"reserve+commit, 1 tenant": reserve_commit(reserve, commit, hot)}
         if c > 1:
             paths[f"reserve+commit, {SPREAD} tenants"] = reserve_commit(reserve, commit, spread)
+            if rounds is not None:
+                paths[f"reserve+commit, {SPREAD} tenants, in the Router's rounds"] = reserve_commit(
+                    *rounds, spread
+                )
         paths["record_usage"] = rec
         stats = await interleaved(
             paths,
@@ -152,7 +161,42 @@ async def over_grpc(ctx: Ctx, result: Result, backend: str, urls: dict[str, str]
         async def record(tenant: str) -> None:
             await metering[next(turn) % 4].RecordUsage(usage_request(tenant, now), timeout=30)
 
-        await _measure(ctx, result, backend, "gRPC", reserve, commit, record, tenants)
+        # The same calls as the Router sends them: the reserves of requests that wait together
+        # in one BatchReserveQuota, the commits in one BatchCommitReservations.
+        reserves = ReserveBatcher(quota[0], trace.get_tracer("bench"))
+        commits = Batcher(quota[1], metering[0])
+
+        async def reserve_in_round(tenant: str) -> str:
+            resp = await reserves.reserve(
+                quota_pb2.ReserveQuotaRequest(
+                    request_id=f"bench-{uuid.uuid4().hex}",
+                    tenant_id=tenant,
+                    images=1,
+                    megapixels=0.004,
+                ),
+                30,
+            )
+            return str(resp.reservation.id)
+
+        async def commit_in_round(reservation_id: str) -> None:
+            message = quota_pb2.CommitReservationRequest(
+                reservation_id=reservation_id, images=1, megapixels=0.004
+            )
+            await commits.send(Part(0, COMMIT, b"", message=message), 30)
+
+        await _measure(
+            ctx,
+            result,
+            backend,
+            "gRPC",
+            reserve,
+            commit,
+            record,
+            tenants,
+            rounds=(reserve_in_round, commit_in_round),
+        )
+        await reserves.close()
+        await commits.close()
         result.extra[f"peak_rss_mb_{backend}"] = rss_table(list(services.procs.values()))
     finally:
         for ch in chans:
@@ -216,7 +260,9 @@ async def run(ctx: Ctx) -> Result:
     """Each backend: over gRPC to the services, then the stores called in-process."""
     result = Result(
         "4. Quota and metering",
-        "client -> Quota process (ReserveQuota + CommitReservation by tenant id) and client -> "
+        "client -> Quota process (ReserveQuota + CommitReservation by tenant id; 'in the "
+        "Router's rounds': the Router's own batching clients, BatchReserveQuota and "
+        "BatchCommitReservations for calls that wait together) and client -> "
         "Metering process (RecordUsage, fresh request_id), over gRPC on loopback; then the same "
         "calls on QuotaStore / MeteringStore in the bench process ('direct store', fresh "
         "databases). '1 tenant' = one hot quota row; "
@@ -258,9 +304,8 @@ def _best(result: Result, backend: str, how: str) -> tuple[float, str] | None:
     if not rows:
         return None
     top: dict[str, Any] = max(rows, key=lambda r: r["rps"])
-    return float(
-        top["rps"]
-    ), f"{top['label'].split(' (')[0].split(', ')[1]}, c={top['concurrency']}"
+    what = ", ".join(top["label"].split(" (")[0].split(", ")[1:])
+    return float(top["rps"]), f"{what}, c={top['concurrency']}"
 
 
 def _judge(result: Result) -> None:

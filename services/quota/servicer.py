@@ -8,7 +8,7 @@ import logging
 import math
 import re
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -26,6 +26,7 @@ MAX_NAME = 100
 MAX_GRACE_SECONDS = 30 * 24 * 3600
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 def item_error(err: Exception) -> quota_pb2.ItemError:
@@ -41,6 +42,12 @@ def item_error(err: Exception) -> quota_pb2.ItemError:
     return quota_pb2.ItemError(
         code=grpc.StatusCode.INTERNAL.value[0], reason=reasons.INTERNAL, message="internal error"
     )
+
+
+def _with_reservation(
+    result: ReserveResult, reservation: quota_pb2.Reservation | None
+) -> ReserveResult:
+    return result if reservation is None else dataclasses.replace(result, reservation=reservation)
 
 
 def _reserve_response(result: ReserveResult) -> quota_pb2.ReserveQuotaResponse:
@@ -181,28 +188,36 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
     async def BatchReserveQuota(
         self, request: quota_pb2.BatchReserveQuotaRequest, context: grpc.aio.ServicerContext
     ) -> quota_pb2.BatchReserveQuotaResponse:
-        """Reserves every item as ReserveQuota would; per-item results in request order."""
+        """Reserves every item as ReserveQuota would, as one group (one commit on PostgreSQL);
+        per-item results in request order."""
         check_batch_size(len(request.requests), domain=DOMAIN)
-        writes: list[asyncio.Future[ReserveResult]] = []
-
-        async def reserve(item: quota_pb2.ReserveQuotaRequest) -> ReserveResult:
-            write = asyncio.ensure_future(self._store.reserve(self._reserve_args(item)))
-            writes.append(write)
-            return await asyncio.shield(write)
-
+        outcomes: list[ReserveResult | Exception | ReserveArgs] = []
+        for item in request.requests:
+            try:
+                outcomes.append(self._reserve_args(item))
+            except ImagegateError as err:
+                outcomes.append(err)
+        valid = [o for o in outcomes if isinstance(o, ReserveArgs)]
+        # Shielded like ReserveQuota's write: when the caller is gone by the time it lands, the
+        # holds are undone.
+        write = asyncio.ensure_future(self._store.reserve_many(valid))
         try:
-            outcomes = await run_items(list(request.requests), lambda r: r.request_id, reserve)
+            written = iter(await asyncio.shield(write))
         except asyncio.CancelledError:
-            for write in writes:
-                self._spawn(self._release_when_written(write, "handler cancelled"))
+            self._spawn(self._release_group_when_written(write, "handler cancelled"))
             raise
+        outcomes = [next(written) if isinstance(o, ReserveArgs) else o for o in outcomes]
         made = [o for o in outcomes if isinstance(o, ReserveResult)]
         gone = _caller_gone(context)
         if gone:
-            # Nobody reads this answer; the releases run as tasks of their own, because this
-            # handler may itself be cancelled any moment now.
-            for result in made:
-                self._spawn(self._release_abandoned(result, gone))
+            # The releases run as tasks of their own (this handler may be cancelled any moment
+            # now); an answer that still gets out says what they did.
+            releases = [self._spawn(self._release_abandoned(r, gone)) for r in made]
+            released = iter(await asyncio.shield(asyncio.gather(*releases)))
+            outcomes = [
+                _with_reservation(o, next(released)) if isinstance(o, ReserveResult) else o
+                for o in outcomes
+            ]
         elif any(r.reservation.state == quota_pb2.RESERVATION_STATE_PENDING for r in made):
             context.add_done_callback(lambda ctx: self._release_if_cancelled(ctx, made))
         response = quota_pb2.BatchReserveQuotaResponse()
@@ -210,8 +225,22 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
             if isinstance(outcome, ReserveResult):
                 response.results.add(response=_reserve_response(outcome))
             else:
-                response.results.add(error=item_error(outcome))
+                response.results.add(error=item_error(outcome))  # type: ignore[arg-type]
         return response
+
+    async def _release_group_when_written(
+        self, write: asyncio.Future[list[ReserveResult | Exception]], why: str
+    ) -> None:
+        try:
+            results = await write
+        except Exception as err:
+            log.debug(
+                "abandoned batch reserve held nothing", extra={"why": why, "error": repr(err)}
+            )
+            return
+        for result in results:
+            if isinstance(result, ReserveResult):
+                await self._release_abandoned(result, why)
 
     def _release_if_cancelled(
         self, context: grpc.aio.ServicerContext, results: list[ReserveResult]
@@ -220,10 +249,11 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
             for result in results:
                 self._spawn(self._release_abandoned(result, "cancelled before the answer was sent"))
 
-    def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, _T]) -> asyncio.Task[_T]:
         task = asyncio.create_task(work)
-        self._cleanups.add(task)
-        task.add_done_callback(self._cleanups.discard)
+        self._cleanups.add(task)  # type: ignore[arg-type]
+        task.add_done_callback(self._cleanups.discard)  # type: ignore[arg-type]
+        return task
 
     async def _release_when_written(self, write: asyncio.Future[ReserveResult], why: str) -> None:
         try:

@@ -22,11 +22,12 @@ as BEGIN IMMEDIATE. Idempotency is carried by the unique (tenant_id, request_id)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 
+from imagegate.grpckit.errors import ImagegateError
 from imagegate.persistence import DbRunner, make_engine, migrate
 from imagegate.persistence.periods import Clock, utc_now
 from imagegate.quota.v1 import quota_pb2
@@ -121,6 +122,19 @@ class QuotaStore(ReservationOps):
     async def reserve(self, args: ReserveArgs) -> ReserveResult:
         """Holds units atomically; idempotent on (tenant, request_id)."""
         return await self._run_batched(self.reserve_sync, args)
+
+    async def reserve_many(self, args: Sequence[ReserveArgs]) -> list[ReserveResult | Exception]:
+        """`reserve` for each item, in order, as one group (one commit on PostgreSQL); an item's
+        error is its result. An item that failed for a reason other than its own answer (a
+        deadlock with another group, a lost connection) is tried again by itself."""
+        outcomes = await self._db.run_group(self.reserve_sync, args)
+        for i, outcome in enumerate(outcomes):
+            if isinstance(outcome, Exception) and not isinstance(outcome, ImagegateError):
+                try:
+                    outcomes[i] = await self._run_batched(self.reserve_sync, args[i])
+                except Exception as err:
+                    outcomes[i] = err
+        return outcomes
 
     async def commit(
         self, reservation_id: str, *, images: int, megapixels: float = 0.0, cost_micros: int = 0

@@ -96,21 +96,42 @@ async def test_more_than_256_items_fail_the_whole_call(quota: QuotaEnv) -> None:
     assert (await _status(quota, t.id)).reserved_images == 0
 
 
-async def test_a_caller_that_left_holds_nothing_from_its_batch(quota: QuotaEnv) -> None:
+async def test_a_caller_that_left_and_released_by_request_id_holds_nothing(
+    quota: QuotaEnv,
+) -> None:
+    """What the Router does when its batch call ends in DEADLINE_EXCEEDED: the holds may still
+    be written (or were, and the answer came too late), so it releases each by request_id."""
     t = await quota.tenant(plan="pro")
-    call = quota.stub.BatchReserveQuota(
-        quota_pb2.BatchReserveQuotaRequest(
-            requests=[_reserve(f"gone-{i}", t.id, images=2) for i in range(30)]
-        ),
-        timeout=0.002,
-    )
-    with pytest.raises(grpc.aio.AioRpcError):
-        await call
-    # Whatever the writes did before the server noticed, nothing stays held.
+    held = 0
+    for attempt in range(5):
+        ids = [f"gone-{attempt}-{i}" for i in range(30)]
+        call = quota.stub.BatchReserveQuota(
+            quota_pb2.BatchReserveQuotaRequest(
+                requests=[_reserve(rid, t.id, images=2) for rid in ids]
+            ),
+            timeout=0.002,
+        )
+        try:
+            answer = await call
+        except grpc.aio.AioRpcError as err:
+            assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            for rid in ids:
+                ref = quota_pb2.RequestRef(request_id=rid, tenant_id=t.id)
+                await quota.stub.ReleaseReservation(
+                    quota_pb2.ReleaseReservationRequest(by_request=ref)
+                )
+            continue
+        # An answer that did arrive is the caller's to settle, and says what is held (holds
+        # the server undid because the deadline had passed come back RELEASED).
+        held += sum(
+            r.response.reservation.images
+            for r in answer.results
+            if r.response.reservation.state == PENDING
+        )
+    servicer = quota.server.servicer
+    assert servicer is not None
     for _ in range(200):
-        if (
-            await _status(quota, t.id)
-        ).reserved_images == 0 and not quota.server.servicer.releasing:  # type: ignore[union-attr]
+        if not servicer.releasing and (await _status(quota, t.id)).reserved_images == held:
             break
         await asyncio.sleep(0.02)
-    assert (await _status(quota, t.id)).reserved_images == 0
+    assert (await _status(quota, t.id)).reserved_images == held
