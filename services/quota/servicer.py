@@ -14,7 +14,7 @@ import grpc
 
 from imagegate.grpckit import reasons
 from imagegate.grpckit.auth import require_admin
-from imagegate.grpckit.batch import check_batch_size, run_items
+from imagegate.grpckit.batch import check_batch_size
 from imagegate.grpckit.errors import FieldViolation, ImagegateError, invalid_argument, timestamp
 from imagegate.persistence.periods import from_us
 from imagegate.quota.v1 import quota_pb2, quota_pb2_grpc
@@ -42,6 +42,17 @@ def item_error(err: Exception) -> quota_pb2.ItemError:
     return quota_pb2.ItemError(
         code=grpc.StatusCode.INTERNAL.value[0], reason=reasons.INTERNAL, message="internal error"
     )
+
+
+def _check_commit(request: quota_pb2.CommitReservationRequest) -> None:
+    violations: list[FieldViolation] = []
+    _require_id(violations, "reservation_id", request.reservation_id)
+    if request.images < 0:
+        violations.append(FieldViolation("images", "at least 0"))
+    _megapixels(violations, request.megapixels)
+    if request.cost_micros < 0:
+        violations.append(FieldViolation("cost_micros", "at least 0"))
+    _check(violations)
 
 
 def _with_reservation(
@@ -300,7 +311,20 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
     ) -> quota_pb2.BatchCommitReservationsResponse:
         """Commits every item as CommitReservation would; per-item results in request order."""
         check_batch_size(len(request.requests), domain=DOMAIN)
-        outcomes = await run_items(list(request.requests), lambda r: r.reservation_id, self._commit)
+        outcomes: list[quota_pb2.Reservation | Exception | quota_pb2.CommitReservationRequest] = []
+        for item in request.requests:
+            try:
+                _check_commit(item)
+                outcomes.append(item)
+            except ImagegateError as err:
+                outcomes.append(err)
+        valid = [o for o in outcomes if isinstance(o, quota_pb2.CommitReservationRequest)]
+        # One group: one transaction (one WAL flush) on PostgreSQL, like the reserves.
+        written = iter(await self._store.commit_many(valid))
+        outcomes = [
+            next(written) if isinstance(o, quota_pb2.CommitReservationRequest) else o
+            for o in outcomes
+        ]
         response = quota_pb2.BatchCommitReservationsResponse()
         for outcome in outcomes:
             if isinstance(outcome, Exception):
@@ -310,14 +334,7 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
         return response
 
     async def _commit(self, request: quota_pb2.CommitReservationRequest) -> quota_pb2.Reservation:
-        violations: list[FieldViolation] = []
-        _require_id(violations, "reservation_id", request.reservation_id)
-        if request.images < 0:
-            violations.append(FieldViolation("images", "at least 0"))
-        _megapixels(violations, request.megapixels)
-        if request.cost_micros < 0:
-            violations.append(FieldViolation("cost_micros", "at least 0"))
-        _check(violations)
+        _check_commit(request)
         return await self._store.commit(
             request.reservation_id,
             images=request.images,

@@ -127,11 +127,24 @@ class QuotaStore(ReservationOps):
         """`reserve` for each item, in order, as one group (one commit on PostgreSQL); an item's
         error is its result. An item that failed for a reason other than its own answer (a
         deadlock with another group, a lost connection) is tried again by itself."""
-        outcomes = await self._db.run_group(self.reserve_sync, args)
+        return await self._grouped(self.reserve_sync, args)
+
+    async def commit_many(
+        self, requests: Sequence[quota_pb2.CommitReservationRequest]
+    ) -> list[quota_pb2.Reservation | Exception]:
+        """`commit` for each item, in order, as one group (one commit on PostgreSQL); an item's
+        error is its result; an item failing for another reason is tried again by itself."""
+        return await self._grouped(self._commit_request_sync, requests)
+
+    def _commit_request_sync(self, r: quota_pb2.CommitReservationRequest) -> quota_pb2.Reservation:
+        return self.commit_sync(r.reservation_id, r.images, r.megapixels, r.cost_micros)
+
+    async def _grouped(self, fn: Callable[[Any], _T], items: Sequence[Any]) -> list[_T | Exception]:
+        outcomes = await self._db.run_group(fn, items)
         for i, outcome in enumerate(outcomes):
             if isinstance(outcome, Exception) and not isinstance(outcome, ImagegateError):
                 try:
-                    outcomes[i] = await self._run_batched(self.reserve_sync, args[i])
+                    outcomes[i] = await self._run_batched(fn, items[i])
                 except Exception as err:
                     outcomes[i] = err
         return outcomes
