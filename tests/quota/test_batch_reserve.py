@@ -11,6 +11,7 @@ from imagegate.grpckit import reasons
 from imagegate.grpckit.batch import ItemRpcError
 from imagegate.grpckit.errors import parse_rpc_error
 from imagegate.quota.v1 import quota_pb2
+from services.quota.store import ReserveArgs, ReserveResult
 from tests.quota.conftest import QuotaEnv
 
 PENDING = quota_pb2.RESERVATION_STATE_PENDING
@@ -135,3 +136,50 @@ async def test_a_caller_that_left_and_released_by_request_id_holds_nothing(
             break
         await asyncio.sleep(0.02)
     assert (await _status(quota, t.id)).reserved_images == held
+
+
+async def test_concurrent_batches_over_the_same_tenants_in_opposite_orders_all_land_once(
+    quota: QuotaEnv,
+) -> None:
+    """Groups lock tenants' rows in the order of their items; two groups in opposite orders may
+    deadlock on PostgreSQL, and the loser's items are then run again one by one: every item is
+    still answered, and counted exactly once."""
+    tenants = [(await quota.tenant(name=f"t{i}", plan="pro")).id for i in range(4)]
+
+    def batch(n: int) -> quota_pb2.BatchReserveQuotaRequest:
+        order = tenants if n % 2 else tenants[::-1]
+        return quota_pb2.BatchReserveQuotaRequest(
+            requests=[_reserve(f"g{n}-{i}", order[i % 4]) for i in range(24)]
+        )
+
+    answers = await asyncio.gather(*(quota.stub.BatchReserveQuota(batch(n)) for n in range(16)))
+    results = [r for a in answers for r in a.results]
+    assert [r.WhichOneof("result") for r in results] == ["response"] * (16 * 24)
+    assert all(r.response.created for r in results)
+    for tenant in tenants:
+        assert (await _status(quota, tenant)).reserved_images == 16 * 24 // 4
+
+
+async def test_an_item_failing_for_a_transient_reason_is_tried_again_alone(
+    quota: QuotaEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t = await quota.tenant(plan="pro")
+    real = quota.store.reserve_sync
+    failed: list[str] = []
+
+    def flaky(args: ReserveArgs) -> ReserveResult:
+        if args.request_id == "flaky" and not failed:
+            failed.append(args.request_id)
+            raise RuntimeError("connection reset")  # not the store's own answer
+        return real(args)
+
+    monkeypatch.setattr(quota.store, "reserve_sync", flaky)
+    resp = await quota.stub.BatchReserveQuota(
+        quota_pb2.BatchReserveQuotaRequest(
+            requests=[_reserve("a", t.id), _reserve("flaky", t.id), _reserve("b", t.id)]
+        )
+    )
+    assert failed == ["flaky"]
+    assert [r.WhichOneof("result") for r in resp.results] == ["response"] * 3
+    assert resp.results[1].response.reservation.request_id == "flaky"
+    assert (await _status(quota, t.id)).reserved_images == 3

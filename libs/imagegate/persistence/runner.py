@@ -33,6 +33,8 @@ from sqlalchemy import Connection, Engine
 
 _T = TypeVar("_T")
 _MAX_BATCH = 64
+# PostgreSQL advisory lock key that serializes `run_group` transactions (any fixed bigint).
+_GROUP_LOCK = 0x1A6E6A7E
 _STOP = object()
 
 
@@ -155,7 +157,8 @@ class DbRunner:
         """fn(item) for every item, in request order; each item's exception is its result.
 
         PostgreSQL: one transaction for the whole group, each item in a savepoint of its own (a
-        failing item rolls back alone), so one commit (one WAL flush) instead of one per item.
+        failing item rolls back alone), so one commit (one WAL flush) instead of one per item;
+        groups run one at a time (an advisory lock), so they never deadlock each other.
         SQLite: batch calls, which the writer thread group-commits in the same way. fn must use
         only `tx()`. If the group's own BEGIN or COMMIT fails, every item gets that error (the
         caller may run them again one by one).
@@ -179,6 +182,11 @@ class DbRunner:
         out: list[_T | Exception] = []
         try:
             cursor.execute("BEGIN")
+            # Groups lock rows in the order of their items, so two groups could each hold a row
+            # the other wants (a deadlock PostgreSQL breaks only after deadlock_timeout, 1 s).
+            # One group at a time per database: each is short (one WAL flush for all its items),
+            # and single-statement transactions, which lock one row, never form a cycle with it.
+            cursor.execute(f"SELECT pg_advisory_xact_lock({_GROUP_LOCK})")
             self._local.batch = True
             try:
                 for item in items:
