@@ -19,6 +19,7 @@ from bench.emulator import adapter_env, start_emulator
 from bench.procs import Proc
 from bench.scenarios.common import interleaved
 from bench.stack import BenchStack, start_stack
+from bench.stats import RunStats
 
 
 async def main_async(concurrency: int, requests: int, serial: int, latency: float | None) -> None:
@@ -61,13 +62,7 @@ async def main_async(concurrency: int, requests: int, serial: int, latency: floa
             warmup=concurrency * 2,
             cpu={"router": procs},
         )
-        st = load["router"]
-        per = {k: 1000 * v / max(1, st.ok) for k, v in st.cpu_seconds.items()}
-        print(
-            f"c={concurrency}: {st.rps:.0f} req/s, p50 {st.pct_ms(50):.1f} ms, p99 "
-            f"{st.pct_ms(99):.1f} ms, errors {dict(st.errors)}; CPU ms/request total "
-            f"{sum(per.values()):.2f}: " + ", ".join(f"{k} {v:.2f}" for k, v in per.items())
-        )
+        print(f"c={concurrency}: {_figures(load['router'])}")
         print(f"load average {os.getloadavg()[0]:.2f}")
         for ch in [*router_ch, *local_ch, *chans]:
             await ch.close()
@@ -103,6 +98,16 @@ async def capacity(stack: BenchStack, emu: Proc, concurrency: int, requests: int
     for ch in chans:
         await ch.close()
     await stack.stop()
+
+
+def _figures(st: RunStats) -> str:
+    """req/s, p50/p99, errors and CPU ms per successful request, summed and by process."""
+    per = {p: 1000 * v / max(1, st.ok) for p, v in st.cpu_seconds.items()}
+    return (
+        f"{st.rps:.0f} req/s, p50 {st.pct_ms(50):.2f} ms, p99 {st.pct_ms(99):.2f} ms, errors "
+        f"{dict(st.errors)}; CPU ms/request total {sum(per.values()):.2f}: "
+        + ", ".join(f"{p} {v:.2f}" for p, v in per.items())
+    )
 
 
 async def ab(setting: str, concurrency: int, requests: int, serial: int) -> None:
@@ -141,18 +146,13 @@ async def ab(setting: str, concurrency: int, requests: int, serial: int) -> None
         }
         for cell, stats in runs.items():
             for k, st in stats.items():
-                per = {p: 1000 * v / max(1, st.ok) for p, v in st.cpu_seconds.items()}
-                print(
-                    f"{cell} {k}: {st.rps:.0f} req/s, p50 {st.pct_ms(50):.2f} ms, p99 "
-                    f"{st.pct_ms(99):.2f} ms, errors {dict(st.errors)}; CPU ms/request "
-                    f"{sum(per.values()):.2f}: " + ", ".join(f"{p} {v:.2f}" for p, v in per.items())
-                )
+                print(f"{cell} {k}: {_figures(st)}")
         print(f"load average {os.getloadavg()[0]:.2f}")
         for cs in chans.values():
             for ch in cs:
                 await ch.close()
-        for st in stacks.values():
-            await st.stop()
+        for stack in stacks.values():
+            await stack.stop()
     finally:
         cleanup(ctx)
 
