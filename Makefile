@@ -42,7 +42,7 @@ test: install postgres-bin kubectl-bin diffusers-extra examples-node
 lint: install
 	$(VENV)/bin/ruff check libs services tests bench
 	$(VENV)/bin/ruff format --check libs services tests bench
-	$(VENV)/bin/mypy libs/imagegate services
+	$(VENV)/bin/mypy libs/imagegate services bench
 	$(VENV)/bin/buf lint
 	$(VENV)/bin/buf format -d --exit-code
 

@@ -369,16 +369,16 @@ def _mutate(draw: st.DrawFn, value: Any, hosts: list[str]) -> Any:
     if isinstance(value, list) and value:
         index = draw(st.integers(0, len(value) - 1))
         action = draw(st.sampled_from(["drop", "replace", "descend", "duplicate"]))
-        copy = list(value)
+        items = list(value)
         if action == "drop":
-            del copy[index]
+            del items[index]
         elif action == "replace":
-            copy[index] = draw(json_values(hosts))
+            items[index] = draw(json_values(hosts))
         elif action == "duplicate":
-            copy.append(copy[index])
+            items.append(items[index])
         else:
-            copy[index] = _mutate(draw, value[index], hosts)
-        return copy
+            items[index] = _mutate(draw, value[index], hosts)
+        return items
     return draw(_leaves(hosts))
 
 
