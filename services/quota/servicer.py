@@ -7,7 +7,7 @@ import dataclasses
 import logging
 import math
 import re
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 import grpc
@@ -27,6 +27,8 @@ MAX_GRACE_SECONDS = 30 * 24 * 3600
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
+_In = TypeVar("_In")
+_R = TypeVar("_R")
 
 
 def item_error(err: Exception) -> quota_pb2.ItemError:
@@ -44,7 +46,10 @@ def item_error(err: Exception) -> quota_pb2.ItemError:
     )
 
 
-def _check_commit(request: quota_pb2.CommitReservationRequest) -> None:
+def _check_commit(
+    request: quota_pb2.CommitReservationRequest,
+) -> quota_pb2.CommitReservationRequest:
+    """The commit, validated (INVALID_ARGUMENT with every problem found)."""
     violations: list[FieldViolation] = []
     _require_id(violations, "reservation_id", request.reservation_id)
     if request.images < 0:
@@ -53,6 +58,29 @@ def _check_commit(request: quota_pb2.CommitReservationRequest) -> None:
     if request.cost_micros < 0:
         violations.append(FieldViolation("cost_micros", "at least 0"))
     _check(violations)
+    return request
+
+
+def _checked(
+    items: Iterable[_In], check: Callable[[_In], _T]
+) -> tuple[list[_T], dict[int, ImagegateError]]:
+    """A batch's items validated: the valid ones (checked), and each refusal by its index."""
+    valid: list[_T] = []
+    refused: dict[int, ImagegateError] = {}
+    for i, item in enumerate(items):
+        try:
+            valid.append(check(item))
+        except ImagegateError as err:
+            refused[i] = err
+    return valid, refused
+
+
+def _in_order(
+    count: int, refused: dict[int, ImagegateError], written: Iterable[_R]
+) -> list[_R | Exception]:
+    """Every item's outcome in request order: its refusal, else what the store answered."""
+    answers = iter(written)
+    return [refused[i] if i in refused else next(answers) for i in range(count)]
 
 
 def _with_reservation(
@@ -202,22 +230,15 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
         """Reserves every item as ReserveQuota would, as one group (one commit on PostgreSQL);
         per-item results in request order."""
         check_batch_size(len(request.requests), domain=DOMAIN)
-        outcomes: list[ReserveResult | Exception | ReserveArgs] = []
-        for item in request.requests:
-            try:
-                outcomes.append(self._reserve_args(item))
-            except ImagegateError as err:
-                outcomes.append(err)
-        valid = [o for o in outcomes if isinstance(o, ReserveArgs)]
+        valid, refused = _checked(request.requests, self._reserve_args)
         # Shielded like ReserveQuota's write: when the caller is gone by the time it lands, the
         # holds are undone.
         write = asyncio.ensure_future(self._store.reserve_many(valid))
         try:
-            written = iter(await asyncio.shield(write))
+            outcomes = _in_order(len(request.requests), refused, await asyncio.shield(write))
         except asyncio.CancelledError:
-            self._spawn(self._release_group_when_written(write, "handler cancelled"))
+            self._spawn(self._release_when_written(write, "handler cancelled"))
             raise
-        outcomes = [next(written) if isinstance(o, ReserveArgs) else o for o in outcomes]
         made = [o for o in outcomes if isinstance(o, ReserveResult)]
         gone = _caller_gone(context)
         if gone:
@@ -236,22 +257,8 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
             if isinstance(outcome, ReserveResult):
                 response.results.add(response=_reserve_response(outcome))
             else:
-                response.results.add(error=item_error(outcome))  # type: ignore[arg-type]
+                response.results.add(error=item_error(outcome))
         return response
-
-    async def _release_group_when_written(
-        self, write: asyncio.Future[list[ReserveResult | Exception]], why: str
-    ) -> None:
-        try:
-            results = await write
-        except Exception as err:
-            log.debug(
-                "abandoned batch reserve held nothing", extra={"why": why, "error": repr(err)}
-            )
-            return
-        for result in results:
-            if isinstance(result, ReserveResult):
-                await self._release_abandoned(result, why)
 
     def _release_if_cancelled(
         self, context: grpc.aio.ServicerContext, results: list[ReserveResult]
@@ -266,13 +273,19 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
         task.add_done_callback(self._cleanups.discard)  # type: ignore[arg-type]
         return task
 
-    async def _release_when_written(self, write: asyncio.Future[ReserveResult], why: str) -> None:
+    async def _release_when_written(
+        self,
+        write: asyncio.Future[ReserveResult] | asyncio.Future[list[ReserveResult | Exception]],
+        why: str,
+    ) -> None:
         try:
-            result = await write
+            written = await write
         except Exception as err:
             log.debug("abandoned reserve held nothing", extra={"why": why, "error": repr(err)})
             return
-        await self._release_abandoned(result, why)
+        for result in written if isinstance(written, list) else [written]:
+            if isinstance(result, ReserveResult):
+                await self._release_abandoned(result, why)
 
     async def _release_abandoned(
         self, result: ReserveResult, why: str
@@ -311,20 +324,9 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
     ) -> quota_pb2.BatchCommitReservationsResponse:
         """Commits every item as CommitReservation would; per-item results in request order."""
         check_batch_size(len(request.requests), domain=DOMAIN)
-        outcomes: list[quota_pb2.Reservation | Exception | quota_pb2.CommitReservationRequest] = []
-        for item in request.requests:
-            try:
-                _check_commit(item)
-                outcomes.append(item)
-            except ImagegateError as err:
-                outcomes.append(err)
-        valid = [o for o in outcomes if isinstance(o, quota_pb2.CommitReservationRequest)]
+        valid, refused = _checked(request.requests, _check_commit)
         # One group: one transaction (one WAL flush) on PostgreSQL, like the reserves.
-        written = iter(await self._store.commit_many(valid))
-        outcomes = [
-            next(written) if isinstance(o, quota_pb2.CommitReservationRequest) else o
-            for o in outcomes
-        ]
+        outcomes = _in_order(len(request.requests), refused, await self._store.commit_many(valid))
         response = quota_pb2.BatchCommitReservationsResponse()
         for outcome in outcomes:
             if isinstance(outcome, Exception):

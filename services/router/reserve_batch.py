@@ -12,17 +12,10 @@ import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from imagegate.grpckit.batch import MAX_BATCH, ItemRpcError
+from imagegate.grpckit.batch import MAX_BATCH, NO_BATCH_CODES, ItemRpcError, stop_batching
 from imagegate.quota.v1 import quota_pb2, quota_pb2_grpc
 
 log = logging.getLogger("services.router")
-# A batch call failing with these may mean "no batch RPC here" (an older Quota answers
-# UNIMPLEMENTED; a servicer inheriting the generated stub method fails with INTERNAL): the round
-# is resent as single calls, which is safe: a reserve is idempotent on (tenant, request_id) and
-# carries its claim, so a resend finds its own hold.
-_NO_BATCH = frozenset({grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INTERNAL})
-# Batch calls failing in a row with INTERNAL before batching stops for good.
-_MAX_BATCH_FAILURES = 3
 
 
 @dataclass
@@ -169,12 +162,11 @@ class ReserveBatcher:
                 )
             except grpc.RpcError as err:
                 code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
-                if code in _NO_BATCH:
+                if code in NO_BATCH_CODES:
+                    # The round is resent as single calls, which is safe: a reserve is idempotent
+                    # on (tenant, request_id) and carries its claim, so a resend finds its hold.
                     self._batch_failures += 1
-                    if (
-                        code == grpc.StatusCode.UNIMPLEMENTED
-                        or self._batch_failures >= _MAX_BATCH_FAILURES
-                    ):
+                    if stop_batching(code, self._batch_failures):
                         log.warning(
                             "BatchReserveQuota refused; sending single reserves from now on",
                             extra={"code": code.name},

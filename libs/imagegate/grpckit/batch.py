@@ -18,6 +18,19 @@ MAX_BATCH = 256
 """Most items one batch RPC accepts."""
 
 
+# A batch call failing with these may mean "no batch RPC here": an older receiver answers
+# UNIMPLEMENTED; a servicer inheriting the generated stub method fails with INTERNAL.
+NO_BATCH_CODES = frozenset({grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INTERNAL})
+# Batch calls failing in a row with INTERNAL before a sender stops batching for good.
+MAX_BATCH_FAILURES = 3
+
+
+def stop_batching(code: grpc.StatusCode, failures_in_a_row: int) -> bool:
+    """Whether a sender whose batch call failed with `code` (the `failures_in_a_row`-th such
+    failure) should send single calls from now on."""
+    return code == grpc.StatusCode.UNIMPLEMENTED or failures_in_a_row >= MAX_BATCH_FAILURES
+
+
 class ItemRpcError(grpc.RpcError):
     """One batch item's refusal, shaped like the failed single call it stands for: its code,
     message and google.rpc.Status details (read back by `parse_rpc_error`)."""

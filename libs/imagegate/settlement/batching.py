@@ -10,15 +10,12 @@ from typing import Any
 
 import grpc
 
-from imagegate.grpckit.batch import MAX_BATCH, ItemRpcError
+from imagegate.grpckit.batch import MAX_BATCH, NO_BATCH_CODES, ItemRpcError, stop_batching
 from imagegate.metering.v1 import metering_pb2, metering_pb2_grpc
 from imagegate.quota.v1 import quota_pb2, quota_pb2_grpc
 from imagegate.settlement.parts import COMMIT, RECORD, RELEASE, Part, message_of
 
 log = logging.getLogger(__name__)
-
-# A whole batch call failing with these may mean "no batch RPC here": fall back to single calls.
-_NO_BATCH = frozenset({grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INTERNAL})
 
 
 @dataclass
@@ -125,13 +122,13 @@ class Batcher:
                 results = list(records.results)
         except grpc.RpcError as err:
             code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
-            if code in _NO_BATCH:
+            if code in NO_BATCH_CODES:
                 # The receiver may lack the batch RPC (an older build answers UNIMPLEMENTED; a
                 # servicer inheriting the generated stub method fails with INTERNAL): this
                 # round goes out as single calls (idempotent, so a resend is safe), and after
                 # repeated failures of the batch call itself, every later round too.
                 self._batch_failures[kind] += 1
-                if code == grpc.StatusCode.UNIMPLEMENTED or self._batch_failures[kind] >= 3:
+                if stop_batching(code, self._batch_failures[kind]):
                     log.warning(
                         "batch RPC refused; sending single calls from now on",
                         extra={"kind": kind, "code": code.name},
