@@ -8,6 +8,7 @@ import signal
 
 import grpc
 
+from imagegate.grpckit.loop import run as run_loop
 from imagegate.grpckit.options import MAX_MESSAGE_BYTES
 
 METHOD = "/bench.Echo/Echo"
@@ -50,7 +51,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--reply-bytes", type=int, default=100)
     args = parser.parse_args()
-    asyncio.run(serve(args.port, args.reply_bytes))
+    run_loop(serve(args.port, args.reply_bytes))
 
 
 if __name__ == "__main__":

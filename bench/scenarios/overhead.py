@@ -1,9 +1,10 @@
-"""Scenario 1: Router vs the same adapter called directly vs a raw gRPC echo of the same payload."""
+"""Scenario 1: Router vs the adapter called directly vs a raw gRPC echo vs the zero-work floor."""
 
 from __future__ import annotations
 
 from bench.clients import channels, direct_call, echo_call, provider_request, router_call
 from bench.context import Ctx, Result, Target
+from bench.floor import LEDGER_REPLY_BYTES, start_floor
 from bench.provider_pb import response_size
 from bench.scenarios.common import (
     added,
@@ -23,16 +24,20 @@ async def run(ctx: Ctx) -> Result:
     local = stack.services.address("local")
     reply = await response_size(local, stack.services.env)
     echo = await start_echo(ctx, reply)
+    ledgers = await start_echo(ctx, LEDGER_REPLY_BYTES, name="floor-ledgers")
+    floor = await start_floor(ctx, "shape", echo, ledgers, ledgers)
     payload = provider_request(0).SerializeToString()
     result = Result(
         "1. Overhead",
         "client -> Router -> local adapter (64x64 PNG, 0 ms) with Quota+Metering on SQLite, vs "
         f"client -> local adapter directly, vs client -> raw grpc.aio echo ({len(payload)} B in, "
-        f"{reply} B out); all separate processes on loopback",
+        f"{reply} B out), vs 'floor': the Router's shape with no work in it (bench/floor.py: "
+        "a grpc.aio proxy that makes a reserve call, then the echo call, then commit and record "
+        "calls after the reply, to echo processes); all separate processes on loopback",
     )
     if not stack.has_router:
         result.notes.append("services.router has not landed yet: Router path not measured")
-    procs = [*stack.services.procs.values(), echo]
+    procs = [*stack.services.procs.values(), echo, ledgers, floor]
     for p in procs:
         p.reset_peak_rss()
     by_c: dict[int, dict[str, RunStats]] = {}
@@ -42,10 +47,12 @@ async def run(ctx: Ctx) -> Result:
             chans = {
                 "echo": channels(echo.address, nchan),
                 "direct": channels(local, nchan),
+                "floor": channels(floor.address, nchan),
             }
             paths = {
                 "echo": echo_call(chans["echo"], payload),
                 "direct": direct_call(chans["direct"], env=stack.services.env),
+                "floor": echo_call(chans["floor"], payload),
             }
             if stack.has_router:
                 chans["router"] = channels(stack.services.address("router"), nchan)
@@ -65,6 +72,7 @@ async def run(ctx: Ctx) -> Result:
                 cpu={
                     "echo": [echo],
                     "direct": [stack.services.procs["local"]],
+                    "floor": [floor, echo, ledgers],
                     "router": list(stack.services.procs.values()),
                     "router, no request_id": list(stack.services.procs.values()),
                 },
@@ -74,7 +82,7 @@ async def run(ctx: Ctx) -> Result:
                 row = s.summary()
                 if label.startswith("router"):
                     row["added_over_direct"] = added(stats["direct"], s)
-                if label == "direct":
+                if label in ("direct", "floor"):
                     row["added_over_echo"] = added(stats["echo"], s)
                 result.runs.append(row)
             for group in chans.values():
@@ -83,7 +91,8 @@ async def run(ctx: Ctx) -> Result:
         result.extra["peak_rss_mb"] = rss_table(procs)
     finally:
         note_deaths(result, procs)
-        await echo.stop()
+        for p in (floor, ledgers, echo):
+            await p.stop()
         await stack.stop()
     judge(result, by_c)
     return result
@@ -102,12 +111,14 @@ def judge(result: Result, by_c: dict[int, dict[str, RunStats]]) -> None:
         return
     a = added(serial["direct"], serial["router"])
     p50, p99 = a["p50_ms"], a["p99_ms"]
+    f = added(serial["echo"], serial["floor"]) if "floor" in serial else {}
     result.targets.append(
         Target(
             "Router added latency p50, serial",
             "<= 2 ms",
             f"{fmt(p50, ' ms')} (Router p50 {fmt(serial['router'].pct_ms(50), ' ms')}, "
-            f"direct {fmt(serial['direct'].pct_ms(50), ' ms')})",
+            f"direct {fmt(serial['direct'].pct_ms(50), ' ms')}; zero-work floor "
+            f"{fmt(f.get('p50_ms'), ' ms')})",
             p50 is not None and p50 <= 2.0,
         )
     )
@@ -116,7 +127,8 @@ def judge(result: Result, by_c: dict[int, dict[str, RunStats]]) -> None:
             "Router added latency p99, serial",
             "<= 5 ms",
             f"{fmt(p99, ' ms')} (Router p99 {fmt(serial['router'].pct_ms(99), ' ms')}, "
-            f"direct {fmt(serial['direct'].pct_ms(99), ' ms')})",
+            f"direct {fmt(serial['direct'].pct_ms(99), ' ms')}; zero-work floor "
+            f"{fmt(f.get('p99_ms'), ' ms')})",
             p99 is not None and p99 <= 5.0,
         )
     )
@@ -133,12 +145,26 @@ def judge(result: Result, by_c: dict[int, dict[str, RunStats]]) -> None:
         )
     router_best = max(s["router"].rps for s in by_c.values())
     echo_best = max(s["echo"].rps for s in by_c.values())
+    floor_best = max((s["floor"].rps for s in by_c.values() if "floor" in s), default=0.0)
     ratio = router_best / echo_best if echo_best else 0.0
     result.targets.append(
         Target(
             "Full-path throughput / raw echo",
             ">= 0.30x",
-            f"{ratio:.2f}x ({router_best:,.0f} vs {echo_best:,.0f} req/s, best concurrency each)",
+            f"{ratio:.2f}x ({router_best:,.0f} vs {echo_best:,.0f} req/s, best concurrency each;"
+            f" zero-work floor {floor_best / echo_best if echo_best else 0.0:.2f}x)",
             ratio >= 0.30,
         )
     )
+    loaded = by_c.get(64, {})
+    if "router" in loaded and "floor" in loaded:
+        cpu = {k: 1000 * sum(s.cpu_seconds.values()) / max(1, s.ok) for k, s in loaded.items()}
+        result.targets.append(
+            Target(
+                "CPU per request, every gateway process, 0 ms provider, 64 in flight (issue 14)",
+                "<= 2.5 ms",
+                f"{cpu['router']:.2f} ms (zero-work floor of the same calls unbatched "
+                f"{cpu['floor']:.2f} ms; the adapter alone {cpu['direct']:.2f} ms)",
+                cpu["router"] <= 2.5,
+            )
+        )

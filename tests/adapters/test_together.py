@@ -312,3 +312,25 @@ async def test_refused_connection_is_unavailable_and_not_billable() -> None:
         await adapter.aclose()
     assert info.value.reason == reasons.PROVIDER_UNAVAILABLE
     assert not info.value.billable, "the request never left"
+
+
+async def test_emulator_with_few_pictures_still_answers_distinct_valid_images(
+    stack: Stack,
+) -> None:
+    # The bench's emulator mode: seeds 3 and 7 share one render (7 % 4 == 3), yet every answer
+    # differs byte for byte and decodes to the requested size through the adapter.
+    stack.emulator.pictures = 4
+    png = image_pb2.IMAGE_FORMAT_PNG
+    jpeg = image_pb2.IMAGE_FORMAT_JPEG
+    answers = [
+        (await stack.stub.GenerateImage(_req(seed=seed, output_format=fmt), timeout=10)).images[0]
+        for seed, fmt in ((3, png), (7, png), (3, jpeg), (7, jpeg))
+    ]
+    assert len({a.data for a in answers}) == 4
+    pixels = set()
+    for answer in answers:
+        with Image.open(io.BytesIO(answer.data)) as img:
+            img.load()
+            assert img.size == (512, 384)
+            pixels.add((img.format, img.tobytes()))
+    assert len(pixels) == 2, "seeds 3 and 7 share one picture in each format"

@@ -1,4 +1,4 @@
-"""`python -m imagegate.emulators <provider> --port N [--latency S] [--fault KIND]`: run one emulator."""
+"""`python -m imagegate.emulators <provider> --port N [options]`: runs one provider emulator."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import signal
 import sys
 
 from imagegate.emulators.base import FAULT_KINDS, Emulator, Fault
+from imagegate.grpckit.loop import run as run_loop
 
 
 def find_emulator(provider: str) -> type[Emulator]:
@@ -43,12 +44,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--fault", choices=FAULT_KINDS, default=None, help="start with this fault switched on"
     )
     parser.add_argument("--retry-after", type=float, default=None, help="Retry-After for --fault")
+    parser.add_argument(
+        "--pictures",
+        type=int,
+        default=0,
+        help="render at most N distinct pictures, each answer stamped with its seed (benchmarks:"
+        " the emulator's PNG encoding stops competing with the gateway for CPU); 0: every seed",
+    )
     return parser.parse_args(argv)
 
 
 async def run(args: argparse.Namespace) -> None:
     """Runs until SIGINT/SIGTERM."""
     emulator = find_emulator(args.provider)(latency=args.latency, key=args.key)
+    emulator.pictures = max(0, args.pictures)
     if args.fault:
         emulator.faults.set(Fault(args.fault, retry_after=args.retry_after))
     base_url = await emulator.start(args.host, args.port)
@@ -73,7 +82,7 @@ async def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point."""
-    asyncio.run(run(parse_args(sys.argv[1:] if argv is None else argv)))
+    run_loop(run(parse_args(sys.argv[1:] if argv is None else argv)))
 
 
 if __name__ == "__main__":
