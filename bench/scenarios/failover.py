@@ -47,11 +47,14 @@ class Outcome:
 class Client:
     """Sequential Router calls for flux-schnell restricted to the two emulated providers."""
 
-    def __init__(self, address: str, api_key: str, deadline: float) -> None:
+    def __init__(self, address: str, api_key: str, deadline: float, admin_token: str) -> None:
         (self.channel,) = channels(address, 1)
         self.deadline = deadline
         self.stub = router_pb2_grpc.RouterServiceStub(self.channel)
         self.auth = (("authorization", f"Bearer {api_key}"),)
+        # Latencies and error rates in GetProviderStatus are the operator's (a tenant key sees
+        # only state and retry_at).
+        self.admin = (("authorization", f"Bearer {admin_token}"),)
         self.n = 0
 
     async def one(self, providers: tuple[str, ...] = (PRIMARY, SECONDARY)) -> Outcome:
@@ -68,7 +71,7 @@ class Client:
     async def usual_p95(self) -> float | None:
         """The primary model's usual p95 latency as the Router reports it (seconds)."""
         resp = await self.stub.GetProviderStatus(
-            router_pb2.GetProviderStatusRequest(), metadata=self.auth, timeout=5
+            router_pb2.GetProviderStatusRequest(), metadata=self.admin, timeout=5
         )
         for p in resp.providers:
             if p.provider == PRIMARY and p.provider_model and p.HasField("latency_p95"):
@@ -130,7 +133,10 @@ async def _isolated_phase(ctx: Ctx, result: Result, kind: str) -> dict[str, Any]
         await secondary.stop()
         raise
     client = Client(
-        stack.services.address("router"), stack.api_key, DEADLINE_SMOKE if ctx.smoke else DEADLINE
+        stack.services.address("router"),
+        stack.api_key,
+        DEADLINE_SMOKE if ctx.smoke else DEADLINE,
+        ctx.admin_token,
     )
     try:
         primary, phase = await _phase(ctx, client, primary, kind)
