@@ -8,7 +8,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -16,6 +16,7 @@ from imagegate.grpckit import reasons
 from imagegate.grpckit.auth import require_bearer
 from imagegate.grpckit.deadline import Deadline
 from imagegate.grpckit.errors import ImagegateError, from_parsed, parse_rpc_error
+from imagegate.grpckit.replied import Replied
 from imagegate.inputs.checks import InputLimits
 from imagegate.quota.v1 import quota_pb2, quota_pb2_grpc
 from imagegate.router.v1 import router_pb2
@@ -55,6 +56,8 @@ class Admitted:
     """The caller's deadline, or the default one."""
     caller: Caller
     """The authenticated tenant and plan."""
+    replied: Replied = field(default_factory=Replied.already)
+    """Set once the RPC has answered: work after the answer waits for it."""
 
 
 def quota_error(err: grpc.RpcError) -> ImagegateError:
@@ -160,6 +163,7 @@ class Authenticator:
             dedupe=bool(request.request_id),
             deadline=deadline,
             caller=caller,
+            replied=Replied.of(context),
         )
 
 

@@ -113,17 +113,17 @@ class Deduplicator:
     def keep(
         self, admitted: Admitted, fp: bytes | None, outcome: Response | ImagegateError
     ) -> None:
-        """Stores the outcome just after the reply (a follower polls for it; this replica's
-        repeats are served from memory): the write's fsync stays off the request's latency. A
-        crash in between costs only the replay of a request whose caller has its answer."""
+        """Stores the outcome once the reply has left (a follower polls for it; this replica's
+        repeats are served from memory): the write and its fsync stay off the request's latency.
+        A crash in between costs only the replay of a request whose caller has its answer."""
         tenant, request_id = admitted.caller.tenant_id, admitted.request_id
         if isinstance(outcome, ImagegateError):
             if fp is None:
                 return
-            self._spawn(self.generations.keep_failure(tenant, request_id, fp, outcome))
+            work = self.generations.keep_failure(tenant, request_id, fp, outcome)
         else:
             work = self.generations.keep_success(tenant, request_id, fp or NO_FINGERPRINT, outcome)
-            self._spawn(work)
+        self._spawn(admitted.replied.then(work))
 
     async def close(self) -> None:
         """Waits (bounded) for outcomes still being stored, then closes the store."""

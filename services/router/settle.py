@@ -255,6 +255,7 @@ class RouterSettlement:
                 order,
                 key=job.admitted.caller.tenant_id,
                 timeout=self.settings.dependency_timeout_seconds,
+                after=job.admitted.replied,
             )
         except Exception:
             log.exception("settlement failed", extra={"request_id": job.admitted.request_id})

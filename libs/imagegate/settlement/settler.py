@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 
+from imagegate.grpckit.replied import Replied
 from imagegate.metering.v1 import metering_pb2, metering_pb2_grpc
 from imagegate.quota.v1 import quota_pb2, quota_pb2_grpc
 from imagegate.settlement import outbox_rows
@@ -132,17 +133,21 @@ class Settler:
             return None
         return await self._deliver_all(written, timeout)
 
-    async def settle_in_background(self, s: Settlement, *, key: str, timeout: float) -> None:
+    async def settle_in_background(
+        self, s: Settlement, *, key: str, timeout: float, after: Replied | None = None
+    ) -> None:
         """Writes the settlement ahead durably, then delivers it without the caller waiting.
 
         Returns once the parts are in the outbox (a crash from here on loses nothing). Delivery
         runs in a task tracked under `key` (the tenant), so `wait_settled(key)` can hold a read
-        back until this tenant's settlements have reached Quota and Metering.
+        back until this tenant's settlements have reached Quota and Metering; with `after`, it
+        starts once that RPC has answered.
         """
         written = await self._write_ahead(s, timeout)
         if not written:
             return
-        task = asyncio.create_task(self._deliver_all(written, timeout))
+        delivery = self._deliver_all(written, timeout)
+        task = asyncio.create_task(after.then(delivery) if after is not None else delivery)
         tasks = self._deliveries.setdefault(key, set())
         tasks.add(task)
         task.add_done_callback(lambda t: self._delivered(key, t))
