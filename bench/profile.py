@@ -1,4 +1,4 @@
-"""`python -m bench.profile [--path router|capacity] [--seconds S]`: py-spy every service under load."""
+"""`python -m bench.profile [--path router|capacity|large] [--seconds S]`: py-spy every service."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from bench.clients import channels, router_call
 from bench.context import cleanup, new_ctx
 from bench.emulator import adapter_env, start_emulator
 from bench.loadgen import closed_loop
+from bench.peer import imagegate_call
 from bench.procs import Proc
 from bench.stack import start_stack
 
@@ -85,11 +86,18 @@ async def main_async(path: str, seconds: float, concurrency: int, out: Path) -> 
             stack = await start_stack(ctx, "profile", extra=adapter_env("together", emu))
             model, side = "flux-schnell", 256
             providers: tuple[str, ...] = ("together",)
+        elif path == "large":
+            # `make bench-peer`'s path: 1024x1024 PNGs in base64 JSON from the OpenAI emulator.
+            emu = await start_emulator(ctx, "openai", latency=0.0)
+            stack = await start_stack(ctx, "profile", extra=adapter_env("openai", emu))
+            model, side, providers = "", 0, ()
         else:
             stack = await start_stack(ctx, "profile")
             model, side, providers = "local", 64, ()
         chans = channels(stack.services.address("router"), 4)
         call = router_call(chans, stack.api_key, model=model, side=side, providers=providers)
+        if path == "large":
+            call = imagegate_call(stack, chans)
         await closed_loop("warmup", call, concurrency=concurrency, requests=200)
         procs = [*stack.services.procs.values(), *([emu] if emu else [])]
         out.mkdir(parents=True, exist_ok=True)
@@ -122,7 +130,7 @@ async def main_async(path: str, seconds: float, concurrency: int, out: Path) -> 
 def main() -> None:
     """Entry point."""
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
-    parser.add_argument("--path", choices=("router", "capacity"), default="router")
+    parser.add_argument("--path", choices=("router", "capacity", "large"), default="router")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--out", type=Path, default=Path("/tmp/imagegate-profile"))
