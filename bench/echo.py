@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+from collections.abc import Sequence
 
 import grpc
 
@@ -25,16 +26,18 @@ def handler(reply: bytes) -> grpc.GenericRpcHandler:
     )
 
 
-async def serve(port: int, reply_bytes: int) -> None:
-    """Serves until SIGTERM."""
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
-        ]
-    )
-    server.add_generic_rpc_handlers([handler(b"\x5a" * reply_bytes)])
+# Message limits on both ends (grpcio's default receive limit is 4 MiB); no silent port sharing.
+OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.so_reuseport", 0),
+]
+
+
+async def serve_until_signalled(handlers: Sequence[grpc.GenericRpcHandler], port: int) -> None:
+    """Serves `handlers` on 127.0.0.1:`port` until SIGINT or SIGTERM."""
+    server = grpc.aio.server(options=OPTIONS)
+    server.add_generic_rpc_handlers(handlers)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     stop = asyncio.Event()
@@ -43,6 +46,11 @@ async def serve(port: int, reply_bytes: int) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await server.stop(0)
+
+
+async def serve(port: int, reply_bytes: int) -> None:
+    """Serves until SIGTERM."""
+    await serve_until_signalled([handler(b"\x5a" * reply_bytes)], port)
 
 
 def main() -> None:

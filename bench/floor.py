@@ -15,24 +15,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 
 import grpc
 
 from bench.clients import channels, echo_call
 from bench.context import Ctx, cleanup, new_ctx
-from bench.echo import METHOD
+from bench.echo import METHOD, OPTIONS, serve_until_signalled
 from bench.procs import Proc, loopback, python_module, spawn, wait_port
 from bench.scenarios.common import interleaved, start_echo
 from bench.stats import RunStats
 from imagegate.grpckit.loop import run as run_loop
-from imagegate.grpckit.options import MAX_MESSAGE_BYTES
 
-_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.so_reuseport", 0),
-]
 # Bytes of a reserve/commit/record message and of a small image answer.
 _SMALL = b"\x5a" * 120
 _REPLY = b"\x5a" * 2_000
@@ -42,7 +35,7 @@ LEDGER_REPLY_BYTES = len(_SMALL)
 
 async def serve_proxy(port: int, mode: str, adapter: str, quota: str, metering: str) -> None:
     """The zero-work Router: forwards each request as `mode` says until SIGTERM."""
-    chans = [grpc.aio.insecure_channel(a, options=_OPTIONS) for a in (adapter, quota, metering)]
+    chans = [grpc.aio.insecure_channel(a, options=OPTIONS) for a in (adapter, quota, metering)]
     call_adapter, call_quota, call_metering = (c.unary_unary(METHOD) for c in chans)
     background: set[asyncio.Task[object]] = set()
 
@@ -59,22 +52,10 @@ async def serve_proxy(port: int, mode: str, adapter: str, quota: str, metering: 
             task.add_done_callback(background.discard)
         return reply
 
-    server = grpc.aio.server(options=_OPTIONS)
-    server.add_generic_rpc_handlers(
-        [
-            grpc.method_handlers_generic_handler(
-                "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(forward)}
-            )
-        ]
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(forward)}
     )
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await server.stop(0)
+    await serve_until_signalled([handler], port)
     for c in chans:
         await c.close()
 

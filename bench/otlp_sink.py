@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 from collections import Counter
 from pathlib import Path
 
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
-from imagegate.grpckit.options import MAX_MESSAGE_BYTES
+from bench.echo import serve_until_signalled
 
 _SERVICES = {
     "opentelemetry.proto.collector.trace.v1.TraceService": "traces",
@@ -50,21 +49,7 @@ def handlers(counts: Counter[str]) -> list[grpc.GenericRpcHandler]:
 async def serve(port: int, stats: Path) -> None:
     """Serves until SIGTERM, then writes the counts to `stats` as JSON."""
     counts: Counter[str] = Counter()
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
-        ]
-    )
-    server.add_generic_rpc_handlers(handlers(counts))
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await server.stop(0)
+    await serve_until_signalled(handlers(counts), port)
     stats.write_text(json.dumps(dict(counts)))
 
 
