@@ -36,7 +36,7 @@ def markdown(doc: dict[str, Any]) -> str:
         f"Load average at start {meta.get('loadavg_at_start')} (1/5/15 min; anything above "
         "~1 means other work shared the 2 cores).",
         "",
-        "## Targets (issue 7)",
+        "## Targets (issues 7, 11, 12 and 14)",
         "",
         "| target | goal | measured | met |",
         "|---|---|---|---|",
