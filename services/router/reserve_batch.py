@@ -17,6 +17,12 @@ from imagegate.quota.v1 import quota_pb2, quota_pb2_grpc
 
 log = logging.getLogger("services.router")
 
+# A reserve call out this long is stuck, not slow (they take milliseconds): reserves waiting
+# behind it go in a round of their own instead of waiting for it up to their deadlines.
+STALL_SECONDS = 1.0
+# Most reserve calls on their way at once: one, plus one for each call that got stuck.
+MAX_CALLS = 4
+
 
 @dataclass
 class _Waiting:
@@ -37,6 +43,10 @@ class ReserveBatcher:
     request's trace, two or more as one BatchReserveQuota (one round trip, one Quota
     transaction) in a span of its own linked to every request's span. Rounds grow with the load;
     each reserve keeps its own deadline, and gets its own result or error, as if sent alone.
+
+    A call out for STALL_SECONDS is taken for stuck (a hung connection, a Quota replica that
+    stopped answering): what waits behind it goes in a new round beside it, up to MAX_CALLS
+    calls, so one stuck call delays the others by about a second instead of its whole timeout.
     """
 
     def __init__(
@@ -49,9 +59,12 @@ class ReserveBatcher:
         self._quota = quota
         self._tracer = tracer
         self._waiting: list[_Waiting] = []
-        self._busy = False
-        """Whether a reserve call (a lone one or a round) is on its way to Quota."""
-        self._round: asyncio.Task[None] | None = None
+        self._out: dict[object, float] = {}
+        """Reserve calls (lone ones and rounds) on their way to Quota: when each left."""
+        self._rounds: set[asyncio.Task[None]] = set()
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._reported: set[object] = set()
+        """Stuck calls already logged (one warning per stuck call)."""
         self._batching = enabled
         self._batch_failures = 0
         self.batch_calls = 0
@@ -65,54 +78,89 @@ class ReserveBatcher:
         """ReserveQuota's answer for `request`, or its error raised (a grpc.RpcError)."""
         if not self._batching:
             return await self._quota.ReserveQuota(request, timeout=timeout)
-        if not self._busy:
+        loop = asyncio.get_running_loop()
+        if not self._out:
             # Nothing on its way to Quota: this reserve goes at once, from its own task.
-            self._busy = True
+            token = object()
+            self._out[token] = loop.time()
             try:
                 return await self._quota.ReserveQuota(request, timeout=timeout)
             finally:
-                self._busy = False
-                self._start_round()
-        loop = asyncio.get_running_loop()
+                self._done(token)
         future: asyncio.Future[quota_pb2.ReserveQuotaResponse] = loop.create_future()
         waiting = _Waiting(request, loop.time() + timeout, future, contextvars.copy_context())
         self._waiting.append(waiting)
         timer = loop.call_later(timeout, _expire, future)
+        self._start_round()
         try:
             return await future
         finally:
             timer.cancel()
 
     def _start_round(self) -> None:
-        """Sends what waited for the call that just ended, in a round of its own."""
-        if self._waiting and not self._busy:
-            self._busy = True
-            # A context of its own: the round serves many requests, none of them its parent.
-            self._round = asyncio.get_running_loop().create_task(
-                self._run_rounds(), context=contextvars.Context()
+        """Sends what waits in a round of its own, unless a call that is not stuck will."""
+        if not self._waiting:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        youngest = max(self._out.values(), default=None)
+        if youngest is not None and now - youngest < STALL_SECONDS:
+            # A call on its way sends what waits when it ends; look again if it gets stuck.
+            if self._watchdog is None:
+                self._watchdog = loop.call_at(youngest + STALL_SECONDS, self._on_stall)
+            return
+        if len(self._out) >= MAX_CALLS:
+            return  # every call is stuck: what waits keeps its own deadline
+        unreported = self._out.keys() - self._reported
+        if unreported:
+            self._reported |= unreported
+            log.warning(
+                "a reserve call to Quota is stuck; sending the reserves behind it beside it",
+                extra={"stuck_calls": len(self._out), "waiting": len(self._waiting)},
             )
+        token = object()
+        self._out[token] = now
+        # A context of its own: the round serves many requests, none of them its parent.
+        task = loop.create_task(self._run_rounds(token), context=contextvars.Context())
+        self._rounds.add(task)
+        task.add_done_callback(self._rounds.discard)
+
+    def _on_stall(self) -> None:
+        self._watchdog = None
+        self._start_round()
 
     async def close(self) -> None:
         """Stops the rounds; reserves still waiting fail as CANCELLED."""
-        if self._round is not None and not self._round.done():
-            self._round.cancel()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        for task in list(self._rounds):
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._round
+                await task
         for w in self._waiting:
             w.future.cancel()
         self._waiting.clear()
 
-    async def _run_rounds(self) -> None:
+    async def _run_rounds(self, token: object) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while self._waiting:
                 batch = [w for w in self._waiting[:MAX_BATCH] if not w.future.done()]
                 del self._waiting[:MAX_BATCH]
+                self._out[token] = loop.time()
                 if len(batch) == 1 or (batch and not self._batching):
                     await asyncio.gather(*(self._send_alone(w) for w in batch))
                 elif batch:
                     await self._send_batch(batch)
         finally:
-            self._busy = False
+            self._done(token)
+
+    def _done(self, token: object) -> None:
+        """A call came back: what waits goes now."""
+        del self._out[token]
+        self._reported.discard(token)
+        self._start_round()
 
     async def _send_alone(self, w: _Waiting) -> None:
         timeout = max(0.001, w.deadline - asyncio.get_running_loop().time())

@@ -12,6 +12,7 @@ from imagegate.grpckit import reasons
 from imagegate.grpckit.errors import parse_rpc_error
 from imagegate.providerkit.errors import ProviderError
 from imagegate.router.v1 import router_pb2
+from services.router.reserve_batch import STALL_SECONDS
 from tests.fixtures.adapters import HANG, ControllableAdapter, spec
 from tests.fixtures.faults import FaultInjector
 from tests.fixtures.router_stack import bearer, start_stack
@@ -312,5 +313,34 @@ async def test_a_quota_without_batch_reserves_gets_single_reserves_and_every_req
         batcher = stack.app.reserve_batcher
         assert 1 <= batcher.batch_calls <= 3, "refused batches should stop being tried"
         assert len(stack.quota.reservations) == 60
+    finally:
+        await stack.stop()
+
+
+async def test_a_stuck_reserve_call_delays_the_reserves_behind_it_about_a_second_not_its_timeout() -> (
+    None
+):
+    fal = ControllableAdapter("fal", [spec(FAL)], default=("sleep", 0.01))
+    stack = await start_stack({"fal": fal})
+    try:
+        await stack.stub.GenerateImage(req("warm"), metadata=PRO, timeout=5)  # key resolved
+        stack.quota.hang_next = 1
+        stuck = asyncio.ensure_future(
+            stack.stub.GenerateImage(req("stuck"), metadata=PRO, timeout=20)
+        )
+        await asyncio.wait_for(stack.quota.hanging.wait(), 5)
+        started = time.monotonic()
+        behind = await asyncio.gather(
+            *(
+                stack.stub.GenerateImage(req(f"behind{i}"), metadata=PRO, timeout=8)
+                for i in range(6)
+            )
+        )
+        waited = time.monotonic() - started
+        assert all(r.provider == "fal" and not r.notices for r in behind)
+        # Before: they waited for the stuck call's own timeout (the caller's 20 s deadline).
+        assert waited < STALL_SECONDS + 2.0, waited
+        assert not stuck.done(), "the stuck call is still out; the others did not wait for it"
+        stuck.cancel()
     finally:
         await stack.stop()
