@@ -4,10 +4,12 @@ Three echo processes stand in for the adapter, Quota and Metering; a proxy proce
 for the Router and makes, per request, the calls the real one makes and nothing else:
 - `hop`: the adapter call only (any gateway in front of an adapter process pays this);
 - `shape`: reserve, then the adapter call, then commit and record sent after the reply (one
-  call each, as the Router sends them with nobody else in flight).
+  call each, as the Router sends them with nobody else in flight);
+- `batched`: `shape` with the Router's rounds: a reserve (commit, record) that finds one of
+  its kind on its way waits and goes with the others of the next round as one call.
 The figures are what a Router with zero Python work would cost on this machine: the floor
-under `bench.probe`'s and `make bench`'s. Not part of `make bench` (it measures no imagegate
-code); run it to know how far a target is from what the machine allows.
+under `bench.probe`'s and `make bench`'s (scenario 1 drives `shape` and `batched` beside the
+real Router); run alone, it prints serial added latency and CPU per request at 64 in flight.
 """
 
 from __future__ import annotations
@@ -29,8 +31,50 @@ from imagegate.grpckit.loop import run as run_loop
 # Bytes of a reserve/commit/record message and of a small image answer.
 _SMALL = b"\x5a" * 120
 _REPLY = b"\x5a" * 2_000
+MODES = ("hop", "shape", "batched")
 LEDGER_REPLY_BYTES = len(_SMALL)
 """Reply size of the echo processes standing in for Quota and Metering."""
+
+
+class _Rounds:
+    """The Router's rounds with no work in them: one call on its way; what arrives meanwhile
+    goes in the next round as one call carrying every item."""
+
+    def __init__(self, call: grpc.aio.UnaryUnaryMultiCallable) -> None:
+        self._call = call
+        self._waiting: list[asyncio.Future[None]] = []
+        self._busy = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def send(self) -> None:
+        if not self._busy:
+            self._busy = True
+            try:
+                await self._call(_SMALL)
+            finally:
+                self._busy = False
+                self._next()
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(future)
+        await future
+
+    def _next(self) -> None:
+        if self._waiting and not self._busy:
+            self._busy = True
+            task = asyncio.create_task(self._rounds())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _rounds(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting[:256], self._waiting[256:]
+                await self._call(_SMALL * len(batch))
+                for future in batch:
+                    future.set_result(None)
+        finally:
+            self._busy = False
 
 
 async def serve_proxy(port: int, mode: str, adapter: str, quota: str, metering: str) -> None:
@@ -38,15 +82,32 @@ async def serve_proxy(port: int, mode: str, adapter: str, quota: str, metering: 
     chans = [grpc.aio.insecure_channel(a, options=OPTIONS) for a in (adapter, quota, metering)]
     call_adapter, call_quota, call_metering = (c.unary_unary(METHOD) for c in chans)
     background: set[asyncio.Task[object]] = set()
+    if mode == "batched":
+        reserves, commits, records = (
+            _Rounds(call_quota),
+            _Rounds(call_quota),
+            _Rounds(call_metering),
+        )
+        reserve, commit, record = reserves.send, commits.send, records.send
+    else:
+
+        async def reserve() -> None:
+            await call_quota(_SMALL)
+
+        async def commit() -> None:
+            await call_quota(_SMALL)
+
+        async def record() -> None:
+            await call_metering(_SMALL)
 
     async def settle() -> None:
-        await asyncio.gather(call_quota(_SMALL), call_metering(_SMALL))
+        await asyncio.gather(commit(), record())
 
     async def forward(request: bytes, _context: grpc.aio.ServicerContext) -> bytes:
-        if mode == "shape":
-            await call_quota(_SMALL)
+        if mode != "hop":
+            await reserve()
         reply: bytes = await call_adapter(request)
-        if mode == "shape":
+        if mode != "hop":
             task = asyncio.create_task(settle())
             background.add(task)
             task.add_done_callback(background.discard)
@@ -61,8 +122,8 @@ async def serve_proxy(port: int, mode: str, adapter: str, quota: str, metering: 
 
 
 async def start_floor(ctx: Ctx, mode: str, adapter: Proc, quota: Proc, metering: Proc) -> Proc:
+    """The zero-work Router (`mode` "hop", "shape" or "batched") as its own process."""
     address = loopback()
-    """The zero-work Router (`mode` "hop" or "shape") as its own process."""
     argv = python_module(
         "bench.floor",
         "--serve",
@@ -94,7 +155,7 @@ async def measure(concurrency: int, requests: int, serial: int) -> None:
             await start_echo(ctx, len(_REPLY), name=n) for n in ("adapter", "quota", "metering")
         ]
         procs += [adapter, quota, metering]
-        proxies = {m: await start_floor(ctx, m, adapter, quota, metering) for m in ("hop", "shape")}
+        proxies = {m: await start_floor(ctx, m, adapter, quota, metering) for m in MODES}
         procs += proxies.values()
         paths = {
             "direct": echo_call(channels(adapter.address, 1), _SMALL),
@@ -146,7 +207,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--requests", type=int, default=8000)
     parser.add_argument("--serial", type=int, default=400)
-    parser.add_argument("--serve", choices=("hop", "shape"), help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--downstream", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -56,14 +56,18 @@ def test_overhead_measured_all_three_paths_with_router_metadata(smoke_results: P
     runs = _scenario(smoke_results, "overhead")["runs"]
     labels = {(r["label"], r["concurrency"]) for r in runs}
     paths = ("echo", "direct", "floor", "router")
-    assert labels == {(p, c) for p in paths for c in (1, 16, 64)} | {("router, no request_id", 1)}
+    assert labels == {(p, c) for p in paths for c in (1, 16, 64)} | {
+        ("router, no request_id", 1),
+        ("floor, batched", 16),
+        ("floor, batched", 64),
+    }
     for r in runs:
         assert r["ok"] > 0 and r["rps"] > 0 and r["p50_ms"] > 0
         assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] <= r["max_ms"]
     router = [r for r in runs if r["label"].startswith("router")]
     assert all(r["router_overhead_ms"]["p50"] > 0 for r in router)
     assert all("p50_ms" in r["added_over_direct"] for r in router)
-    floor = [r for r in runs if r["label"] == "floor"]
+    floor = [r for r in runs if r["label"].startswith("floor")]
     assert all(r["server_cpu_ms_per_req"] > 0 and "p50_ms" in r["added_over_echo"] for r in floor)
     targets = [t["name"] for t in _scenario(smoke_results, "overhead")["targets"]]
     assert any(name.startswith("CPU per request, every gateway process") for name in targets)
