@@ -8,6 +8,7 @@ import shutil
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from bench.clients import channels, router_call
 from bench.context import cleanup, new_ctx
@@ -81,23 +82,24 @@ async def main_async(path: str, seconds: float, concurrency: int, out: Path) -> 
     ctx = new_ctx(smoke=False)
     emu: Proc | None = None
     try:
+        chans: list[Any]
         if path == "capacity":
             emu = await start_emulator(ctx, "together", latency=0.5)
             stack = await start_stack(ctx, "profile", extra=adapter_env("together", emu))
-            model, side = "flux-schnell", 256
-            providers: tuple[str, ...] = ("together",)
+            chans = channels(stack.services.address("router"), 4)
+            call = router_call(
+                chans, stack.api_key, model="flux-schnell", side=256, providers=("together",)
+            )
         elif path == "large":
             # `make bench-peer`'s path: 1024x1024 PNGs in base64 JSON from the OpenAI emulator.
             emu = await start_emulator(ctx, "openai", latency=0.0)
             stack = await start_stack(ctx, "profile", extra=adapter_env("openai", emu))
-            model, side, providers = "", 0, ()
+            chans = channels(stack.services.address("router"), 4)
+            call = imagegate_call(stack, chans)
         else:
             stack = await start_stack(ctx, "profile")
-            model, side, providers = "local", 64, ()
-        chans = channels(stack.services.address("router"), 4)
-        call = router_call(chans, stack.api_key, model=model, side=side, providers=providers)
-        if path == "large":
-            call = imagegate_call(stack, chans)
+            chans = channels(stack.services.address("router"), 4)
+            call = router_call(chans, stack.api_key, model="local", side=64)
         await closed_loop("warmup", call, concurrency=concurrency, requests=200)
         procs = [*stack.services.procs.values(), *([emu] if emu else [])]
         out.mkdir(parents=True, exist_ok=True)
